@@ -1,0 +1,135 @@
+//! Feeds a consumer group: one task per partition reads the log from the group's committed
+//! offset and hands records to the partition's bounded channel.
+//!
+//! The channel is the read-ahead bound: when the engine stops pulling, the task blocks on
+//! `send` and reads nothing more, so a stalled subscriber costs `READ_AHEAD` records per
+//! partition of memory however long the backlog grows. New records are noticed through the
+//! writer's high-water watch, not by polling.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::log::Log;
+use super::writer::TopicHandle;
+use crate::broker::{
+    BrokerError, Committer, PartitionEvent, PartitionStream, StartFrom, Subscription,
+};
+
+/// Records buffered ahead of the consumer, per partition.
+const READ_AHEAD: usize = 256;
+/// Records read from disk per read.
+const READ_CHUNK: usize = 128;
+
+/// Stops the readers when the subscription is dropped.
+struct Readers(Vec<JoinHandle<()>>);
+
+impl Drop for Readers {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+pub fn start(
+    log: Log,
+    group: &str,
+    topics: Vec<(String, Arc<TopicHandle>)>,
+    start: StartFrom,
+    committer: Arc<dyn Committer>,
+) -> Result<Subscription, BrokerError> {
+    let total: usize = topics.iter().map(|(_, h)| h.partitions as usize).sum();
+    let (events, events_rx) = mpsc::channel(total.max(1));
+    let mut tasks = Vec::with_capacity(total);
+    // Every partition belongs to this process: the embedded broker has one member per group.
+    for (topic, handle) in topics {
+        let topic: Arc<str> = Arc::from(topic);
+        for partition in 0..handle.partitions {
+            let from = match log.committed(group, &topic, partition)? {
+                Some(offset) => offset,
+                None => match start {
+                    StartFrom::Earliest => *handle.first_offset[partition as usize].borrow(),
+                    StartFrom::Latest => *handle.high_water[partition as usize].borrow(),
+                },
+            };
+            let (tx, rx) = mpsc::channel(READ_AHEAD);
+            let stream = PartitionStream::new(topic.clone(), partition, rx, committer.clone());
+            events
+                .try_send(PartitionEvent::Assigned(stream))
+                .expect("events channel sized for every partition");
+            let reader = PartitionReader {
+                log: log.clone(),
+                topic: topic.clone(),
+                partition,
+                handle: handle.clone(),
+                next: from,
+                tx,
+            };
+            tasks.push(tokio::spawn(reader.run()));
+        }
+    }
+    Ok(Subscription::new(events_rx, Some(Box::new(Readers(tasks)))))
+}
+
+struct PartitionReader {
+    log: Log,
+    topic: Arc<str>,
+    partition: u32,
+    handle: Arc<TopicHandle>,
+    next: u64,
+    tx: mpsc::Sender<crate::broker::ConsumedRecord>,
+}
+
+impl PartitionReader {
+    async fn run(mut self) {
+        let mut high_water = self.handle.high_water[self.partition as usize].subscribe();
+        loop {
+            let high = *high_water.borrow_and_update();
+            if self.next >= high {
+                tokio::select! {
+                    changed = high_water.changed() => if changed.is_err() { return },
+                    _ = self.tx.closed() => return,
+                }
+                continue;
+            }
+            let (log, topic, partition, from) = (
+                self.log.clone(),
+                self.topic.clone(),
+                self.partition,
+                self.next,
+            );
+            let chunk = match tokio::task::spawn_blocking(move || {
+                log.read(&topic, partition, from, READ_CHUNK)
+            })
+            .await
+            {
+                Ok(Ok(chunk)) => chunk,
+                Ok(Err(e)) => {
+                    tracing::error!(topic = %self.topic, partition, error = %e, "reading the embedded log failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+                Err(_) => return,
+            };
+            let Some(first) = chunk.first() else {
+                // Everything up to the high-water mark was removed by retention.
+                self.next = high;
+                continue;
+            };
+            if first.offset > self.next {
+                tracing::warn!(
+                    topic = %self.topic, partition, wanted = self.next, oldest = first.offset,
+                    "records were removed by retention before this group read them; skipping ahead"
+                );
+            }
+            for record in chunk {
+                self.next = record.offset + 1;
+                if self.tx.send(record).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

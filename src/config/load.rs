@@ -1,0 +1,288 @@
+//! From a YAML file to a validated [`Config`], with errors that name the file, the key
+//! path and what is wrong.
+//!
+//! Environment variables are substituted in the parsed tree rather than in the text, so a
+//! secret containing `#` or `: ` cannot change the document's structure, and an unset
+//! variable is reported with the key that uses it.
+
+use std::fmt;
+use std::path::Path;
+
+use serde_norway::Value;
+
+use super::{Config, validate};
+
+/// One thing wrong with a config, at a key path such as `routes[0].verify.secret`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read the config file")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: {}", list(.problems))]
+    Invalid {
+        file: String,
+        problems: Vec<Problem>,
+    },
+}
+
+impl ConfigError {
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ConfigError::Read { .. } => &[],
+            ConfigError::Invalid { problems, .. } => problems,
+        }
+    }
+}
+
+fn list(problems: &[Problem]) -> String {
+    match problems {
+        [one] => one.to_string(),
+        many => {
+            let lines: Vec<String> = many.iter().map(|p| format!("\n  - {p}")).collect();
+            format!("{} problems:{}", many.len(), lines.concat())
+        }
+    }
+}
+
+/// Reads, substitutes, parses and validates a config file, using the process environment.
+pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    load_str(&file, &text, &|name| std::env::var(name).ok())
+}
+
+/// Parses and validates config text; `file` is only used in messages and `env` looks up
+/// variables for `${VAR}` substitution.
+pub fn load_str(
+    file: &str,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let invalid = |problems: Vec<Problem>| ConfigError::Invalid {
+        file: file.to_string(),
+        problems,
+    };
+
+    let mut tree: Value = serde_norway::from_str(text).map_err(|e| {
+        invalid(vec![Problem::new(
+            "(document)",
+            format!("invalid YAML: {e}"),
+        )])
+    })?;
+    if tree.is_null() {
+        // An empty file is a config of all defaults.
+        tree = Value::Mapping(Default::default());
+    }
+
+    let mut problems = Vec::new();
+    substitute_tree(&mut tree, &mut String::new(), env, &mut problems);
+    if !problems.is_empty() {
+        return Err(invalid(problems));
+    }
+
+    let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." {
+            "(top level)".to_string()
+        } else {
+            path
+        };
+        invalid(vec![Problem::new(path, e.into_inner().to_string())])
+    })?;
+
+    let problems = validate::check(&config);
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(invalid(problems))
+    }
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}` in every string scalar of the tree (not in keys).
+fn substitute_tree(
+    node: &mut Value,
+    path: &mut String,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) {
+    match node {
+        Value::String(text) => match substitute(text, env) {
+            Ok(Some(replaced)) => *text = replaced,
+            Ok(None) => {}
+            Err(message) => problems.push(Problem::new(path.clone(), message)),
+        },
+        Value::Sequence(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                substitute_tree(item, path, env, problems);
+                path.truncate(len);
+            }
+        }
+        Value::Mapping(map) => {
+            for (key, value) in map.iter_mut() {
+                let len = path.len();
+                let name = match key {
+                    Value::String(s) => s.clone(),
+                    other => serde_norway::to_string(other)
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string(),
+                };
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(&name);
+                substitute_tree(value, path, env, problems);
+                path.truncate(len);
+            }
+        }
+        Value::Tagged(tagged) => substitute_tree(&mut tagged.value, path, env, problems),
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
+/// Substitutes one string. `Ok(None)` when it holds no `${`, so untouched strings are not
+/// copied. `$${` stands for a literal `${`.
+fn substitute(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<String>, String> {
+    if !text.contains("${") {
+        return Ok(None);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find('$') {
+        out.push_str(&rest[..start]);
+        let tail = &rest[start..];
+        if let Some(after) = tail.strip_prefix("$${") {
+            out.push_str("${");
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("${") {
+            let end = after
+                .find('}')
+                .ok_or_else(|| format!("unterminated `${{` in `{text}`"))?;
+            let expr = &after[..end];
+            let (name, default) = match expr.split_once(":-") {
+                Some((name, default)) => (name, Some(default)),
+                None => (expr, None),
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("`${{{expr}}}` is not a valid variable reference"));
+            }
+            match (
+                env(name).filter(|v| !v.is_empty() || default.is_none()),
+                default,
+            ) {
+                (Some(value), _) => out.push_str(&value),
+                (None, Some(default)) => out.push_str(default),
+                (None, None) => {
+                    return Err(format!(
+                        "environment variable {name} is not set (write `${{{name}:-default}}` for an optional value)"
+                    ));
+                }
+            }
+            rest = &after[end + 1..];
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(Some(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "SET" => Some("value".into()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn substitution() {
+        assert_eq!(substitute("plain", &env).unwrap(), None);
+        assert_eq!(substitute("${SET}", &env).unwrap().unwrap(), "value");
+        assert_eq!(
+            substitute("a-${SET}-b", &env).unwrap().unwrap(),
+            "a-value-b"
+        );
+        assert_eq!(substitute("${UNSET:-dflt}", &env).unwrap().unwrap(), "dflt");
+        assert_eq!(substitute("${EMPTY:-dflt}", &env).unwrap().unwrap(), "dflt");
+        assert_eq!(substitute("${EMPTY}", &env).unwrap().unwrap(), "");
+        assert_eq!(substitute("${UNSET:-}", &env).unwrap().unwrap(), "");
+        assert_eq!(
+            substitute("$${SET} costs $5", &env).unwrap().unwrap(),
+            "${SET} costs $5"
+        );
+        assert!(
+            substitute("${UNSET}", &env)
+                .unwrap_err()
+                .contains("UNSET is not set")
+        );
+        assert!(
+            substitute("${SET", &env)
+                .unwrap_err()
+                .contains("unterminated")
+        );
+        assert!(
+            substitute("${a b}", &env)
+                .unwrap_err()
+                .contains("not a valid variable")
+        );
+    }
+
+    #[test]
+    fn unset_variable_names_the_key() {
+        let text = "routes:\n  - name: gh\n    topic: t\n    verify: { kind: github, secret: '${NOPE}' }\n";
+        let err = load_str("f.yaml", text, &env).unwrap_err();
+        assert_eq!(err.problems()[0].path, "routes[0].verify.secret");
+        assert!(
+            err.to_string()
+                .starts_with("f.yaml: routes[0].verify.secret: environment variable NOPE")
+        );
+    }
+
+    #[test]
+    fn numbers_may_come_from_the_environment() {
+        let text = "broker: { embedded: { partitions: '${P:-3}' } }\n";
+        let config = load_str("f.yaml", text, &env).unwrap();
+        assert_eq!(config.broker.embedded.partitions, 3);
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let config = load_str("f.yaml", "", &env).unwrap();
+        assert_eq!(config.broker.embedded.partitions, 8);
+        assert!(config.routes.is_empty());
+    }
+}

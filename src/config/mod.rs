@@ -1,0 +1,472 @@
+//! The configuration contract (DESIGN.md §3): the YAML file an operator writes.
+//!
+//! This module holds only the shape of the file and its defaults. `load` turns a file into
+//! a [`Config`] (environment substitution, parsing, key paths in errors) and `validate`
+//! checks what serde cannot (duplicates, names the brokers reject, URLs, secrets).
+//! Runtime components take the parts they need from here and build their own state; they
+//! never hold on to the YAML.
+
+mod load;
+pub mod units;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+pub use load::{ConfigError, Problem, load_file, load_str};
+pub use units::{ByteSize, ConfigDuration};
+
+/// The default configuration: the embedded broker and a `demo` route. `hookbridge serve`
+/// without `--config` runs on this, so it works on a machine with nothing else installed.
+pub const DEFAULT_CONFIG: &str = include_str!("../../config/hookbridge.yaml");
+/// How the compiled-in default is named in error messages.
+pub const DEFAULT_CONFIG_NAME: &str = "<built-in config/hookbridge.yaml>";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub broker: BrokerConfig,
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub subscriptions: Vec<SubscriptionConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BrokerKind {
+    #[default]
+    Embedded,
+    Kafka,
+    Nats,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    #[serde(default)]
+    pub kind: BrokerKind,
+    #[serde(default)]
+    pub embedded: EmbeddedConfig,
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    #[serde(default)]
+    pub nats: NatsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedConfig {
+    #[serde(default = "defaults::data_dir")]
+    pub dir: PathBuf,
+    /// Partitions of topics the embedded broker creates.
+    #[serde(default = "defaults::partitions", deserialize_with = "units::number")]
+    pub partitions: u32,
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+/// How long the embedded log keeps records, whatever consumers have read (as Kafka's
+/// `retention.ms` / `retention.bytes`, per partition).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    #[serde(default = "defaults::retention_age")]
+    pub max_age: Option<ConfigDuration>,
+    #[serde(default)]
+    pub max_bytes: Option<ByteSize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    #[serde(default = "defaults::kafka_bootstrap")]
+    pub bootstrap_servers: String,
+    #[serde(default = "defaults::partitions", deserialize_with = "units::number")]
+    pub partitions: u32,
+    #[serde(
+        default = "defaults::replication_factor",
+        deserialize_with = "units::number"
+    )]
+    pub replication_factor: i16,
+    /// Passed through to librdkafka as they are (SASL, TLS, tuning).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    #[serde(default = "defaults::nats_url")]
+    pub url: String,
+    #[serde(default = "defaults::partitions", deserialize_with = "units::number")]
+    pub partitions: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "defaults::listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "defaults::admin_listen")]
+    pub admin_listen: SocketAddr,
+    #[serde(default = "defaults::max_body")]
+    pub max_body: ByteSize,
+    /// Bearer token for the `/v1/*` admin routes; empty means none is required.
+    #[serde(default)]
+    pub admin_token: String,
+    /// How long a graceful shutdown waits for in-flight work before it gives up.
+    #[serde(default = "defaults::shutdown_timeout")]
+    pub shutdown_timeout: ConfigDuration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Served at `POST /hooks/{name}`.
+    pub name: String,
+    pub topic: String,
+    pub verify: VerifyConfig,
+    #[serde(default)]
+    pub event_type: Option<ExtractorConfig>,
+    #[serde(default)]
+    pub key: Option<ExtractorConfig>,
+    #[serde(default)]
+    pub idempotency: Option<IdempotencyConfig>,
+    #[serde(default = "defaults::publish_timeout")]
+    pub publish_timeout: ConfigDuration,
+    /// Request headers left out of the envelope, on top of the hop-by-hop ones,
+    /// `authorization`, `cookie` and the header a `token` verifier reads.
+    #[serde(default)]
+    pub drop_headers: Vec<String>,
+}
+
+/// How a route authenticates its sender.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum VerifyConfig {
+    /// Anyone may post. For internal senders behind other protection, and demos.
+    None,
+    /// A shared token in a header, compared in constant time.
+    Token { header: String, value: String },
+    /// HMAC-SHA256 of the body in a header (Shopify and many others).
+    HmacSha256 {
+        secret: String,
+        header: String,
+        #[serde(default)]
+        prefix: String,
+        #[serde(default)]
+        encoding: SignatureEncoding,
+    },
+    /// GitHub's `X-Hub-Signature-256: sha256=<hex>`.
+    Github { secret: String },
+    /// Stripe's `Stripe-Signature: t=...,v1=...`.
+    Stripe {
+        secret: String,
+        #[serde(default = "defaults::tolerance")]
+        tolerance: ConfigDuration,
+    },
+    /// Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature`.
+    StandardWebhooks {
+        secret: String,
+        #[serde(default = "defaults::tolerance")]
+        tolerance: ConfigDuration,
+    },
+    /// Slack's `X-Slack-Signature: v0=<hex>` over `v0:<timestamp>:<body>`.
+    Slack {
+        secret: String,
+        #[serde(default = "defaults::tolerance")]
+        tolerance: ConfigDuration,
+    },
+}
+
+impl VerifyConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            VerifyConfig::None => "none",
+            VerifyConfig::Token { .. } => "token",
+            VerifyConfig::HmacSha256 { .. } => "hmac_sha256",
+            VerifyConfig::Github { .. } => "github",
+            VerifyConfig::Stripe { .. } => "stripe",
+            VerifyConfig::StandardWebhooks { .. } => "standard_webhooks",
+            VerifyConfig::Slack { .. } => "slack",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignatureEncoding {
+    #[default]
+    Hex,
+    Base64,
+}
+
+/// Where a value comes from: exactly one of `header`, `json` (a JSON pointer into the
+/// body) or `value` (a constant).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractorConfig {
+    #[serde(default)]
+    pub header: Option<String>,
+    #[serde(default)]
+    pub json: Option<String>,
+    #[serde(default)]
+    pub value: Option<String>,
+    /// Used when the header or pointer is absent; without it, absence is a 422.
+    #[serde(default)]
+    pub default: Option<String>,
+}
+
+/// The sender's delivery id, from which the envelope id is derived.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencyConfig {
+    #[serde(default)]
+    pub header: Option<String>,
+    #[serde(default)]
+    pub json: Option<String>,
+    /// Reject requests without it (400) instead of giving them a fresh id.
+    #[serde(default, deserialize_with = "units::boolean")]
+    pub required: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionConfig {
+    pub name: String,
+    pub topics: Vec<String>,
+    pub url: String,
+    #[serde(default)]
+    pub filter: Option<FilterConfig>,
+    #[serde(default)]
+    pub signing: Option<SigningConfig>,
+    #[serde(default)]
+    pub forward_headers: Vec<String>,
+    #[serde(default)]
+    pub payload: PayloadMode,
+    #[serde(default)]
+    pub ordering: OrderingMode,
+    #[serde(
+        default = "defaults::max_in_flight",
+        deserialize_with = "units::number"
+    )]
+    pub max_in_flight: u32,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+    #[serde(default = "defaults::delivery_timeout")]
+    pub timeout: ConfigDuration,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Default: `hookbridge.dlq.<name>`.
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
+}
+
+impl SubscriptionConfig {
+    pub fn dead_letter_topic(&self) -> String {
+        self.dead_letter_topic
+            .clone()
+            .unwrap_or_else(|| format!("hookbridge.dlq.{}", self.name))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// Globs on the event type (`*` any run of characters, `?` one character).
+    pub types: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningConfig {
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Several secrets while rotating: every one signs, the receiver accepts any.
+    #[serde(default)]
+    pub secrets: Option<Vec<String>>,
+}
+
+impl SigningConfig {
+    pub fn all_secrets(&self) -> Vec<String> {
+        let mut all: Vec<String> = self.secret.iter().cloned().collect();
+        all.extend(self.secrets.iter().flatten().cloned());
+        all
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PayloadMode {
+    #[default]
+    Raw,
+    EnvelopeJson,
+    Cloudevents,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderingMode {
+    #[default]
+    Key,
+    Partition,
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    #[serde(deserialize_with = "units::number")]
+    pub per_second: f64,
+    #[serde(default, deserialize_with = "optional_number")]
+    pub burst: Option<u32>,
+}
+
+fn optional_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    units::number(d).map(Some)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    #[serde(default = "defaults::initial_backoff")]
+    pub initial_backoff: ConfigDuration,
+    #[serde(default = "defaults::max_backoff")]
+    pub max_backoff: ConfigDuration,
+    #[serde(default = "defaults::max_attempts", deserialize_with = "units::number")]
+    pub max_attempts: u32,
+    #[serde(default = "defaults::max_age")]
+    pub max_age: ConfigDuration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            initial_backoff: defaults::initial_backoff(),
+            max_backoff: defaults::max_backoff(),
+            max_attempts: defaults::max_attempts(),
+            max_age: defaults::max_age(),
+        }
+    }
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        EmbeddedConfig {
+            dir: defaults::data_dir(),
+            partitions: defaults::partitions(),
+            retention: RetentionConfig::default(),
+        }
+    }
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            max_age: defaults::retention_age(),
+            max_bytes: None,
+        }
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: defaults::kafka_bootstrap(),
+            partitions: defaults::partitions(),
+            replication_factor: defaults::replication_factor(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: defaults::nats_url(),
+            partitions: defaults::partitions(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: defaults::listen(),
+            admin_listen: defaults::admin_listen(),
+            max_body: defaults::max_body(),
+            admin_token: String::new(),
+            shutdown_timeout: defaults::shutdown_timeout(),
+        }
+    }
+}
+
+/// Every default of the contract, in one place.
+mod defaults {
+    use super::{ByteSize, ConfigDuration};
+    use std::net::SocketAddr;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    pub fn data_dir() -> PathBuf {
+        PathBuf::from("./data")
+    }
+    pub fn partitions() -> u32 {
+        8
+    }
+    pub fn retention_age() -> Option<ConfigDuration> {
+        Some(ConfigDuration(Duration::from_secs(7 * 86_400)))
+    }
+    pub fn replication_factor() -> i16 {
+        1
+    }
+    pub fn kafka_bootstrap() -> String {
+        "127.0.0.1:9092".into()
+    }
+    pub fn nats_url() -> String {
+        "nats://127.0.0.1:4222".into()
+    }
+    pub fn listen() -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0], 8080))
+    }
+    pub fn admin_listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 9090))
+    }
+    pub fn max_body() -> ByteSize {
+        ByteSize(1 << 20)
+    }
+    pub fn shutdown_timeout() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(30))
+    }
+    pub fn publish_timeout() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(5))
+    }
+    pub fn tolerance() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(300))
+    }
+    pub fn max_in_flight() -> u32 {
+        64
+    }
+    pub fn delivery_timeout() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(10))
+    }
+    pub fn initial_backoff() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(1))
+    }
+    pub fn max_backoff() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(600))
+    }
+    pub fn max_attempts() -> u32 {
+        12
+    }
+    pub fn max_age() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(86_400))
+    }
+}

@@ -1,0 +1,321 @@
+//! Checks serde cannot make: names the brokers would reject, duplicates, URLs, secrets,
+//! bounds. Every problem is collected, so one run of `check-config` shows them all.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use super::{Config, ExtractorConfig, Problem, SubscriptionConfig, VerifyConfig};
+use crate::standard_webhooks;
+
+pub fn check(config: &Config) -> Vec<Problem> {
+    let mut problems = Problems::default();
+    check_broker(config, &mut problems);
+    check_server(config, &mut problems);
+    let mut route_names = HashSet::new();
+    for (i, route) in config.routes.iter().enumerate() {
+        let at = format!("routes[{i}]");
+        problems.name(&format!("{at}.name"), &route.name, "route");
+        if !route_names.insert(route.name.as_str()) {
+            problems.add(
+                format!("{at}.name"),
+                format!("route `{}` is defined twice", route.name),
+            );
+        }
+        problems.topic(&format!("{at}.topic"), &route.topic);
+        check_verify(&format!("{at}.verify"), &route.verify, &mut problems);
+        if let Some(extractor) = &route.event_type {
+            check_extractor(&format!("{at}.event_type"), extractor, &mut problems);
+        }
+        if let Some(extractor) = &route.key {
+            check_extractor(&format!("{at}.key"), extractor, &mut problems);
+        }
+        if let Some(idem) = &route.idempotency {
+            let path = format!("{at}.idempotency");
+            match (&idem.header, &idem.json) {
+                (Some(header), None) => problems.header(&format!("{path}.header"), header),
+                (None, Some(pointer)) => problems.pointer(&format!("{path}.json"), pointer),
+                _ => problems.add(path, "set exactly one of `header` or `json`"),
+            }
+        }
+        problems.positive(&format!("{at}.publish_timeout"), route.publish_timeout.0);
+        for (j, header) in route.drop_headers.iter().enumerate() {
+            problems.header(&format!("{at}.drop_headers[{j}]"), header);
+        }
+    }
+    let mut subscription_names = HashSet::new();
+    for (i, sub) in config.subscriptions.iter().enumerate() {
+        let at = format!("subscriptions[{i}]");
+        problems.name(&format!("{at}.name"), &sub.name, "subscription");
+        if !subscription_names.insert(sub.name.as_str()) {
+            problems.add(
+                format!("{at}.name"),
+                format!("subscription `{}` is defined twice", sub.name),
+            );
+        }
+        check_subscription(&at, sub, &mut problems);
+    }
+    problems.0
+}
+
+fn check_broker(config: &Config, problems: &mut Problems) {
+    let broker = &config.broker;
+    problems.partitions("broker.embedded.partitions", broker.embedded.partitions);
+    problems.partitions("broker.kafka.partitions", broker.kafka.partitions);
+    problems.partitions("broker.nats.partitions", broker.nats.partitions);
+    if broker.kafka.replication_factor < 1 {
+        problems.add("broker.kafka.replication_factor", "must be at least 1");
+    }
+    if broker.kafka.bootstrap_servers.trim().is_empty() {
+        problems.add("broker.kafka.bootstrap_servers", "is empty");
+    }
+    if !(broker.nats.url.starts_with("nats://") || broker.nats.url.starts_with("tls://")) {
+        problems.add(
+            "broker.nats.url",
+            format!("`{}` is not a nats:// or tls:// URL", broker.nats.url),
+        );
+    }
+    if broker.embedded.dir.as_os_str().is_empty() {
+        problems.add("broker.embedded.dir", "is empty");
+    }
+    if let Some(age) = broker.embedded.retention.max_age {
+        problems.positive("broker.embedded.retention.max_age", age.0);
+    }
+    if broker
+        .embedded
+        .retention
+        .max_bytes
+        .is_some_and(|b| b.0 == 0)
+    {
+        problems.add("broker.embedded.retention.max_bytes", "must be more than 0");
+    }
+}
+
+fn check_server(config: &Config, problems: &mut Problems) {
+    let server = &config.server;
+    if server.listen == server.admin_listen {
+        problems.add(
+            "server.admin_listen",
+            format!("is the same address as server.listen ({})", server.listen),
+        );
+    }
+    if server.max_body.0 == 0 {
+        problems.add("server.max_body", "must be more than 0");
+    }
+    problems.positive("server.shutdown_timeout", server.shutdown_timeout.0);
+}
+
+fn check_verify(path: &str, verify: &VerifyConfig, problems: &mut Problems) {
+    match verify {
+        VerifyConfig::None => {}
+        VerifyConfig::Token { header, value } => {
+            problems.header(&format!("{path}.header"), header);
+            problems.secret(&format!("{path}.value"), value);
+        }
+        VerifyConfig::HmacSha256 { secret, header, .. } => {
+            problems.secret(&format!("{path}.secret"), secret);
+            problems.header(&format!("{path}.header"), header);
+        }
+        VerifyConfig::Github { secret } => problems.secret(&format!("{path}.secret"), secret),
+        VerifyConfig::Stripe { secret, tolerance } | VerifyConfig::Slack { secret, tolerance } => {
+            problems.secret(&format!("{path}.secret"), secret);
+            problems.positive(&format!("{path}.tolerance"), tolerance.0);
+        }
+        VerifyConfig::StandardWebhooks { secret, tolerance } => {
+            problems.webhook_secret(&format!("{path}.secret"), secret);
+            problems.positive(&format!("{path}.tolerance"), tolerance.0);
+        }
+    }
+}
+
+fn check_extractor(path: &str, extractor: &ExtractorConfig, problems: &mut Problems) {
+    match (&extractor.header, &extractor.json, &extractor.value) {
+        (Some(header), None, None) => problems.header(&format!("{path}.header"), header),
+        (None, Some(pointer), None) => problems.pointer(&format!("{path}.json"), pointer),
+        (None, None, Some(_)) => {
+            if extractor.default.is_some() {
+                problems.add(
+                    format!("{path}.default"),
+                    "a constant `value` needs no default",
+                );
+            }
+        }
+        _ => problems.add(path, "set exactly one of `header`, `json` or `value`"),
+    }
+}
+
+fn check_subscription(at: &str, sub: &SubscriptionConfig, problems: &mut Problems) {
+    if sub.topics.is_empty() {
+        problems.add(format!("{at}.topics"), "names no topic");
+    }
+    for (j, topic) in sub.topics.iter().enumerate() {
+        problems.topic(&format!("{at}.topics[{j}]"), topic);
+    }
+    match sub.url.parse::<http::Uri>() {
+        Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {}
+        _ => problems.add(
+            format!("{at}.url"),
+            format!("`{}` is not an http:// or https:// URL", sub.url),
+        ),
+    }
+    if let Some(filter) = &sub.filter {
+        if filter.types.is_empty() {
+            problems.add(
+                format!("{at}.filter.types"),
+                "is empty; leave `filter` out to deliver every type",
+            );
+        }
+        for (j, glob) in filter.types.iter().enumerate() {
+            if glob.is_empty() {
+                problems.add(format!("{at}.filter.types[{j}]"), "is empty");
+            }
+        }
+    }
+    if let Some(signing) = &sub.signing {
+        let secrets = signing.all_secrets();
+        if secrets.is_empty() {
+            problems.add(format!("{at}.signing"), "set `secret` or `secrets`");
+        }
+        if signing.secret.is_some() {
+            problems.webhook_secret(
+                &format!("{at}.signing.secret"),
+                signing.secret.as_deref().unwrap_or(""),
+            );
+        }
+        for (j, secret) in signing.secrets.iter().flatten().enumerate() {
+            problems.webhook_secret(&format!("{at}.signing.secrets[{j}]"), secret);
+        }
+    }
+    for (j, header) in sub.forward_headers.iter().enumerate() {
+        problems.header(&format!("{at}.forward_headers[{j}]"), header);
+    }
+    if sub.max_in_flight == 0 {
+        problems.add(format!("{at}.max_in_flight"), "must be at least 1");
+    }
+    if let Some(rate) = &sub.rate_limit {
+        if !(rate.per_second.is_finite() && rate.per_second > 0.0) {
+            problems.add(format!("{at}.rate_limit.per_second"), "must be more than 0");
+        }
+        if rate.burst == Some(0) {
+            problems.add(format!("{at}.rate_limit.burst"), "must be at least 1");
+        }
+    }
+    problems.positive(&format!("{at}.timeout"), sub.timeout.0);
+    let retry = &sub.retry;
+    if retry.max_attempts == 0 {
+        problems.add(format!("{at}.retry.max_attempts"), "must be at least 1");
+    }
+    problems.positive(
+        &format!("{at}.retry.initial_backoff"),
+        retry.initial_backoff.0,
+    );
+    problems.positive(&format!("{at}.retry.max_age"), retry.max_age.0);
+    if retry.initial_backoff > retry.max_backoff {
+        problems.add(
+            format!("{at}.retry.max_backoff"),
+            "is shorter than retry.initial_backoff",
+        );
+    }
+    let dead_letter = sub.dead_letter_topic();
+    problems.topic(&format!("{at}.dead_letter_topic"), &dead_letter);
+    if sub.topics.contains(&dead_letter) {
+        problems.add(
+            format!("{at}.dead_letter_topic"),
+            format!(
+                "`{dead_letter}` is also a topic of this subscription; dead letters would loop"
+            ),
+        );
+    }
+}
+
+/// Collects problems, with one helper per kind of check so messages stay uniform.
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem::new(path, message));
+    }
+
+    /// Route and subscription names appear in URLs, consumer group and topic names.
+    fn name(&mut self, path: &str, name: &str, what: &str) {
+        if name.is_empty() || name.len() > 128 {
+            self.add(path, format!("a {what} name must have 1 to 128 characters"));
+        } else if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            self.add(
+                path,
+                format!("`{name}`: a {what} name may only hold letters, digits, `-`, `_` and `.`"),
+            );
+        }
+    }
+
+    /// The strictest of the backends' rules (Kafka's): NATS and the embedded log accept
+    /// every name Kafka does.
+    fn topic(&mut self, path: &str, topic: &str) {
+        if topic.is_empty() || topic.len() > 249 {
+            self.add(path, "a topic name must have 1 to 249 characters");
+        } else if topic == "." || topic == ".." {
+            self.add(path, format!("`{topic}` is not a valid topic name"));
+        } else if !topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            self.add(
+                path,
+                format!("`{topic}`: a topic name may only hold letters, digits, `-`, `_` and `.`"),
+            );
+        } else if topic.starts_with('.') || topic.ends_with('.') || topic.contains("..") {
+            // NATS subjects are `<topic>.<partition>`: empty tokens are not allowed there.
+            self.add(
+                path,
+                format!("`{topic}`: a topic name may not start or end with `.` or hold `..`"),
+            );
+        }
+    }
+
+    fn header(&mut self, path: &str, name: &str) {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            self.add(path, format!("`{name}` is not a valid HTTP header name"));
+        }
+    }
+
+    fn pointer(&mut self, path: &str, pointer: &str) {
+        if !(pointer.is_empty() || pointer.starts_with('/')) {
+            self.add(
+                path,
+                format!("`{pointer}` is not a JSON pointer; it must start with `/` (e.g. `/type`)"),
+            );
+        }
+    }
+
+    fn secret(&mut self, path: &str, secret: &str) {
+        if secret.trim().is_empty() {
+            self.add(
+                path,
+                "the secret is empty (is its environment variable set?)",
+            );
+        }
+    }
+
+    fn webhook_secret(&mut self, path: &str, secret: &str) {
+        if secret.trim().is_empty() {
+            self.secret(path, secret);
+        } else if let Err(e) = standard_webhooks::Secret::parse(secret) {
+            self.add(path, e.to_string());
+        }
+    }
+
+    fn positive(&mut self, path: &str, duration: Duration) {
+        if duration.is_zero() {
+            self.add(path, "must be longer than 0");
+        }
+    }
+
+    fn partitions(&mut self, path: &str, partitions: u32) {
+        if !(1..=4096).contains(&partitions) {
+            self.add(path, "must be between 1 and 4096");
+        }
+    }
+}

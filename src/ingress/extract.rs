@@ -1,0 +1,166 @@
+//! Extractors: the event type, partition key and idempotency key of a webhook, from a
+//! header, a JSON pointer into the body, or a constant.
+
+use axum::http::{HeaderMap, HeaderName, StatusCode};
+use serde_json::Value;
+
+use super::problem::Problem;
+use crate::config::{ExtractorConfig, IdempotencyConfig};
+
+#[derive(Debug, Clone)]
+enum Source {
+    Header(HeaderName),
+    Json(String),
+    Value(String),
+}
+
+/// One compiled extractor; `what` names it in error messages ("event type", "key").
+#[derive(Debug, Clone)]
+pub struct Extractor {
+    what: &'static str,
+    source: Source,
+    default: Option<String>,
+    required: bool,
+}
+
+impl Extractor {
+    pub fn from_config(what: &'static str, config: &ExtractorConfig) -> Extractor {
+        let source = match (&config.header, &config.json, &config.value) {
+            (Some(h), _, _) => {
+                Source::Header(HeaderName::from_bytes(h.as_bytes()).expect("validated header"))
+            }
+            (_, Some(pointer), _) => Source::Json(pointer.clone()),
+            (_, _, Some(value)) => Source::Value(value.clone()),
+            _ => unreachable!("validated: exactly one source"),
+        };
+        Extractor {
+            what,
+            source,
+            default: config.default.clone(),
+            required: true,
+        }
+    }
+
+    pub fn idempotency(config: &IdempotencyConfig) -> Extractor {
+        let source = match (&config.header, &config.json) {
+            (Some(h), _) => {
+                Source::Header(HeaderName::from_bytes(h.as_bytes()).expect("validated header"))
+            }
+            (_, Some(pointer)) => Source::Json(pointer.clone()),
+            _ => unreachable!("validated: exactly one source"),
+        };
+        Extractor {
+            what: "idempotency key",
+            source,
+            default: None,
+            required: config.required,
+        }
+    }
+
+    pub fn needs_json(&self) -> bool {
+        matches!(self.source, Source::Json(_))
+    }
+
+    /// The extracted value; `Ok(None)` when absent and not required.
+    pub fn extract(
+        &self,
+        headers: &HeaderMap,
+        body: &JsonBody<'_>,
+    ) -> Result<Option<String>, Problem> {
+        let found = match &self.source {
+            Source::Value(v) => return Ok(Some(v.clone())),
+            Source::Header(name) => match headers.get(name) {
+                None => None,
+                Some(v) => Some(
+                    v.to_str()
+                        .map_err(|_| {
+                            Problem::bad_request(
+                                "malformed-header",
+                                format!("header {name} is not visible ASCII"),
+                            )
+                        })?
+                        .to_string(),
+                ),
+            },
+            Source::Json(pointer) => {
+                let document = body.parsed()?;
+                match document.pointer(pointer) {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(s)) => Some(s.clone()),
+                    Some(v @ (Value::Number(_) | Value::Bool(_))) => Some(v.to_string()),
+                    Some(_) => {
+                        return Err(Problem::unprocessable(
+                            "extractor-not-scalar",
+                            format!(
+                                "the {} at JSON pointer {pointer} is an object or array, not a string or number",
+                                self.what
+                            ),
+                        ));
+                    }
+                }
+            }
+        };
+        match (found, &self.default) {
+            (Some(v), _) => Ok(Some(v)),
+            (None, Some(default)) => Ok(Some(default.clone())),
+            (None, None) if !self.required => Ok(None),
+            (None, None) => Err(self.missing()),
+        }
+    }
+
+    fn missing(&self) -> Problem {
+        match &self.source {
+            Source::Header(name) => {
+                let kind = if self.what == "idempotency key" {
+                    "missing-idempotency-key"
+                } else {
+                    "missing-header"
+                };
+                Problem::bad_request(kind, format!("the {} header {name} is missing", self.what))
+            }
+            Source::Json(pointer) => Problem::unprocessable(
+                "extractor-missing",
+                format!("the JSON body has no {} at pointer {pointer}", self.what),
+            ),
+            Source::Value(_) => unreachable!("constants are never missing"),
+        }
+    }
+}
+
+/// The request body, parsed as JSON at most once and only if an extractor asks.
+pub struct JsonBody<'a> {
+    bytes: &'a [u8],
+    content_type: Option<&'a str>,
+    parsed: std::cell::OnceCell<Result<Value, Problem>>,
+}
+
+impl<'a> JsonBody<'a> {
+    pub fn new(bytes: &'a [u8], content_type: Option<&'a str>) -> Self {
+        JsonBody {
+            bytes,
+            content_type,
+            parsed: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn parsed(&self) -> Result<&Value, Problem> {
+        self.parsed
+            .get_or_init(|| {
+                if let Some(ct) = self.content_type {
+                    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+                    if !(essence == "application/json" || essence.ends_with("+json")) {
+                        return Err(Problem::new(
+                            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                            "json-required",
+                            "JSON body required",
+                            format!("this route reads fields from a JSON body, but the content-type is {ct}"),
+                        ));
+                    }
+                }
+                serde_json::from_slice(self.bytes)
+                    .map_err(|e| Problem::unprocessable("invalid-json", format!("the body is not valid JSON: {e}")))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}

@@ -1,0 +1,17 @@
+//! hookbridge bridges HTTP webhooks and event streams.
+//!
+//! The data path, module by module:
+//! - in: [`ingress`] (route → verify → envelope) → [`broker`] publish;
+//! - out: [`broker`] partition streams → delivery (lanes → attempt → commit), to come.
+//!
+//! [`config`] is the contract operators write; [`server`] wires it all together.
+
+pub mod admin;
+pub mod broker;
+pub mod config;
+pub mod crypto;
+pub mod envelope;
+pub mod ingress;
+pub mod server;
+pub mod standard_webhooks;
+pub mod telemetry;

@@ -1,0 +1,160 @@
+//! `hookbridge serve`: opens the broker, binds the listeners, runs until SIGTERM/SIGINT, and
+//! shuts down without dropping an acknowledged webhook.
+//!
+//! Shutdown order: stop accepting connections, let in-flight requests finish (their
+//! publishes are awaited, so every 202 already sent stays true), flush the broker, exit.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::broker::embedded::EmbeddedBroker;
+use crate::broker::{BrokerError, Publisher};
+use crate::config::{BrokerKind, Config};
+use crate::ingress::Ingress;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot open the {kind} broker")]
+    Broker {
+        kind: &'static str,
+        source: BrokerError,
+    },
+    #[error("cannot create the configured topics")]
+    Topics { source: BrokerError },
+    #[error("broker.kind `{0}` is not available in this build yet")]
+    UnsupportedBroker(&'static str),
+    #[error("cannot listen on {addr} ({what})")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the {what} server failed")]
+    Serve {
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// Addresses actually bound (useful when the config asks for port 0).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Opens the broker the config names.
+pub async fn open_broker(config: &Config) -> Result<Arc<dyn Publisher>, ServeError> {
+    match config.broker.kind {
+        BrokerKind::Embedded => {
+            let broker = EmbeddedBroker::open(&config.broker.embedded).map_err(|source| {
+                ServeError::Broker {
+                    kind: "embedded",
+                    source,
+                }
+            })?;
+            Ok(broker)
+        }
+        BrokerKind::Kafka => Err(ServeError::UnsupportedBroker("kafka")),
+        BrokerKind::Nats => Err(ServeError::UnsupportedBroker("nats")),
+    }
+}
+
+/// Runs hookbridge until `shutdown` resolves. `on_bound` learns the bound addresses.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    on_bound: impl FnOnce(Bound),
+) -> Result<(), ServeError> {
+    let publisher = open_broker(&config).await?;
+    let ingress = Ingress::new(&config, publisher.clone());
+    publisher
+        .ensure_topics(&ingress.topics())
+        .await
+        .map_err(|source| ServeError::Topics { source })?;
+
+    let bind = |what, addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { what, addr, source })
+    };
+    let listener = bind("ingress", config.server.listen).await?;
+    let admin_listener = bind("admin", config.server.admin_listen).await?;
+    let bound = Bound {
+        listen: listener.local_addr().map_err(|source| ServeError::Serve {
+            what: "ingress",
+            source,
+        })?,
+        admin: admin_listener
+            .local_addr()
+            .map_err(|source| ServeError::Serve {
+                what: "admin",
+                source,
+            })?,
+    };
+    tracing::info!(
+        ingress = %bound.listen, admin = %bound.admin, broker = ?config.broker.kind,
+        routes = config.routes.len(), "hookbridge is serving"
+    );
+    on_bound(bound);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let admin = tokio::spawn(
+        axum::serve(admin_listener, crate::admin::router(publisher.clone()))
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future(),
+    );
+    let ingress_server = axum::serve(
+        listener,
+        ingress
+            .router()
+            .into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stopped(stop_rx));
+
+    let grace = config.server.shutdown_timeout.0;
+    let mut ingress_task = tokio::spawn(ingress_server.into_future());
+    tokio::select! {
+        // The server only ends by itself if it failed.
+        finished = &mut ingress_task => {
+            let _ = stop_tx.send(true);
+            finished.expect("ingress server task").map_err(|source| ServeError::Serve { what: "ingress", source })?;
+        }
+        () = shutdown => {
+            tracing::info!(grace = ?grace, "shutting down: no new connections, finishing in-flight requests");
+            let _ = stop_tx.send(true);
+            if tokio::time::timeout(grace, ingress_task).await.is_err() {
+                tracing::warn!("in-flight requests did not finish within server.shutdown_timeout");
+            }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
+    match tokio::time::timeout(grace, publisher.close()).await {
+        Ok(()) => tracing::info!("broker flushed; bye"),
+        Err(_) => tracing::warn!("broker flush did not finish within the shutdown timeout"),
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
