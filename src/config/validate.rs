@@ -92,7 +92,8 @@ fn check_broker(config: &Config, problems: &mut Problems) {
 
 fn check_server(config: &Config, problems: &mut Problems) {
     let server = &config.server;
-    if server.listen == server.admin_listen {
+    // Port 0 asks the OS for a free port, so two of them never collide.
+    if server.listen == server.admin_listen && server.listen.port() != 0 {
         problems.add(
             "server.admin_listen",
             format!("is the same address as server.listen ({})", server.listen),
