@@ -71,7 +71,8 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 
 impl<'de> Deserialize<'de> for ConfigDuration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
+        // A bare number is read so the error can say what is missing: the unit.
+        let text = number_or_string(deserializer)?;
         parse_duration(&text)
             .map(ConfigDuration)
             .map_err(de::Error::custom)

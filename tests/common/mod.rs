@@ -93,12 +93,18 @@ impl Hookbridge {
 
     /// SIGTERM, then waits for the exit.
     pub fn terminate(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("running");
+        let pid = self.pid().to_string();
         let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .args(["-TERM", &pid])
             .status()
             .expect("kill -TERM");
         assert!(status.success());
+        self.wait()
+    }
+
+    /// Waits for the process to exit by itself (after a signal sent elsewhere).
+    pub fn wait(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
@@ -106,7 +112,7 @@ impl Hookbridge {
             }
             assert!(
                 Instant::now() < deadline,
-                "hookbridge did not exit after SIGTERM"
+                "hookbridge did not exit within 60s"
             );
             std::thread::sleep(Duration::from_millis(20));
         }

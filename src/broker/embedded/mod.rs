@@ -135,6 +135,19 @@ impl EmbeddedBroker {
         Ok(all)
     }
 
+    /// Runs one retention pass now instead of waiting for the next tick.
+    pub async fn enforce_retention(
+        &self,
+        max_age: Option<Duration>,
+        max_bytes: Option<u64>,
+    ) -> Result<(), BrokerError> {
+        self.ops
+            .send(Op::Retention { max_age, max_bytes })
+            .await
+            .map_err(|_| BrokerError::Closed)?;
+        self.call(|reply| Op::Flush { reply }).await
+    }
+
     /// The committed offset of a consumer group on a partition.
     pub fn committed(
         &self,
@@ -219,9 +232,10 @@ impl Publisher for EmbeddedBroker {
     }
 
     async fn close(&self) {
-        let _ = self.call(|reply| Op::Flush { reply }).await;
         self.closed
             .store(true, std::sync::atomic::Ordering::Release);
+        // Everything queued before this is written and answered; then the writer exits.
+        let _ = self.call(|reply| Op::Close { reply }).await;
     }
 }
 

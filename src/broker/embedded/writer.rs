@@ -45,6 +45,8 @@ pub enum Op {
     },
     /// Answered once everything queued before it is durable.
     Flush { reply: oneshot::Sender<()> },
+    /// Like `Flush`, then the writer stops and closes the log; later operations fail.
+    Close { reply: oneshot::Sender<()> },
 }
 
 /// What readers need to know about a topic: its partitions and a watch per partition that
@@ -92,7 +94,7 @@ impl Writer {
         Ok(writer)
     }
 
-    /// Runs until every sender is gone.
+    /// Runs until every sender is gone or a `Close` arrives.
     pub fn run(mut self, mut ops: mpsc::Receiver<Op>) {
         let mut batch = Vec::with_capacity(MAX_BATCH_OPS);
         while let Some(first) = ops.blocking_recv() {
@@ -103,7 +105,18 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let closing = batch.iter().any(|op| matches!(op, Op::Close { .. }));
+            if closing {
+                // Refuse what arrives from now on; answer it rather than leave it hanging.
+                ops.close();
+                while let Ok(op) = ops.try_recv() {
+                    batch.push(op);
+                }
+            }
             self.apply(&mut batch);
+            if closing {
+                return;
+            }
         }
     }
 
@@ -179,7 +192,7 @@ impl Writer {
                 Op::Retention { max_age, max_bytes } => self
                     .stage_retention(&mut write, &mut touched, *max_age, *max_bytes, now_ms)
                     .map(|_| None),
-                Op::Flush { .. } => Ok(None),
+                Op::Flush { .. } | Op::Close { .. } => Ok(None),
             };
             results.push(result);
         }
@@ -237,7 +250,7 @@ impl Writer {
                 Op::Commit { reply, .. } | Op::EnsureTopics { reply, .. } => {
                     let _ = reply.send(result.map(|_| ()));
                 }
-                Op::Flush { reply } => {
+                Op::Flush { reply } | Op::Close { reply } => {
                     let _ = reply.send(());
                 }
                 Op::Retention { .. } => {
