@@ -84,11 +84,10 @@ async fn load(
                 };
                 if outcome == Outcome::Accepted
                     && accepted.fetch_add(1, Ordering::Relaxed) + 1 == interrupt_after
+                    && let Some(interrupt) = interrupt.lock().unwrap().take()
                 {
-                    if let Some(interrupt) = interrupt.lock().unwrap().take() {
-                        // Blocking: the kill must happen while the other workers keep sending.
-                        tokio::task::spawn_blocking(interrupt);
-                    }
+                    // Blocking: the kill must happen while the other workers keep sending.
+                    tokio::task::spawn_blocking(interrupt);
                 }
                 outcomes.lock().unwrap()[n] = outcome;
             }

@@ -109,6 +109,14 @@ async fn signed_webhooks_become_envelopes_byte_for_byte() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Hookbridge::start(dir.path(), &config(dir.path()));
     let client = reqwest::Client::new();
+    for probe in ["healthz", "readyz"] {
+        let response = client
+            .get(format!("{}/{probe}", server.admin))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "/{probe}");
+    }
     let now = unix_now();
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let mut sent = Vec::new();

@@ -48,11 +48,11 @@ impl Hookbridge {
         let lines = logs.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if event["message"] == "hookbridge is serving" {
-                        let addr = |k: &str| event[k].as_str().unwrap_or_default().to_string();
-                        let _ = bound_tx.send((addr("ingress"), addr("admin")));
-                    }
+                if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
+                    && event["message"] == "hookbridge is serving"
+                {
+                    let addr = |k: &str| event[k].as_str().unwrap_or_default().to_string();
+                    let _ = bound_tx.send((addr("ingress"), addr("admin")));
                 }
                 lines.lock().unwrap().push(line);
             }

@@ -164,6 +164,9 @@ impl Writer {
             Vec::with_capacity(batch.len());
         for op in batch.iter_mut() {
             let result = match op {
+                // The publisher gave up (its deadline passed and the sender got a 503):
+                // storing the record now would only make a duplicate of the sender's retry.
+                Op::Append { reply, .. } if reply.is_closed() => Err(BrokerError::Closed),
                 Op::Append { record, .. } => {
                     appended = true;
                     self.stage_append(&mut write, &mut created, &mut touched, record, now_ms)
