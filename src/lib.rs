@@ -2,7 +2,7 @@
 //!
 //! The data path, module by module:
 //! - in: [`ingress`] (route → verify → envelope) → [`broker`] publish;
-//! - out: [`broker`] partition streams → delivery (lanes → attempt → commit), to come.
+//! - out: [`broker`] partition streams → [`delivery`] (lanes → attempt → commit).
 //!
 //! [`config`] is the contract operators write; [`server`] wires it all together.
 
@@ -10,6 +10,7 @@ pub mod admin;
 pub mod broker;
 pub mod config;
 pub mod crypto;
+pub mod delivery;
 pub mod envelope;
 pub mod ingress;
 pub mod server;

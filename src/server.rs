@@ -12,8 +12,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::broker::embedded::EmbeddedBroker;
-use crate::broker::{BrokerError, Publisher};
+use crate::broker::{BrokerError, Publisher, Subscriber};
 use crate::config::{BrokerKind, Config};
+use crate::delivery::{Delivery, DeliveryError};
 use crate::ingress::Ingress;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +26,8 @@ pub enum ServeError {
     },
     #[error("cannot create the configured topics")]
     Topics { source: BrokerError },
+    #[error("cannot start delivery")]
+    Delivery(#[from] DeliveryError),
     #[error("broker.kind `{0}` is not available in this build yet")]
     UnsupportedBroker(&'static str),
     #[error("cannot listen on {addr} ({what})")]
@@ -47,8 +50,14 @@ pub struct Bound {
     pub admin: SocketAddr,
 }
 
+/// Both faces of the broker the config names.
+pub struct Broker {
+    pub publisher: Arc<dyn Publisher>,
+    pub subscriber: Arc<dyn Subscriber>,
+}
+
 /// Opens the broker the config names.
-pub async fn open_broker(config: &Config) -> Result<Arc<dyn Publisher>, ServeError> {
+pub async fn open_broker(config: &Config) -> Result<Broker, ServeError> {
     match config.broker.kind {
         BrokerKind::Embedded => {
             let broker = EmbeddedBroker::open(&config.broker.embedded).map_err(|source| {
@@ -57,7 +66,10 @@ pub async fn open_broker(config: &Config) -> Result<Arc<dyn Publisher>, ServeErr
                     source,
                 }
             })?;
-            Ok(broker)
+            Ok(Broker {
+                publisher: broker.clone(),
+                subscriber: broker,
+            })
         }
         BrokerKind::Kafka => Err(ServeError::UnsupportedBroker("kafka")),
         BrokerKind::Nats => Err(ServeError::UnsupportedBroker("nats")),
@@ -70,12 +82,16 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     on_bound: impl FnOnce(Bound),
 ) -> Result<(), ServeError> {
-    let publisher = open_broker(&config).await?;
+    let Broker {
+        publisher,
+        subscriber,
+    } = open_broker(&config).await?;
     let ingress = Ingress::new(&config, publisher.clone());
     publisher
-        .ensure_topics(&ingress.topics())
+        .ensure_topics(&configured_topics(&config))
         .await
         .map_err(|source| ServeError::Topics { source })?;
+    let delivery = Delivery::start(&config, subscriber, publisher.clone())?;
 
     let bind = |what, addr| async move {
         TcpListener::bind(addr)
@@ -136,11 +152,24 @@ pub async fn serve(
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
+    delivery.shutdown(grace).await;
     match tokio::time::timeout(grace, publisher.close()).await {
         Ok(()) => tracing::info!("broker flushed; bye"),
         Err(_) => tracing::warn!("broker flush did not finish within the shutdown timeout"),
     }
     Ok(())
+}
+
+/// Every topic the config names: routes', subscriptions' and dead-letter topics.
+pub fn configured_topics(config: &Config) -> Vec<String> {
+    let mut topics: Vec<String> = config.routes.iter().map(|r| r.topic.clone()).collect();
+    for sub in &config.subscriptions {
+        topics.extend(sub.topics.iter().cloned());
+        topics.push(sub.dead_letter_topic());
+    }
+    topics.sort();
+    topics.dedup();
+    topics
 }
 
 /// Resolves on SIGTERM or SIGINT.

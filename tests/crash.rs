@@ -44,7 +44,7 @@ async fn load(
     interrupt_after: usize,
     interrupt: impl FnOnce() + Send + 'static,
 ) -> Vec<Outcome> {
-    let client = reqwest::Client::builder()
+    let client = http_client_builder()
         .timeout(Duration::from_secs(20))
         .build()
         .unwrap();
@@ -158,7 +158,7 @@ async fn kill_9_under_load_loses_no_acknowledged_webhook() {
 
     // Restarting on the same data dir recovers the log and serves again.
     let mut server = Hookbridge::start(dir.path(), &config(dir.path()));
-    let after = reqwest::Client::new()
+    let after = http_client()
         .post(server.hook_url("load"))
         .header("x-token", "right")
         .header("content-type", "application/json")

@@ -108,7 +108,7 @@ async fn post(
 async fn signed_webhooks_become_envelopes_byte_for_byte() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Hookbridge::start(dir.path(), &config(dir.path()));
-    let client = reqwest::Client::new();
+    let client = http_client();
     for probe in ["healthz", "readyz"] {
         let response = client
             .get(format!("{}/{probe}", server.admin))
@@ -853,7 +853,7 @@ async fn send_chunked_over_limit(server: &Hookbridge) -> (u16, String, String) {
 async fn bad_requests_get_precise_problems_and_publish_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Hookbridge::start(dir.path(), &config(dir.path()));
-    let client = reqwest::Client::new();
+    let client = http_client();
 
     // One good request, so "unchanged" is checked against a log that has something in it.
     let good = client

@@ -2,11 +2,14 @@
 //! Retry-After, never 202. A publisher that never answers (or fails) stands in for a stalled
 //! broker here; what is under test is the ingress's deadline, over a real socket.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use common::http_client;
 use hookbridge::broker::{BrokerError, Publisher, Receipt, Record};
 use hookbridge::ingress::Ingress;
 
@@ -56,7 +59,7 @@ async fn serve(fail: bool) -> SocketAddr {
 async fn no_ack_within_the_deadline_is_503_with_retry_after() {
     let addr = serve(false).await;
     let started = Instant::now();
-    let response = reqwest::Client::new()
+    let response = http_client()
         .post(format!("http://{addr}/hooks/r"))
         .body("x")
         .send()
@@ -80,7 +83,7 @@ async fn no_ack_within_the_deadline_is_503_with_retry_after() {
 #[tokio::test]
 async fn a_broker_error_is_503_with_retry_after() {
     let addr = serve(true).await;
-    let response = reqwest::Client::new()
+    let response = http_client()
         .post(format!("http://{addr}/hooks/r"))
         .body("x")
         .send()

@@ -267,6 +267,31 @@ pub struct SubscriptionConfig {
     /// Default: `hookbridge.dlq.<name>`.
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+}
+
+/// The circuit breaker: after `failures` consecutive failed attempts, no request goes to
+/// the endpoint for `cool_down`; then one probe decides.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    #[serde(
+        default = "defaults::breaker_failures",
+        deserialize_with = "units::number"
+    )]
+    pub failures: u32,
+    #[serde(default = "defaults::breaker_cool_down")]
+    pub cool_down: ConfigDuration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failures: defaults::breaker_failures(),
+            cool_down: defaults::breaker_cool_down(),
+        }
+    }
 }
 
 impl SubscriptionConfig {
@@ -465,6 +490,12 @@ mod defaults {
     }
     pub fn max_attempts() -> u32 {
         12
+    }
+    pub fn breaker_failures() -> u32 {
+        10
+    }
+    pub fn breaker_cool_down() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(10))
     }
     pub fn max_age() -> ConfigDuration {
         ConfigDuration(Duration::from_secs(86_400))

@@ -216,6 +216,10 @@ fn check_subscription(at: &str, sub: &SubscriptionConfig, problems: &mut Problem
             "is shorter than retry.initial_backoff",
         );
     }
+    if sub.breaker.failures == 0 {
+        problems.add(format!("{at}.breaker.failures"), "must be at least 1");
+    }
+    problems.positive(&format!("{at}.breaker.cool_down"), sub.breaker.cool_down.0);
     let dead_letter = sub.dead_letter_topic();
     problems.topic(&format!("{at}.dead_letter_topic"), &dead_letter);
     if sub.topics.contains(&dead_letter) {

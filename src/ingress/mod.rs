@@ -57,13 +57,6 @@ impl Ingress {
         })
     }
 
-    pub fn topics(&self) -> Vec<String> {
-        let mut topics: Vec<String> = self.routes.values().map(|r| r.topic.clone()).collect();
-        topics.sort();
-        topics.dedup();
-        topics
-    }
-
     pub fn router(self: Arc<Self>) -> Router {
         Router::new()
             .route("/hooks/{route}", axum::routing::any(receive))

@@ -15,6 +15,8 @@ use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
+pub mod receiver;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_hookbridge");
 
 /// A running `hookbridge serve`.
@@ -137,8 +139,9 @@ pub fn base_config(dir: &Path) -> String {
     )
 }
 
-/// Opens a stopped server's data dir and returns every record of `topic`.
-pub async fn read_topic(dir: &Path, topic: &str) -> Vec<hookbridge::broker::ConsumedRecord> {
+/// Opens a stopped server's data dir. A handle dropped just before may still be closing its
+/// files, so opening is retried for a moment.
+pub fn open_log(dir: &Path) -> Arc<hookbridge::broker::embedded::EmbeddedBroker> {
     let config = hookbridge::config::EmbeddedConfig {
         dir: dir.join("data"),
         partitions: 4,
@@ -147,8 +150,19 @@ pub async fn read_topic(dir: &Path, topic: &str) -> Vec<hookbridge::broker::Cons
             max_bytes: None,
         },
     };
-    let broker = hookbridge::broker::embedded::EmbeddedBroker::open(&config).expect("open the log");
-    broker.read_topic(topic).expect("read topic")
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match hookbridge::broker::embedded::EmbeddedBroker::open(&config) {
+            Ok(broker) => return broker,
+            Err(e) if Instant::now() > deadline => panic!("cannot open the log: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Every record of `topic` in a stopped server's data dir.
+pub async fn read_topic(dir: &Path, topic: &str) -> Vec<hookbridge::broker::ConsumedRecord> {
+    open_log(dir).read_topic(topic).expect("read topic")
 }
 
 pub fn data_dir(dir: &Path) -> PathBuf {
@@ -207,4 +221,15 @@ pub fn standard_webhooks_signature(secret: &str, id: &str, timestamp: i64, body:
 /// Shopify-style: base64 HMAC-SHA256 of the body.
 pub fn base64_body_hmac(secret: &str, body: &[u8]) -> String {
     STANDARD.encode(hmac_sha256(secret.as_bytes(), body))
+}
+
+/// An HTTP client for tests. reqwest is built without a default TLS backend (hookbridge
+/// installs ring's), so the tests install it too.
+pub fn http_client() -> reqwest::Client {
+    http_client_builder().build().unwrap()
+}
+
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
 }

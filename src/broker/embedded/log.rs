@@ -81,6 +81,14 @@ impl Log {
         })
     }
 
+    /// Writes the memtables out, so the next start has no journal to replay into memory.
+    pub fn flush(&self) -> Result<(), BrokerError> {
+        for keyspace in [&self.records, &self.offsets, &self.meta] {
+            keyspace.rotate_memtable_and_wait().map_err(storage_error)?;
+        }
+        Ok(())
+    }
+
     /// Every topic with its partition count.
     pub fn topics(&self) -> Result<Vec<(String, u32)>, BrokerError> {
         let mut topics = Vec::new();

@@ -105,8 +105,20 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let closing = batch.iter().any(|op| matches!(op, Op::Close { .. }));
-            if closing {
+            // A close is answered only once the log is flushed and this thread has let go
+            // of it, so whoever closed may reopen the directory at once.
+            let (closes, rest): (Vec<Op>, Vec<Op>) = batch
+                .drain(..)
+                .partition(|op| matches!(op, Op::Close { .. }));
+            batch = rest;
+            let closers: Vec<oneshot::Sender<()>> = closes
+                .into_iter()
+                .filter_map(|op| match op {
+                    Op::Close { reply } => Some(reply),
+                    _ => None,
+                })
+                .collect();
+            if !closers.is_empty() {
                 // Refuse what arrives from now on; answer it rather than leave it hanging.
                 ops.close();
                 while let Ok(op) = ops.try_recv() {
@@ -114,7 +126,14 @@ impl Writer {
                 }
             }
             self.apply(&mut batch);
-            if closing {
+            if !closers.is_empty() {
+                if let Err(e) = self.log.flush() {
+                    tracing::warn!(error = %e, "flushing the embedded log on close failed; the next start replays its journal");
+                }
+                drop(self);
+                for reply in closers {
+                    let _ = reply.send(());
+                }
                 return;
             }
         }
@@ -195,7 +214,8 @@ impl Writer {
                 Op::Retention { max_age, max_bytes } => self
                     .stage_retention(&mut write, &mut touched, *max_age, *max_bytes, now_ms)
                     .map(|_| None),
-                Op::Flush { .. } | Op::Close { .. } => Ok(None),
+                Op::Flush { .. } => Ok(None),
+                Op::Close { .. } => unreachable!("close is handled by run"),
             };
             results.push(result);
         }
@@ -253,9 +273,10 @@ impl Writer {
                 Op::Commit { reply, .. } | Op::EnsureTopics { reply, .. } => {
                     let _ = reply.send(result.map(|_| ()));
                 }
-                Op::Flush { reply } | Op::Close { reply } => {
+                Op::Flush { reply } => {
                     let _ = reply.send(());
                 }
+                Op::Close { .. } => unreachable!("close is handled by run"),
                 Op::Retention { .. } => {
                     if let Err(e) = result {
                         tracing::warn!(error = %e, "embedded log retention failed");

@@ -1,0 +1,166 @@
+//! One delivery attempt: sign, POST, classify the answer.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use reqwest::StatusCode;
+use reqwest::header::{HeaderName, HeaderValue, RETRY_AFTER};
+
+use super::payload::Payload;
+use super::retry::parse_retry_after;
+use super::subscription::SubscriptionRuntime;
+use crate::standard_webhooks;
+
+/// What an attempt says about the event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptResult {
+    /// 2xx: delivered.
+    Delivered { status: u16 },
+    /// 408, 425, 429, 5xx, a timeout or a connection error: try again later.
+    Retry {
+        status: Option<u16>,
+        error: String,
+        retry_after: Option<Duration>,
+    },
+    /// Any other answer: retrying cannot help.
+    Permanent { status: u16, error: String },
+}
+
+pub async fn attempt(
+    sub: &SubscriptionRuntime,
+    id: &str,
+    traceparent: &str,
+    payload: &Payload,
+    attempt: u32,
+) -> AttemptResult {
+    let timestamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let mut headers = payload.headers.clone();
+    let mut put = |name: &'static str, value: &str| {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    };
+    put("webhook-id", id);
+    put("webhook-timestamp", &timestamp.to_string());
+    if !sub.secrets.is_empty() {
+        put(
+            "webhook-signature",
+            &standard_webhooks::signature_header(&sub.secrets, id, timestamp, &payload.body),
+        );
+    }
+    if !traceparent.is_empty() {
+        put("traceparent", traceparent);
+    }
+    put("hookbridge-attempt", &attempt.to_string());
+    let request = sub
+        .client
+        .post(sub.url.clone())
+        .headers(headers)
+        .body(payload.body.clone());
+
+    match request.send().await {
+        Ok(response) => {
+            let status = response.status();
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            classify(status, retry_after)
+        }
+        Err(e) if e.is_timeout() => AttemptResult::Retry {
+            status: None,
+            error: format!("timed out after {:?}", sub.timeout),
+            retry_after: None,
+        },
+        Err(e) => AttemptResult::Retry {
+            status: None,
+            error: error_chain(&e),
+            retry_after: None,
+        },
+    }
+}
+
+fn classify(status: StatusCode, retry_after: Option<Duration>) -> AttemptResult {
+    let code = status.as_u16();
+    if status.is_success() {
+        return AttemptResult::Delivered { status: code };
+    }
+    let error = format!("HTTP {status}");
+    match code {
+        408 | 425 | 429 | 500..=599 => AttemptResult::Retry {
+            status: Some(code),
+            error,
+            // Only 429 and 503 carry a meaningful Retry-After for a webhook sender.
+            retry_after: if matches!(code, 429 | 503) {
+                retry_after
+            } else {
+                None
+            },
+        },
+        _ => AttemptResult::Permanent {
+            status: code,
+            error,
+        },
+    }
+}
+
+/// "error sending request: connection refused" rather than just the outer layer.
+fn error_chain(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        assert!(matches!(
+            classify(StatusCode::NO_CONTENT, None),
+            AttemptResult::Delivered { status: 204 }
+        ));
+        for code in [408, 425, 429, 500, 502, 503, 504] {
+            assert!(
+                matches!(
+                    classify(StatusCode::from_u16(code).unwrap(), None),
+                    AttemptResult::Retry { .. }
+                ),
+                "{code}"
+            );
+        }
+        for code in [301, 400, 401, 404, 410, 422] {
+            assert!(
+                matches!(
+                    classify(StatusCode::from_u16(code).unwrap(), None),
+                    AttemptResult::Permanent { .. }
+                ),
+                "{code}"
+            );
+        }
+        let after = Some(Duration::from_secs(3));
+        assert!(matches!(
+            classify(StatusCode::TOO_MANY_REQUESTS, after),
+            AttemptResult::Retry {
+                retry_after: Some(_),
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(StatusCode::INTERNAL_SERVER_ERROR, after),
+            AttemptResult::Retry {
+                retry_after: None,
+                ..
+            }
+        ));
+    }
+}

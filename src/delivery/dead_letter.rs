@@ -1,0 +1,88 @@
+//! The dead-letter topic: where an event goes when it cannot be delivered, so its partition
+//! can move on without losing it.
+//!
+//! A dead letter is the original record, value and headers unchanged (so redriving it is
+//! republishing it), plus `hb-dlq-*` headers that say what happened.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+
+use super::event::Event;
+use super::payload::rfc3339;
+use super::subscription::SubscriptionRuntime;
+use crate::broker::{Record, RecordHeader};
+
+/// Why an event was given up on.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub attempts: u32,
+    pub last_status: Option<u16>,
+    pub last_error: String,
+}
+
+pub fn record(sub: &SubscriptionRuntime, event: &Event, failure: &Failure) -> Record {
+    let mut headers: Vec<RecordHeader> = event
+        .record
+        .headers
+        .iter()
+        .filter(|h| !h.name.starts_with("hb-dlq-"))
+        .cloned()
+        .collect();
+    let mut add = |name: &str, value: String| {
+        headers.push(RecordHeader {
+            name: name.into(),
+            value: Bytes::from(value),
+        })
+    };
+    add("hb-dlq-subscription", sub.name.clone());
+    add("hb-dlq-id", event.id.clone());
+    add("hb-dlq-topic", event.record.topic.to_string());
+    add("hb-dlq-partition", event.record.partition.to_string());
+    add("hb-dlq-offset", event.record.offset.to_string());
+    add("hb-dlq-attempts", failure.attempts.to_string());
+    if let Some(status) = failure.last_status {
+        add("hb-dlq-last-status", status.to_string());
+    }
+    add("hb-dlq-last-error", failure.last_error.clone());
+    add("hb-dlq-failed-at", rfc3339(SystemTime::now()));
+    Record {
+        topic: sub.dead_letter_topic.clone(),
+        key: event.record.key.clone(),
+        headers,
+        value: event.record.value.clone(),
+    }
+}
+
+/// Publishes a dead letter, retrying until the broker takes it: an event is only done (and
+/// its offset committable) once its dead letter is durable. Returns false if asked to stop
+/// first, in which case the event stays uncommitted and is redelivered later.
+pub async fn publish(
+    sub: &SubscriptionRuntime,
+    event: &Event,
+    failure: &Failure,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    let record = record(sub, event, failure);
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match sub.publisher.publish(record.clone()).await {
+            Ok(receipt) => {
+                tracing::warn!(
+                    subscription = %sub.name, id = %event.id, attempts = failure.attempts,
+                    last_error = %failure.last_error, dead_letter_topic = %sub.dead_letter_topic,
+                    partition = receipt.partition, offset = receipt.offset, "event dead-lettered"
+                );
+                return true;
+            }
+            Err(e) => {
+                tracing::error!(subscription = %sub.name, id = %event.id, error = %e, "dead-letter publish failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = super::stopped(stop) => return false,
+                }
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}

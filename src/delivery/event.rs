@@ -1,0 +1,92 @@
+//! What a lane delivers: one broker record, understood. Hookbridge envelopes are decoded;
+//! foreign records (produced by any other service) are delivered as they are.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::broker::ConsumedRecord;
+use crate::envelope::{self, Envelope};
+
+pub struct Event {
+    /// The record as read, kept for the dead-letter topic (value and headers unchanged).
+    pub record: ConsumedRecord,
+    /// `webhook-id`: the envelope id, or for a foreign record an id derived from where it
+    /// sits, so a redelivery after a crash carries the same id (G5).
+    pub id: String,
+    pub event_type: String,
+    /// The route name, or the topic for a foreign record.
+    pub source: String,
+    pub received_at: SystemTime,
+    pub content_type: String,
+    pub body: Bytes,
+    pub traceparent: String,
+    pub envelope: Option<Envelope>,
+    /// Set when the record claims to be an envelope but does not decode: it cannot be
+    /// delivered and goes straight to the dead-letter topic.
+    pub undeliverable: Option<String>,
+}
+
+/// Namespace of ids derived for foreign records.
+const FOREIGN_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x3b8e_51c0_7a4d_4f2e_8c19_a6d2_e0f4_b735);
+
+impl Event {
+    pub fn from_record(record: ConsumedRecord) -> Event {
+        let text_header = |name: &str| {
+            record
+                .header(name)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        match Envelope::from_record(&record) {
+            Some(Ok(envelope)) => Event {
+                id: envelope.id.clone(),
+                event_type: envelope.r#type.clone(),
+                source: envelope.source.clone(),
+                received_at: envelope
+                    .received_at
+                    .as_ref()
+                    .map(|t| {
+                        UNIX_EPOCH + Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32)
+                    })
+                    .unwrap_or_else(|| record_time(&record)),
+                content_type: envelope.content_type.clone(),
+                body: envelope.body.clone(),
+                traceparent: envelope.traceparent.clone(),
+                envelope: Some(envelope),
+                undeliverable: None,
+                record,
+            },
+            decoded => {
+                let name = format!("{}/{}/{}", record.topic, record.partition, record.offset);
+                let content_type = match text_header("content-type") {
+                    ct if ct.is_empty() => "application/octet-stream".to_string(),
+                    ct => ct,
+                };
+                Event {
+                    id: uuid::Uuid::new_v5(&FOREIGN_NAMESPACE, name.as_bytes()).to_string(),
+                    event_type: text_header(envelope::HEADER_TYPE),
+                    source: record.topic.to_string(),
+                    received_at: record_time(&record),
+                    content_type,
+                    body: record.value.clone(),
+                    traceparent: text_header(envelope::HEADER_TRACEPARENT),
+                    envelope: None,
+                    undeliverable: decoded
+                        .map(|e| format!("the envelope does not decode: {}", e.unwrap_err())),
+                    record,
+                }
+            }
+        }
+    }
+
+    /// The key lanes order by.
+    pub fn key(&self) -> Option<&Bytes> {
+        self.record.key.as_ref()
+    }
+}
+
+fn record_time(record: &ConsumedRecord) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(record.timestamp_ms.max(0) as u64)
+}

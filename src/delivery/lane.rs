@@ -1,0 +1,111 @@
+//! A lane delivers one event at a time and retries it in place: the next event of the lane
+//! waits until this one is delivered or dead-lettered (G3). This is that retry loop.
+
+use std::time::Instant;
+
+use tokio::sync::watch;
+
+use super::attempt::{AttemptResult, attempt};
+use super::dead_letter::{self, Failure};
+use super::event::Event;
+use super::payload;
+use super::subscription::SubscriptionRuntime;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    DeadLettered,
+    /// Stopped before the event was done (shutdown, revocation): it must not be committed.
+    Abandoned,
+}
+
+pub async fn deliver(
+    sub: &SubscriptionRuntime,
+    event: &Event,
+    stop: &mut watch::Receiver<bool>,
+) -> Outcome {
+    if let Some(reason) = &event.undeliverable {
+        let failure = Failure {
+            attempts: 0,
+            last_status: None,
+            last_error: reason.clone(),
+        };
+        return dead_letter_or_abandon(sub, event, &failure, stop).await;
+    }
+    let payload = payload::build(sub.payload, event, &sub.forward_headers);
+    let mut attempts = 0;
+    loop {
+        // Waiting on the breaker and the rate limit is not an attempt, and holds no
+        // in-flight slot: only requests on the wire count against max_in_flight.
+        let admitted = async {
+            sub.breaker.admit().await;
+            if let Some(limiter) = &sub.rate_limit {
+                limiter.until_ready().await;
+            }
+            sub.in_flight
+                .acquire()
+                .await
+                .expect("semaphore is never closed")
+        };
+        let permit = tokio::select! {
+            permit = admitted => permit,
+            _ = super::stopped(stop) => return Outcome::Abandoned,
+        };
+        attempts += 1;
+        let started = Instant::now();
+        let result = attempt(sub, &event.id, &event.traceparent, &payload, attempts).await;
+        drop(permit);
+        sub.breaker
+            .record(matches!(result, AttemptResult::Delivered { .. }));
+        tracing::debug!(subscription = %sub.name, id = %event.id, attempts, ?result, took = ?started.elapsed(), "attempt");
+
+        let (failure, retry_after) = match result {
+            AttemptResult::Delivered { .. } => return Outcome::Delivered,
+            AttemptResult::Permanent { status, error } => {
+                let failure = Failure {
+                    attempts,
+                    last_status: Some(status),
+                    last_error: error,
+                };
+                return dead_letter_or_abandon(sub, event, &failure, stop).await;
+            }
+            AttemptResult::Retry {
+                status,
+                error,
+                retry_after,
+            } => (
+                Failure {
+                    attempts,
+                    last_status: status,
+                    last_error: error,
+                },
+                retry_after,
+            ),
+        };
+        match sub
+            .retry
+            .next_delay(attempts, event.received_at, retry_after)
+        {
+            Some(delay) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = super::stopped(stop) => return Outcome::Abandoned,
+                }
+            }
+            None => return dead_letter_or_abandon(sub, event, &failure, stop).await,
+        }
+    }
+}
+
+async fn dead_letter_or_abandon(
+    sub: &SubscriptionRuntime,
+    event: &Event,
+    failure: &Failure,
+    stop: &mut watch::Receiver<bool>,
+) -> Outcome {
+    if dead_letter::publish(sub, event, failure, stop).await {
+        Outcome::DeadLettered
+    } else {
+        Outcome::Abandoned
+    }
+}

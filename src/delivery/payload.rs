@@ -1,0 +1,261 @@
+//! The request a subscriber receives, per `payload` mode:
+//! - `raw`: the original body and content-type, with `hookbridge-event-type`,
+//!   `hookbridge-source` and the original headers named in `forward_headers`;
+//! - `envelope_json`: the whole envelope in the proto3 JSON mapping;
+//! - `cloudevents`: CloudEvents 1.0 HTTP binary mode (`ce-*` headers, original body).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::{Map, Value, json};
+
+use super::event::Event;
+use crate::config::PayloadMode;
+use crate::envelope::Envelope;
+
+/// Body and headers of a delivery, the same for every attempt (the signature, timestamp and
+/// attempt number are added per attempt).
+pub struct Payload {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+pub fn build(mode: PayloadMode, event: &Event, forward_headers: &[HeaderName]) -> Payload {
+    let mut headers = HeaderMap::new();
+    let mut put = |name: &'static str, value: &str| {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    };
+    let body = match mode {
+        PayloadMode::Raw => {
+            put("content-type", &event.content_type);
+            if !event.event_type.is_empty() {
+                put("hookbridge-event-type", &event.event_type);
+            }
+            put("hookbridge-source", &event.source);
+            for name in forward_headers {
+                for value in original_header_values(event, name) {
+                    if let Ok(value) = HeaderValue::from_bytes(&value) {
+                        headers.append(name.clone(), value);
+                    }
+                }
+            }
+            event.body.clone()
+        }
+        PayloadMode::EnvelopeJson => {
+            put("content-type", "application/json");
+            let json = match &event.envelope {
+                Some(envelope) => envelope_json(envelope),
+                None => foreign_envelope_json(event),
+            };
+            Bytes::from(serde_json::to_vec(&json).expect("JSON serializes"))
+        }
+        PayloadMode::Cloudevents => {
+            put("content-type", &event.content_type);
+            put("ce-specversion", "1.0");
+            put("ce-id", &event.id);
+            put("ce-source", &format!("/hookbridge/{}", event.source));
+            put(
+                "ce-type",
+                if event.event_type.is_empty() {
+                    "hookbridge.webhook"
+                } else {
+                    &event.event_type
+                },
+            );
+            put("ce-time", &rfc3339(event.received_at));
+            if let Some(key) = event.key() {
+                put("ce-subject", &String::from_utf8_lossy(key));
+            }
+            event.body.clone()
+        }
+    };
+    Payload { headers, body }
+}
+
+/// Values of an original request header (envelope) or record header (foreign record).
+fn original_header_values(event: &Event, name: &HeaderName) -> Vec<Vec<u8>> {
+    match &event.envelope {
+        Some(envelope) => envelope
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name.as_str()))
+            .map(|h| {
+                if h.raw_value.is_empty() {
+                    h.value.clone().into_bytes()
+                } else {
+                    h.raw_value.to_vec()
+                }
+            })
+            .collect(),
+        None => event
+            .record
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name.as_str()))
+            .map(|h| h.value.to_vec())
+            .collect(),
+    }
+}
+
+/// The proto3 JSON mapping of an envelope (lowerCamelCase names, default values left out,
+/// bytes as base64, the timestamp as RFC 3339), written out for this one message rather
+/// than generated, to keep a JSON code generator out of the build.
+pub fn envelope_json(envelope: &Envelope) -> Value {
+    let mut out = Map::new();
+    let mut text = |name: &str, value: &str| {
+        if !value.is_empty() {
+            out.insert(name.into(), Value::String(value.into()));
+        }
+    };
+    text("id", &envelope.id);
+    text("source", &envelope.source);
+    text("type", &envelope.r#type);
+    text("key", &envelope.key);
+    text("method", &envelope.method);
+    text("path", &envelope.path);
+    text("query", &envelope.query);
+    text("contentType", &envelope.content_type);
+    text("idempotencyKey", &envelope.idempotency_key);
+    text("traceparent", &envelope.traceparent);
+    text("tracestate", &envelope.tracestate);
+    text("remoteAddr", &envelope.remote_addr);
+    if let Some(t) = &envelope.received_at {
+        let time =
+            UNIX_EPOCH + std::time::Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
+        out.insert("receivedAt".into(), Value::String(rfc3339(time)));
+    }
+    if !envelope.headers.is_empty() {
+        let headers = envelope
+            .headers
+            .iter()
+            .map(|h| {
+                let mut header = Map::new();
+                header.insert("name".into(), Value::String(h.name.clone()));
+                if !h.value.is_empty() {
+                    header.insert("value".into(), Value::String(h.value.clone()));
+                }
+                if !h.raw_value.is_empty() {
+                    header.insert(
+                        "rawValue".into(),
+                        Value::String(STANDARD.encode(&h.raw_value)),
+                    );
+                }
+                Value::Object(header)
+            })
+            .collect();
+        out.insert("headers".into(), Value::Array(headers));
+    }
+    if !envelope.body.is_empty() {
+        out.insert(
+            "body".into(),
+            Value::String(STANDARD.encode(&envelope.body)),
+        );
+    }
+    if !envelope.attributes.is_empty() {
+        let mut attributes: Vec<_> = envelope.attributes.iter().collect();
+        attributes.sort();
+        out.insert(
+            "attributes".into(),
+            Value::Object(
+                attributes
+                    .into_iter()
+                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                    .collect(),
+            ),
+        );
+    }
+    Value::Object(out)
+}
+
+/// A foreign record in the envelope's shape: its headers become attributes.
+fn foreign_envelope_json(event: &Event) -> Value {
+    let attributes: Map<String, Value> = event
+        .record
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.clone(),
+                Value::String(String::from_utf8_lossy(&h.value).into_owned()),
+            )
+        })
+        .collect();
+    json!({
+        "id": event.id,
+        "source": event.source,
+        "type": event.event_type,
+        "key": event.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default(),
+        "receivedAt": rfc3339(event.received_at),
+        "contentType": event.content_type,
+        "body": STANDARD.encode(&event.body),
+        "attributes": attributes,
+    })
+}
+
+/// RFC 3339 in UTC with millisecond precision, e.g. `2026-11-22T18:42:49.123Z`.
+pub fn rfc3339(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_millis(1_614_265_330_123)),
+            "2021-02-25T15:02:10.123Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn envelope_json_uses_proto3_names_and_omits_defaults() {
+        let envelope = Envelope {
+            id: "e1".into(),
+            source: "github".into(),
+            content_type: "application/json".into(),
+            body: Bytes::from_static(b"{}"),
+            received_at: Some(prost_types::Timestamp {
+                seconds: 0,
+                nanos: 5_000_000,
+            }),
+            ..Default::default()
+        };
+        let json = envelope_json(&envelope);
+        assert_eq!(
+            json,
+            json!({"id": "e1", "source": "github", "contentType": "application/json", "body": "e30=", "receivedAt": "1970-01-01T00:00:00.005Z"})
+        );
+    }
+}

@@ -1,0 +1,165 @@
+//! A subscription at run time: its consumer group, HTTP client, signing keys, limits and
+//! breaker, and the loop that turns its partition assignments into partition workers.
+//!
+//! Everything here is per subscription (G4): a slow or dead endpoint fills only its own
+//! in-flight slots, rate limit and breaker, never another subscription's.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::header::HeaderName;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use super::DeliveryError;
+use super::breaker::Breaker;
+use super::event::Event;
+use super::filter::TypeFilter;
+use super::partition;
+use super::retry::RetryPolicy;
+use crate::broker::{PartitionEvent, Publisher, StartFrom, Subscriber};
+use crate::config::{OrderingMode, PayloadMode, SubscriptionConfig};
+use crate::standard_webhooks;
+
+pub struct SubscriptionRuntime {
+    pub name: String,
+    pub topics: Vec<String>,
+    pub url: reqwest::Url,
+    pub client: reqwest::Client,
+    pub timeout: Duration,
+    pub secrets: Vec<standard_webhooks::Secret>,
+    pub payload: PayloadMode,
+    pub forward_headers: Vec<HeaderName>,
+    pub ordering: OrderingMode,
+    pub filter: Option<TypeFilter>,
+    /// Requests on the wire, across all partitions (`max_in_flight`).
+    pub in_flight: Semaphore,
+    /// Records a partition worker holds at most (queued in lanes or in flight).
+    pub buffer: usize,
+    pub rate_limit: Option<DefaultDirectRateLimiter>,
+    pub breaker: Breaker,
+    pub retry: RetryPolicy,
+    pub dead_letter_topic: String,
+    pub publisher: Arc<dyn Publisher>,
+}
+
+impl SubscriptionRuntime {
+    pub fn from_config(
+        config: &SubscriptionConfig,
+        publisher: Arc<dyn Publisher>,
+    ) -> Result<SubscriptionRuntime, DeliveryError> {
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout.0)
+            .connect_timeout(config.timeout.0.min(Duration::from_secs(5)))
+            // A webhook endpoint that redirects is misconfigured; following it would send
+            // signed payloads somewhere nobody configured.
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(config.max_in_flight as usize)
+            .user_agent(concat!("hookbridge/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| DeliveryError::Client {
+                subscription: config.name.clone(),
+                reason: e.to_string(),
+            })?;
+        let rate_limit = config.rate_limit.as_ref().map(|rate| {
+            let period = Duration::from_secs_f64(1.0 / rate.per_second);
+            let burst = rate
+                .burst
+                .unwrap_or_else(|| rate.per_second.ceil() as u32)
+                .max(1);
+            let quota = Quota::with_period(period)
+                .expect("validated rate")
+                .allow_burst(burst.try_into().expect("burst >= 1"));
+            RateLimiter::direct(quota)
+        });
+        let signing = config
+            .signing
+            .as_ref()
+            .map(|s| s.all_secrets())
+            .unwrap_or_default();
+        Ok(SubscriptionRuntime {
+            name: config.name.clone(),
+            topics: config.topics.clone(),
+            url: config
+                .url
+                .parse()
+                .map_err(|e: url::ParseError| DeliveryError::Client {
+                    subscription: config.name.clone(),
+                    reason: format!("url: {e}"),
+                })?,
+            client,
+            timeout: config.timeout.0,
+            secrets: signing
+                .iter()
+                .map(|s| standard_webhooks::Secret::parse(s).expect("validated secret"))
+                .collect(),
+            payload: config.payload,
+            forward_headers: config
+                .forward_headers
+                .iter()
+                .map(|h| HeaderName::from_bytes(h.as_bytes()).expect("validated header"))
+                .collect(),
+            ordering: config.ordering,
+            filter: config.filter.as_ref().map(|f| TypeFilter::new(&f.types)),
+            in_flight: Semaphore::new(config.max_in_flight as usize),
+            buffer: (config.max_in_flight as usize * 4).max(256),
+            rate_limit,
+            breaker: Breaker::new(config.breaker.failures, config.breaker.cool_down.0),
+            retry: RetryPolicy::from_config(&config.retry),
+            dead_letter_topic: config.dead_letter_topic(),
+            publisher,
+        })
+    }
+
+    /// Whether the event passes the subscription's type filter.
+    pub fn wants(&self, event: &Event) -> bool {
+        self.filter
+            .as_ref()
+            .is_none_or(|f| f.matches(&event.event_type))
+    }
+
+    pub fn group(&self) -> String {
+        format!("hookbridge.{}", self.name)
+    }
+}
+
+/// Joins the subscription's group and runs a worker per assigned partition until `stop`.
+pub async fn run(
+    sub: Arc<SubscriptionRuntime>,
+    subscriber: Arc<dyn Subscriber>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let group = sub.group();
+    let mut subscription = loop {
+        match subscriber
+            .subscribe(&group, &sub.topics, StartFrom::Earliest)
+            .await
+        {
+            Ok(subscription) => break subscription,
+            Err(e) => {
+                tracing::warn!(subscription = %sub.name, error = %e, "cannot join the consumer group; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = super::stopped(&mut stop) => return,
+                }
+            }
+        }
+    };
+    tracing::info!(subscription = %sub.name, %group, topics = ?sub.topics, url = %sub.url, "subscription running");
+    let mut partitions = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = super::stopped(&mut stop) => break,
+            event = subscription.next_event() => match event {
+                Some(PartitionEvent::Assigned(stream)) => {
+                    partitions.spawn(partition::run(sub.clone(), stream, stop.clone()));
+                }
+                // The revoked partition's stream has ended; its worker commits and exits.
+                Some(PartitionEvent::Revoked { .. }) => {}
+                None => break,
+            },
+        }
+    }
+    while partitions.join_next().await.is_some() {}
+}

@@ -1,0 +1,137 @@
+//! A real HTTP receiver for delivery tests: an axum server on a loopback port that records
+//! every request and answers as the test tells it (succeed, fail, stall, 429...).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+/// One request as received, with the answer it got.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub at: Instant,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub status: u16,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_default()
+    }
+    pub fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// How to answer one request.
+pub struct Reply {
+    pub status: u16,
+    pub delay: Duration,
+    pub retry_after: Option<u64>,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Reply {
+        Reply {
+            status,
+            delay: Duration::ZERO,
+            retry_after: None,
+        }
+    }
+}
+
+type Behaviour = dyn Fn(&HeaderMap, &Bytes) -> Reply + Send + Sync;
+
+pub struct Receiver {
+    pub url: String,
+    log: Arc<Mutex<Vec<Received>>>,
+    behaviour: Arc<Mutex<Arc<Behaviour>>>,
+}
+
+impl Receiver {
+    /// Starts a receiver that answers 200 until told otherwise.
+    pub async fn start() -> Receiver {
+        let log: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let behaviour: Arc<Mutex<Arc<Behaviour>>> =
+            Arc::new(Mutex::new(Arc::new(|_: &HeaderMap, _: &Bytes| {
+                Reply::status(200)
+            })));
+        let (state_log, state_behaviour) = (log.clone(), behaviour.clone());
+        let handler = move |headers: HeaderMap, body: Bytes| {
+            let (log, behaviour) = (state_log.clone(), state_behaviour.clone());
+            async move {
+                let at = Instant::now();
+                let decide = behaviour.lock().unwrap().clone();
+                let reply = decide(&headers, &body);
+                if !reply.delay.is_zero() {
+                    tokio::time::sleep(reply.delay).await;
+                }
+                log.lock().unwrap().push(Received {
+                    at,
+                    headers,
+                    body,
+                    status: reply.status,
+                });
+                let mut response: Response =
+                    StatusCode::from_u16(reply.status).unwrap().into_response();
+                if let Some(seconds) = reply.retry_after {
+                    response.headers_mut().insert("retry-after", seconds.into());
+                }
+                response
+            }
+        };
+        let app = axum::Router::new().route("/hook", axum::routing::post(handler));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Receiver {
+            url,
+            log,
+            behaviour,
+        }
+    }
+
+    /// Replaces how requests are answered.
+    pub fn answer(&self, f: impl Fn(&HeaderMap, &Bytes) -> Reply + Send + Sync + 'static) {
+        *self.behaviour.lock().unwrap() = Arc::new(f);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.log.lock().unwrap().len()
+    }
+
+    /// Waits until `done` holds for the requests so far, or panics after `timeout`.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&[Received]) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if done(&self.log.lock().unwrap()) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; {} requests received",
+                    self.count()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
