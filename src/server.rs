@@ -12,6 +12,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::broker::embedded::EmbeddedBroker;
+use crate::broker::kafka::KafkaBroker;
+use crate::broker::nats::NatsBroker;
 use crate::broker::{BrokerError, Publisher, Subscriber};
 use crate::config::{BrokerKind, Config};
 use crate::delivery::{Delivery, DeliveryError};
@@ -28,8 +30,6 @@ pub enum ServeError {
     Topics { source: BrokerError },
     #[error("cannot start delivery")]
     Delivery(#[from] DeliveryError),
-    #[error("broker.kind `{0}` is not available in this build yet")]
-    UnsupportedBroker(&'static str),
     #[error("cannot listen on {addr} ({what})")]
     Bind {
         what: &'static str,
@@ -71,8 +71,30 @@ pub async fn open_broker(config: &Config) -> Result<Broker, ServeError> {
                 subscriber: broker,
             })
         }
-        BrokerKind::Kafka => Err(ServeError::UnsupportedBroker("kafka")),
-        BrokerKind::Nats => Err(ServeError::UnsupportedBroker("nats")),
+        BrokerKind::Kafka => {
+            let broker = KafkaBroker::connect(&config.broker.kafka).map_err(|source| {
+                ServeError::Broker {
+                    kind: "kafka",
+                    source,
+                }
+            })?;
+            Ok(Broker {
+                publisher: broker.clone(),
+                subscriber: broker,
+            })
+        }
+        BrokerKind::Nats => {
+            let broker = NatsBroker::connect(&config.broker.nats)
+                .await
+                .map_err(|source| ServeError::Broker {
+                    kind: "nats",
+                    source,
+                })?;
+            Ok(Broker {
+                publisher: broker.clone(),
+                subscriber: broker,
+            })
+        }
     }
 }
 

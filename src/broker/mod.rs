@@ -13,6 +13,8 @@
 //!   [`PartitionStream::next`]; a consumer that stops pulling stops the fetching.
 
 pub mod embedded;
+pub mod kafka;
+pub mod nats;
 pub mod partitioner;
 
 use std::sync::Arc;

@@ -107,6 +107,10 @@ pub struct NatsConfig {
     pub url: String,
     #[serde(default = "defaults::partitions", deserialize_with = "units::number")]
     pub partitions: u32,
+    /// How long a replica's claim on a partition lasts without renewal: a dead replica's
+    /// partitions move to the others within this.
+    #[serde(default = "defaults::lease")]
+    pub lease: ConfigDuration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -417,6 +421,7 @@ impl Default for NatsConfig {
         NatsConfig {
             url: defaults::nats_url(),
             partitions: defaults::partitions(),
+            lease: defaults::lease(),
         }
     }
 }
@@ -457,6 +462,9 @@ mod defaults {
     }
     pub fn nats_url() -> String {
         "nats://127.0.0.1:4222".into()
+    }
+    pub fn lease() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(10))
     }
     pub fn listen() -> SocketAddr {
         SocketAddr::from(([0, 0, 0, 0], 8080))

@@ -74,6 +74,9 @@ fn check_broker(config: &Config, problems: &mut Problems) {
             format!("`{}` is not a nats:// or tls:// URL", broker.nats.url),
         );
     }
+    if broker.nats.lease.0 < std::time::Duration::from_secs(1) {
+        problems.add("broker.nats.lease", "must be at least 1s");
+    }
     if broker.embedded.dir.as_os_str().is_empty() {
         problems.add("broker.embedded.dir", "is empty");
     }

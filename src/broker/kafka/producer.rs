@@ -1,0 +1,142 @@
+//! Publishing to Kafka: one idempotent producer for the whole process. librdkafka batches
+//! every in-flight publish (linger) into shared produce requests, so concurrent webhooks
+//! share broker round trips; each still resolves on its own delivery report.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+
+use super::{base_config, kafka_error, with_properties};
+use crate::broker::{BrokerError, Receipt, Record};
+use crate::config::KafkaConfig;
+
+/// How long metadata and admin requests may take.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct KafkaProducer {
+    producer: FutureProducer,
+}
+
+impl KafkaProducer {
+    pub fn new(config: &KafkaConfig) -> Result<KafkaProducer, BrokerError> {
+        let mut client = base_config(config);
+        client
+            // Durable and exactly-once per partition: acks from all in-sync replicas, and
+            // retries that cannot duplicate or reorder.
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            // The Java client's partitioner, so keys land where any Kafka producer puts them.
+            .set("partitioner", "murmur2_random")
+            // Batch concurrent webhooks for a few milliseconds: one produce request each.
+            .set("linger.ms", "5")
+            .set("batch.num.messages", "10000")
+            .set("compression.type", "lz4")
+            .set("message.timeout.ms", "30000");
+        let producer: FutureProducer = with_properties(client, config)
+            .create()
+            .map_err(kafka_error)?;
+        Ok(KafkaProducer { producer })
+    }
+
+    pub async fn publish(&self, record: Record) -> Result<Receipt, BrokerError> {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for header in &record.headers {
+            headers = headers.insert(Header {
+                key: &header.name,
+                value: Some(header.value.as_ref()),
+            });
+        }
+        let mut future = FutureRecord::to(&record.topic)
+            .payload(record.value.as_ref())
+            .headers(headers);
+        if let Some(key) = &record.key {
+            future = future.key(key.as_ref());
+        }
+        match self.producer.send(future, Timeout::Never).await {
+            Ok(delivery) => Ok(Receipt {
+                partition: delivery.partition as u32,
+                offset: delivery.offset as u64,
+            }),
+            Err((e, _)) => Err(kafka_error(e)),
+        }
+    }
+
+    /// Asks the cluster for its metadata: reachable and answering.
+    pub async fn check(&self) -> Result<(), BrokerError> {
+        let client = self.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            client
+                .client()
+                .fetch_metadata(None, Duration::from_secs(2))
+                .map(|_| ())
+        })
+        .await
+        .map_err(kafka_error)?
+        .map_err(kafka_error)
+    }
+
+    pub async fn flush(&self) {
+        let producer = self.producer.clone();
+        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30))).await;
+    }
+}
+
+/// Creates the topics that do not exist yet with `broker.kafka.partitions` and
+/// `replication_factor`; existing topics are left as they are.
+pub async fn ensure_topics(config: &KafkaConfig, topics: &[String]) -> Result<(), BrokerError> {
+    let admin: AdminClient<DefaultClientContext> = with_properties(base_config(config), config)
+        .create()
+        .map_err(kafka_error)?;
+    let wanted: Vec<String> = topics.to_vec();
+    // Metadata calls block: run them off the async threads.
+    let (admin, existing) = tokio::task::spawn_blocking(move || {
+        let names = admin.inner().fetch_metadata(None, ADMIN_TIMEOUT).map(|m| {
+            m.topics()
+                .iter()
+                .map(|t| t.name().to_string())
+                .collect::<Vec<_>>()
+        });
+        (admin, names)
+    })
+    .await
+    .map_err(kafka_error)?;
+    let existing = existing.map_err(kafka_error)?;
+    let missing: Vec<&String> = wanted.iter().filter(|t| !existing.contains(t)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let new_topics: Vec<NewTopic<'_>> = missing
+        .iter()
+        .map(|t| {
+            NewTopic::new(
+                t,
+                config.partitions as i32,
+                TopicReplication::Fixed(config.replication_factor as i32),
+            )
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+    let results = admin
+        .create_topics(&new_topics, &options)
+        .await
+        .map_err(kafka_error)?;
+    for result in results {
+        match result {
+            Ok(topic) => {
+                tracing::info!(%topic, partitions = config.partitions, "created Kafka topic")
+            }
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(BrokerError::Rejected(format!(
+                    "cannot create topic {topic}: {code}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,188 @@
+//! `broker.kind: nats`: NATS JetStream.
+//!
+//! - One stream per topic (file storage, a duplicate window), subjects `<topic>.<partition>`,
+//!   the partition chosen with the same murmur2 as Kafka. The partition key travels in the
+//!   `Hb-Key` header, since NATS messages have no key of their own.
+//! - Publishes set `Nats-Msg-Id` to the envelope id, so the server drops a sender's retry
+//!   within the duplicate window, and resolve on the PubAck; many are in flight at once.
+//! - Delivery ([`consumer`]): a durable pull consumer per (subscription, topic, partition),
+//!   acked in order as the commit tracker commits; partitions are shared among replicas
+//!   through leases in a JetStream KV bucket ([`leases`]).
+
+mod consumer;
+mod leases;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use async_trait::async_trait;
+
+use super::partitioner::Partitioner;
+use super::{BrokerError, Publisher, Receipt, Record, StartFrom, Subscriber, Subscription};
+use crate::config::NatsConfig;
+use crate::envelope;
+
+/// The header that carries a record's partition key.
+pub const KEY_HEADER: &str = "Hb-Key";
+/// Publishes with the same `Nats-Msg-Id` within this window are stored once.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+pub struct NatsBroker {
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+    config: NatsConfig,
+    partitioner: Partitioner,
+    /// Topics whose stream is known to exist.
+    streams: Mutex<HashSet<String>>,
+}
+
+impl NatsBroker {
+    pub async fn connect(config: &NatsConfig) -> Result<Arc<NatsBroker>, BrokerError> {
+        let client = async_nats::ConnectOptions::new()
+            .name("hookbridge")
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(&config.url)
+            .await
+            .map_err(unavailable)?;
+        let jetstream = jetstream::new(client.clone());
+        Ok(Arc::new(NatsBroker {
+            client,
+            jetstream,
+            config: config.clone(),
+            partitioner: Partitioner::default(),
+            streams: Mutex::new(HashSet::new()),
+        }))
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(e.to_string())
+}
+
+/// The stream of a topic. Stream names cannot hold `.`, `*`, `>` or spaces, so every
+/// character but letters, digits and `-` is written as `_XX` (hex): unambiguous, since `_`
+/// itself is escaped too.
+pub fn stream_name(topic: &str) -> String {
+    let mut name = String::with_capacity(topic.len() + 8);
+    for byte in topic.bytes() {
+        if byte.is_ascii_alphanumeric() || byte == b'-' {
+            name.push(byte as char);
+        } else {
+            name.push_str(&format!("_{byte:02X}"));
+        }
+    }
+    name
+}
+
+pub fn subject(topic: &str, partition: u32) -> String {
+    format!("{topic}.{partition}")
+}
+
+#[async_trait]
+impl Publisher for NatsBroker {
+    async fn ensure_topics(&self, topics: &[String]) -> Result<(), BrokerError> {
+        for topic in topics {
+            if self.streams.lock().expect("streams lock").contains(topic) {
+                continue;
+            }
+            let config = stream::Config {
+                name: stream_name(topic),
+                subjects: vec![format!("{topic}.*")],
+                storage: stream::StorageType::File,
+                duplicate_window: DUPLICATE_WINDOW,
+                ..Default::default()
+            };
+            self.jetstream
+                .get_or_create_stream(config)
+                .await
+                .map_err(|e| {
+                    BrokerError::Rejected(format!("cannot create the stream of topic {topic}: {e}"))
+                })?;
+            self.streams
+                .lock()
+                .expect("streams lock")
+                .insert(topic.clone());
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, record: Record) -> Result<Receipt, BrokerError> {
+        let partition = self
+            .partitioner
+            .partition(record.key.as_deref(), self.config.partitions);
+        let mut headers = async_nats::HeaderMap::new();
+        for header in &record.headers {
+            headers.append(
+                header.name.as_str(),
+                String::from_utf8_lossy(&header.value).as_ref(),
+            );
+            if header.name == envelope::HEADER_ID {
+                headers.insert(
+                    "Nats-Msg-Id",
+                    String::from_utf8_lossy(&header.value).as_ref(),
+                );
+            }
+        }
+        if let Some(key) = &record.key {
+            headers.insert(KEY_HEADER, String::from_utf8_lossy(key).as_ref());
+        }
+        let ack = self
+            .jetstream
+            .publish_with_headers(subject(&record.topic, partition), headers, record.value)
+            .await
+            .map_err(unavailable)?
+            .await
+            .map_err(unavailable)?;
+        Ok(Receipt {
+            partition,
+            offset: ack.sequence,
+        })
+    }
+
+    async fn check(&self) -> Result<(), BrokerError> {
+        self.client.flush().await.map_err(unavailable)
+    }
+
+    async fn close(&self) {
+        let _ = self.client.flush().await;
+    }
+}
+
+#[async_trait]
+impl Subscriber for NatsBroker {
+    async fn subscribe(
+        &self,
+        group: &str,
+        topics: &[String],
+        start: StartFrom,
+    ) -> Result<Subscription, BrokerError> {
+        self.ensure_topics(topics).await?;
+        let store = leases::bucket(&self.jetstream, self.config.lease.0).await?;
+        Ok(consumer::subscribe(
+            self.client.clone(),
+            self.jetstream.clone(),
+            store,
+            group,
+            topics,
+            self.config.partitions,
+            self.config.lease.0,
+            start,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_names_are_valid_and_distinct() {
+        assert_eq!(stream_name("webhooks.github"), "webhooks_2Egithub");
+        assert_ne!(stream_name("a.b"), stream_name("a_b"));
+        assert_eq!(stream_name("a_b"), "a_5Fb");
+        assert!(!stream_name("x.y-z").contains(['.', '*', '>', ' ']));
+    }
+}

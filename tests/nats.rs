@@ -1,0 +1,360 @@
+//! The NATS JetStream backend against a real nats-server (a private one per test, so it can
+//! be restarted): envelopes on partitioned subjects, server-side deduplication, foreign
+//! messages, leases shared by replicas, and a server restart under load.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use common::receiver::{Received, Receiver, Reply};
+use common::*;
+use futures_util::StreamExt;
+use hookbridge::broker::nats::stream_name;
+use hookbridge::broker::partitioner::partition_for_key;
+use hookbridge::envelope::Envelope;
+
+fn config(nats: &NatsServer, topic: &str, subs: &str) -> String {
+    format!(
+        r#"broker:
+  kind: nats
+  nats: {{ url: "{}", partitions: 4, lease: 2s }}
+server:
+  listen: 127.0.0.1:0
+  admin_listen: 127.0.0.1:0
+routes:
+  - name: events
+    topic: {topic}
+    verify: {{ kind: none }}
+    event_type: {{ header: X-Type, default: test }}
+    key: {{ json: /key }}
+    idempotency: {{ header: Idempotency-Key }}
+    publish_timeout: 2s
+subscriptions:
+{subs}"#,
+        nats.url()
+    )
+}
+
+fn seq_of(r: &Received) -> (String, u64) {
+    let body = r.json();
+    (
+        body["key"].as_str().unwrap_or_default().to_string(),
+        body["seq"].as_u64().unwrap_or(u64::MAX),
+    )
+}
+
+/// Every message of a topic's stream, read by a plain client.
+async fn stream_messages(nats: &NatsServer, topic: &str) -> Vec<jetstream::Message> {
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client);
+    let mut stream = js.get_stream(stream_name(topic)).await.unwrap();
+    let count = stream.info().await.unwrap().state.messages as usize;
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut out = Vec::new();
+    while out.len() < count {
+        let message = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        out.push(message);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelopes_land_on_partition_subjects_and_retries_are_stored_once() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Hookbridge::start(dir.path(), &config(&nats, "orders", "  []\n"));
+    let client = http_client();
+    let mut ids = HashSet::new();
+    for i in 0..30 {
+        let body = serde_json::json!({"key": format!("customer-{}", i % 7), "n": i});
+        // Every third request is sent twice, as a sender's retry would be.
+        for _ in 0..(1 + usize::from(i % 3 == 0)) {
+            let response = client
+                .post(server.hook_url("events"))
+                .header("idempotency-key", format!("delivery-{i}"))
+                .header("x-type", "order.paid")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 202);
+            ids.insert(
+                response.json::<serde_json::Value>().await.unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+    }
+    assert!(server.terminate().success());
+
+    let messages = stream_messages(&nats, "orders").await;
+    assert_eq!(
+        messages.len(),
+        30,
+        "retried deliveries were deduplicated by Nats-Msg-Id"
+    );
+    for message in &messages {
+        let envelope: Envelope = prost::Message::decode(message.payload.clone()).unwrap();
+        assert!(ids.contains(&envelope.id));
+        let headers = message.headers.as_ref().unwrap();
+        assert_eq!(headers.get("Nats-Msg-Id").unwrap().as_str(), envelope.id);
+        assert_eq!(headers.get("hb-type").unwrap().as_str(), "order.paid");
+        assert_eq!(headers.get("Hb-Key").unwrap().as_str(), envelope.key);
+        let partition = partition_for_key(envelope.key.as_bytes(), 4);
+        assert_eq!(
+            message.subject.as_str(),
+            format!("orders.{partition}"),
+            "subject partition is murmur2 of the key"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_message_becomes_a_webhook() {
+    let nats = NatsServer::start();
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let subs = format!(
+        "  - name: foreign\n    topics: [inventory]\n    url: {}\n",
+        receiver.url
+    );
+    let _server = Hookbridge::start(dir.path(), &config(&nats, "unused", &subs));
+
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    // hookbridge created the stream; any service publishes to <topic>.<partition>.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while js.get_stream(stream_name("inventory")).await.is_err() {
+        assert!(Instant::now() < deadline, "the stream was created");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("content-type", "application/json");
+    headers.insert("x-warehouse", "north");
+    js.publish_with_headers("inventory.2", headers, r#"{"sku":"A-1","qty":3}"#.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    receiver
+        .wait_for("the foreign message", Duration::from_secs(30), |r| {
+            !r.is_empty()
+        })
+        .await;
+    let got = &receiver.received()[0];
+    assert_eq!(got.json(), serde_json::json!({"sku": "A-1", "qty": 3}));
+    assert_eq!(got.header("content-type"), "application/json");
+    assert!(!got.header("webhook-id").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_partitions_by_lease_and_survive_kill_9() {
+    const EVENTS: u64 = 600;
+    let nats = NatsServer::start();
+    let receiver = Receiver::start().await;
+    receiver.answer(|_, _| Reply {
+        status: 200,
+        delay: Duration::from_millis(10),
+        retry_after: None,
+    });
+    let subs = format!(
+        "  - name: shared\n    topics: [jobs]\n    url: {}\n    max_in_flight: 8\n",
+        receiver.url
+    );
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = Hookbridge::start(dir_a.path(), &config(&nats, "jobs", &subs));
+    let b = Hookbridge::start(dir_b.path(), &config(&nats, "jobs", &subs));
+    let taken = |server: &Hookbridge| server.log_text().matches("partition lease taken").count();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(taken(&a) >= 1 && taken(&b) >= 1) {
+        assert!(
+            Instant::now() < deadline,
+            "both replicas hold partitions: a={} b={}",
+            taken(&a),
+            taken(&b)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let client = http_client();
+    for seq in 0..EVENTS {
+        let body = serde_json::json!({"key": format!("k{}", seq % 24), "seq": seq});
+        let target = if seq % 2 == 0 { &a } else { &b };
+        assert_eq!(
+            client
+                .post(target.hook_url("events"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            202
+        );
+    }
+    receiver
+        .wait_for("a fifth delivered", Duration::from_secs(60), |r| {
+            r.len() >= EVENTS as usize / 5
+        })
+        .await;
+    let b_before = taken(&b);
+    a.kill();
+    let killed = Instant::now();
+    // The dead replica's leases expire within one lease period (2s); the survivor's next
+    // renewal tick takes them.
+    while taken(&b) == b_before {
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "the survivor took over the dead replica's partitions"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let takeover = killed.elapsed();
+    assert!(
+        takeover < Duration::from_secs(6),
+        "partitions moved within the lease period and a tick: {takeover:?}"
+    );
+    receiver
+        .wait_for(
+            "every event after the takeover",
+            Duration::from_secs(120),
+            |r| {
+                r.iter()
+                    .filter(|r| r.ok())
+                    .map(seq_of)
+                    .collect::<HashSet<_>>()
+                    .len()
+                    >= EVENTS as usize
+            },
+        )
+        .await;
+    let moved_in = killed.elapsed();
+    let received = receiver.received();
+    let mut first: HashMap<String, Vec<u64>> = HashMap::new();
+    let mut seen = HashSet::new();
+    for r in &received {
+        let (key, seq) = seq_of(r);
+        if seen.insert(seq) {
+            first.entry(key).or_default().push(seq);
+        }
+    }
+    for (key, seqs) in &first {
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "{key}: first deliveries in publish order"
+        );
+    }
+    eprintln!(
+        "kill -9 of one replica: partitions moved in {takeover:?}, all {EVENTS} delivered {moved_in:?} after the kill, {} redelivered",
+        received.len() - EVENTS as usize
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_under_load_loses_nothing_acknowledged() {
+    let mut nats = NatsServer::start();
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let subs = format!(
+        "  - name: steady\n    topics: [payments]\n    url: {}\n",
+        receiver.url
+    );
+    let server = Hookbridge::start(dir.path(), &config(&nats, "payments", &subs));
+
+    let url = server.hook_url("events");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = tokio::task::JoinSet::new();
+    for w in 0..16u64 {
+        let (client, url, stop) = (http_client(), url.clone(), stop.clone());
+        workers.spawn(async move {
+            let mut outcomes = Vec::new();
+            let mut seq = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let n = w * 1_000_000 + seq;
+                seq += 1;
+                let body = serde_json::json!({"key": format!("k{}", n % 13), "seq": n});
+                let status = match client.post(&url).json(&body).send().await {
+                    Ok(r) => r.status().as_u16(),
+                    Err(_) => 0,
+                };
+                outcomes.push((n, status));
+            }
+            outcomes
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    nats.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    nats.restart();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut outcomes = Vec::new();
+    while let Some(done) = workers.join_next().await {
+        outcomes.extend(done.unwrap());
+    }
+    let accepted: HashSet<u64> = outcomes
+        .iter()
+        .filter(|(_, s)| *s == 202)
+        .map(|(n, _)| *n)
+        .collect();
+    let unavailable = outcomes.iter().filter(|(_, s)| *s == 503).count();
+    let other: Vec<_> = outcomes
+        .iter()
+        .filter(|(_, s)| ![202, 503].contains(s))
+        .collect();
+    assert!(
+        other.is_empty(),
+        "only 202 or 503: {:?}",
+        &other[..other.len().min(5)]
+    );
+    assert!(unavailable > 0, "the outage was visible as 503s");
+
+    // Everything acknowledged is stored, and delivered.
+    let stored: HashSet<u64> = stream_messages(&nats, "payments")
+        .await
+        .iter()
+        .map(|m| {
+            let envelope: Envelope = prost::Message::decode(m.payload.clone()).unwrap();
+            serde_json::from_slice::<serde_json::Value>(&envelope.body).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    let missing: Vec<_> = accepted.difference(&stored).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged webhooks are not in the stream",
+        missing.len()
+    );
+    receiver
+        .wait_for(
+            "every accepted event delivered",
+            Duration::from_secs(60),
+            |r| {
+                let delivered: HashSet<u64> =
+                    r.iter().filter(|r| r.ok()).map(|r| seq_of(r).1).collect();
+                accepted.is_subset(&delivered)
+            },
+        )
+        .await;
+    eprintln!(
+        "nats-server killed and restarted under load: {} accepted (all stored and delivered), {unavailable} refused with 503",
+        accepted.len()
+    );
+}
