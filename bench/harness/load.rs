@@ -1,0 +1,208 @@
+//! The load generator and the receiver.
+//!
+//! Every webhook body carries the moment it was sent (`t`, microseconds since the run
+//! started) and its key, padded to the body size, so the receiver can measure end-to-end
+//! latency without any clock but this process's.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::StatusCode;
+
+use super::stats::Latencies;
+
+static START: OnceLock<Instant> = OnceLock::new();
+
+pub fn now_us() -> u64 {
+    START.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+/// The shape of the load.
+#[derive(Clone, Debug)]
+pub struct Load {
+    pub concurrency: usize,
+    /// Requests per second, open loop; `None` sends as fast as `concurrency` allows.
+    pub rate: Option<u64>,
+    pub body_size: usize,
+    pub keys: usize,
+    pub duration: Duration,
+}
+
+pub fn body(key: usize, size: usize) -> Vec<u8> {
+    let head = format!(r#"{{"key":"key-{key}","t":{},"pad":""#, now_us());
+    let pad = size.saturating_sub(head.len() + 2);
+    let mut body = head.into_bytes();
+    body.extend(std::iter::repeat_n(b'x', pad));
+    body.extend_from_slice(b"\"}");
+    body
+}
+
+/// What a load run saw.
+#[derive(Default)]
+pub struct Sent {
+    pub ok: u64,
+    pub failed: u64,
+    pub latencies: Latencies,
+    pub elapsed: Duration,
+}
+
+/// Sends POSTs to `url` for `load.duration`. `send` is what one request is: an HTTP POST
+/// for the servers, a broker publish for the raw baselines.
+pub async fn run<F, Fut>(load: &Load, send: F) -> Sent
+where
+    F: Fn(Vec<u8>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let deadline = Instant::now() + load.duration;
+    let started = Instant::now();
+    let counter = Arc::new(AtomicU64::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    // Open loop: a shared ticket dispenser paces every worker to the global rate.
+    let interval = load.rate.map(|r| Duration::from_secs_f64(1.0 / r as f64));
+    for _ in 0..load.concurrency {
+        let (send, counter, load) = (send.clone(), counter.clone(), load.clone());
+        workers.spawn(async move {
+            let mut sent = Sent::default();
+            loop {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                if let Some(interval) = interval {
+                    let due = started + interval.mul_f64(n as f64);
+                    if due > deadline {
+                        break;
+                    }
+                    tokio::time::sleep_until(due.into()).await;
+                } else if Instant::now() >= deadline {
+                    break;
+                }
+                let body = body(n as usize % load.keys.max(1), load.body_size);
+                let began = Instant::now();
+                if send(body).await {
+                    sent.ok += 1;
+                    sent.latencies.record(began.elapsed());
+                } else {
+                    sent.failed += 1;
+                }
+            }
+            sent
+        });
+    }
+    let mut total = Sent::default();
+    while let Some(Ok(part)) = workers.join_next().await {
+        total.ok += part.ok;
+        total.failed += part.failed;
+        total.latencies.extend(part.latencies);
+    }
+    total.elapsed = started.elapsed();
+    total
+}
+
+pub fn http_sender(
+    client: reqwest::Client,
+    url: String,
+) -> impl Fn(Vec<u8>) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
++ Clone
++ Send
++ Sync
++ 'static {
+    move |body: Vec<u8>| {
+        let (client, url) = (client.clone(), url.clone());
+        Box::pin(async move {
+            match client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+            {
+                Ok(response) => response.status().is_success(),
+                Err(_) => false,
+            }
+        })
+    }
+}
+
+/// The subscriber side: answers 200 (or never, when stalled) and records end-to-end latency.
+pub struct Receiver {
+    pub url: String,
+    state: Arc<ReceiverState>,
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    received: AtomicU64,
+    stalled: AtomicBool,
+    latencies: Mutex<Latencies>,
+    last_at_us: AtomicU64,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        let state = Arc::new(ReceiverState::default());
+        let handler_state = state.clone();
+        let handler = move |body: Bytes| {
+            let state = handler_state.clone();
+            async move {
+                if state.stalled.load(Ordering::Relaxed) {
+                    std::future::pending::<()>().await;
+                }
+                if let Some(sent) = sent_at(&body) {
+                    let now = now_us();
+                    state
+                        .latencies
+                        .lock()
+                        .unwrap()
+                        .record(Duration::from_micros(now.saturating_sub(sent)));
+                    state.last_at_us.store(now, Ordering::Relaxed);
+                }
+                state.received.fetch_add(1, Ordering::Relaxed);
+                StatusCode::OK
+            }
+        };
+        let app = axum::Router::new().route("/hook", axum::routing::post(handler));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Receiver { url, state }
+    }
+
+    pub fn stall(&self, stalled: bool) {
+        self.state.stalled.store(stalled, Ordering::Relaxed);
+    }
+
+    pub fn received(&self) -> u64 {
+        self.state.received.load(Ordering::Relaxed)
+    }
+
+    /// Takes the latencies recorded so far and starts afresh.
+    pub fn take(&self) -> (u64, Latencies) {
+        let latencies = std::mem::take(&mut *self.state.latencies.lock().unwrap());
+        (self.state.received.swap(0, Ordering::Relaxed), latencies)
+    }
+
+    /// Microseconds since the run started at which the last delivery arrived.
+    pub fn last_at_us(&self) -> u64 {
+        self.state.last_at_us.load(Ordering::Relaxed)
+    }
+}
+
+/// `t` of a body made by [`body`], without parsing the whole JSON.
+fn sent_at(body: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(&body[..body.len().min(64)]).ok()?;
+    let start = text.find("\"t\":")? + 4;
+    let end = text[start..].find(',')? + start;
+    text[start..end].parse().ok()
+}
+
+/// A bare axum handler answering 202: the HTTP limit of this machine and load generator.
+pub async fn bare_handler() -> String {
+    let app = axum::Router::new().route(
+        "/hooks/{route}",
+        axum::routing::post(|_body: Bytes| async { (StatusCode::ACCEPTED, r#"{"id":"x"}"#) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks/bench", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}

@@ -1,0 +1,554 @@
+//! hookbridge's end-to-end benchmark: one command, every backend, every scenario, with the
+//! baselines that say how close hookbridge comes to what the machine and broker allow.
+//!
+//!   scripts/bench                          # all backends found on this machine
+//!   scripts/bench --backends embedded --duration 5s
+//!
+//! For each backend it starts hookbridge (the release binary next to this one), drives its
+//! ingress with a keep-alive HTTP/1.1 load generator, runs the receiver, and prints
+//! webhooks/s in, deliveries/s out, ingest and end-to-end latency percentiles, and the CPU
+//! seconds and peak RSS of the hookbridge process. Baselines run in the same process under
+//! the same load: a bare axum handler (the HTTP limit), a raw client publishing the same
+//! records to the broker (the broker limit), and a bare HTTP client posting to the same
+//! receiver (the delivery limit).
+
+mod load;
+mod process;
+mod stats;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use clap::Parser;
+use hookbridge::broker::{Publisher, Record};
+use load::{Load, Receiver};
+use process::{Hookbridge, Server};
+use stats::Latencies;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hookbridge-bench",
+    about = "End-to-end throughput and latency of hookbridge, against its limits"
+)]
+struct Args {
+    /// Backends to measure: embedded, nats (starts nats-server), kafka (starts Tansu, or uses
+    /// --kafka-bootstrap).
+    #[arg(long, value_delimiter = ',', default_values = ["embedded", "nats", "kafka"])]
+    backends: Vec<String>,
+    /// How long each scenario sends load.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Concurrent connections of the load generator (closed loop).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 512)]
+    body_size: usize,
+    /// Distinct partition keys.
+    #[arg(long, default_value_t = 1000)]
+    keys: usize,
+    /// Rate of the open-loop latency scenario, requests per second.
+    #[arg(long, default_value_t = 5000)]
+    rate: u64,
+    /// An existing Kafka-protocol broker instead of starting Tansu.
+    #[arg(long)]
+    kafka_bootstrap: Option<String>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    hookbridge::config::units::parse_duration(text)
+}
+
+/// One printed result line.
+struct Row {
+    backend: String,
+    scenario: &'static str,
+    sent: Option<load::Sent>,
+    delivered_per_s: Option<f64>,
+    e2e: Option<Latencies>,
+    cpu_s: Option<f64>,
+    peak_rss: Option<f64>,
+    baseline: Option<(&'static str, f64)>,
+}
+
+impl Row {
+    fn print(mut self) {
+        let in_per_s = self
+            .sent
+            .as_ref()
+            .map(|s| s.ok as f64 / s.elapsed.as_secs_f64());
+        let ingest = self
+            .sent
+            .as_mut()
+            .map(|s| s.latencies.summary())
+            .unwrap_or_else(|| "-".into());
+        let failed = self.sent.as_ref().map(|s| s.failed).unwrap_or(0);
+        println!("{} / {}", self.backend, self.scenario);
+        if let Some(rate) = in_per_s {
+            let ratio = match self.baseline {
+                Some((name, base)) if base > 0.0 => format!("  ({:.2}x {name})", rate / base),
+                _ => String::new(),
+            };
+            println!(
+                "    in      {rate:>9.0}/s{ratio}{}",
+                if failed > 0 {
+                    format!("  [{failed} failed]")
+                } else {
+                    String::new()
+                }
+            );
+            println!("    ingest  {ingest}");
+        }
+        if let Some(rate) = self.delivered_per_s {
+            println!("    out     {rate:>9.0}/s");
+        }
+        if let Some(mut e2e) = self.e2e {
+            println!("    e2e     {}", e2e.summary());
+        }
+        if let (Some(cpu), Some(rss)) = (self.cpu_s, self.peak_rss) {
+            println!("    process {cpu:.1} CPU s, peak RSS {rss:.0} MiB");
+        }
+    }
+}
+
+/// Samples the RSS of a process until stopped; returns the peak and a per-second series.
+fn sample_rss(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(f64, Vec<f64>)> {
+    std::thread::spawn(move || {
+        let (mut peak, mut series) = (0.0f64, Vec::new());
+        let mut tick = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let rss = process::rss_mib(pid);
+            peak = peak.max(rss);
+            if tick % 10 == 0 {
+                series.push(rss);
+            }
+            tick += 1;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (peak, series)
+    })
+}
+
+struct Backend {
+    /// The `broker:` section of the config.
+    broker_yaml: String,
+    raw: Arc<RawPublisher>,
+    _server: Option<Server>,
+}
+
+/// The broker limit: the same records published by a plain client.
+enum RawPublisher {
+    /// The log, and the directory it lives in (removed when the run ends).
+    Embedded(
+        Arc<hookbridge::broker::embedded::EmbeddedBroker>,
+        #[allow(dead_code)] tempfile::TempDir,
+    ),
+    Nats(async_nats::jetstream::Context),
+    Kafka(rdkafka::producer::FutureProducer),
+}
+
+impl RawPublisher {
+    async fn publish(&self, topic: &str, key: String, body: Vec<u8>) -> bool {
+        match self {
+            RawPublisher::Embedded(log, _) => {
+                let record = Record {
+                    topic: topic.into(),
+                    key: Some(key.into()),
+                    headers: vec![],
+                    value: body.into(),
+                };
+                log.publish(record).await.is_ok()
+            }
+            RawPublisher::Nats(js) => match js.publish(format!("{topic}.0"), body.into()).await {
+                Ok(ack) => ack.await.is_ok(),
+                Err(_) => false,
+            },
+            RawPublisher::Kafka(producer) => {
+                let record = rdkafka::producer::FutureRecord::to(topic)
+                    .key(&key)
+                    .payload(&body);
+                producer.send(record, Duration::from_secs(10)).await.is_ok()
+            }
+        }
+    }
+}
+
+async fn backend(name: &str, args: &Args) -> anyhow::Result<Backend> {
+    match name {
+        "embedded" => {
+            let dir = tempfile::tempdir()?;
+            let log = hookbridge::broker::embedded::EmbeddedBroker::open(
+                &hookbridge::config::EmbeddedConfig {
+                    dir: dir.path().join("raw"),
+                    partitions: 8,
+                    retention: Default::default(),
+                },
+            )?;
+            Ok(Backend {
+                broker_yaml:
+                    "broker:\n  kind: embedded\n  embedded: { dir: __DIR__/data, partitions: 8 }\n"
+                        .into(),
+                raw: Arc::new(RawPublisher::Embedded(log, dir)),
+                _server: None,
+            })
+        }
+        "nats" => {
+            let server = Server::start("nats-server", |port, dir| {
+                vec![
+                    "-a".into(),
+                    "127.0.0.1".into(),
+                    "-p".into(),
+                    port.to_string(),
+                    "-js".into(),
+                    "-sd".into(),
+                    dir.display().to_string(),
+                ]
+            })?;
+            let url = format!("nats://127.0.0.1:{}", server.port);
+            let js = async_nats::jetstream::new(async_nats::connect(&url).await?);
+            js.get_or_create_stream(async_nats::jetstream::stream::Config {
+                name: "rawbench".into(),
+                subjects: vec!["rawbench.*".into()],
+                ..Default::default()
+            })
+            .await?;
+            Ok(Backend {
+                broker_yaml: format!(
+                    "broker:\n  kind: nats\n  nats: {{ url: \"{url}\", partitions: 8 }}\n"
+                ),
+                raw: Arc::new(RawPublisher::Nats(js)),
+                _server: Some(server),
+            })
+        }
+        "kafka" => {
+            let (bootstrap, server) = match &args.kafka_bootstrap {
+                Some(bootstrap) => (bootstrap.clone(), None),
+                None => {
+                    let server = Server::start("tansu", |port, _| {
+                        let url = format!("tcp://127.0.0.1:{port}");
+                        vec![
+                            "broker".into(),
+                            "--listener-url".into(),
+                            url.clone(),
+                            "--advertised-listener-url".into(),
+                            url,
+                            "--storage-engine".into(),
+                            "memory://tansu/".into(),
+                        ]
+                    })?;
+                    (format!("127.0.0.1:{}", server.port), Some(server))
+                }
+            };
+            let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .set("enable.idempotence", "true")
+                .set("acks", "all")
+                .set("linger.ms", "5")
+                .set("compression.type", "lz4")
+                .create()?;
+            let config = hookbridge::config::KafkaConfig {
+                bootstrap_servers: bootstrap.clone(),
+                partitions: 8,
+                ..Default::default()
+            };
+            let admin = hookbridge::broker::kafka::KafkaBroker::connect(&config)?;
+            admin.ensure_topics(&["rawbench".to_string()]).await?;
+            Ok(Backend {
+                broker_yaml: format!(
+                    "broker:\n  kind: kafka\n  kafka: {{ bootstrap_servers: \"{bootstrap}\", partitions: 8 }}\n"
+                ),
+                raw: Arc::new(RawPublisher::Kafka(producer)),
+                _server: server,
+            })
+        }
+        other => anyhow::bail!("unknown backend {other}"),
+    }
+}
+
+fn config(
+    backend: &Backend,
+    dir: &std::path::Path,
+    topic: &str,
+    subscription: Option<(&str, &str)>,
+) -> String {
+    let mut yaml = backend
+        .broker_yaml
+        .replace("__DIR__", &dir.display().to_string());
+    yaml.push_str(&format!(
+        "server: {{ listen: 127.0.0.1:0, admin_listen: 127.0.0.1:0 }}\nroutes:\n  - name: bench\n    topic: {topic}\n    verify: {{ kind: none }}\n    event_type: {{ value: bench }}\n    key: {{ json: /key }}\n"
+    ));
+    match subscription {
+        Some((url, ordering)) => yaml.push_str(&format!(
+            "subscriptions:\n  - name: {topic}\n    topics: [{topic}]\n    url: {url}\n    ordering: {ordering}\n    max_in_flight: 128\n    timeout: 60s\n"
+        )),
+        None => yaml.push_str("subscriptions: []\n"),
+    }
+    yaml
+}
+
+struct Measured {
+    sent: load::Sent,
+    delivered_per_s: Option<f64>,
+    e2e: Option<Latencies>,
+    cpu_s: f64,
+    peak_rss: f64,
+    rss_series: Vec<f64>,
+}
+
+/// Runs one scenario against a fresh hookbridge process.
+async fn scenario(
+    backend: &Backend,
+    receiver: &Receiver,
+    load: &Load,
+    ordering: Option<&str>,
+    stalled: bool,
+) -> anyhow::Result<Measured> {
+    let dir = tempfile::tempdir()?;
+    let topic = format!("bench-{}", uuid::Uuid::now_v7().simple());
+    let subscription = ordering.map(|o| (receiver.url.as_str(), o));
+    let server = Hookbridge::start(
+        dir.path(),
+        &config(backend, dir.path(), &topic, subscription),
+    )?;
+    receiver.stall(stalled);
+    receiver.take();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(load.concurrency)
+        .build()?;
+    let url = format!("{}/hooks/bench", server.ingress);
+    // Warm up connections and the broker's topic before measuring.
+    let _ = load::run(
+        &Load {
+            duration: Duration::from_millis(500),
+            ..load.clone()
+        },
+        load::http_sender(client.clone(), url.clone()),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    receiver.take();
+
+    let cpu_before = server.cpu_seconds();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = sample_rss(server.pid(), stop.clone());
+    let started_us = load::now_us();
+    let sent = load::run(load, load::http_sender(client, url)).await;
+
+    let mut delivered_per_s = None;
+    let mut e2e = None;
+    if ordering.is_some() && !stalled {
+        // Drain: wait until the deliveries stop coming.
+        let mut last = receiver.received();
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = receiver.received();
+            if now == last || now >= sent.ok {
+                break;
+            }
+            last = now;
+        }
+        let (count, latencies) = receiver.take();
+        let span_s = (receiver.last_at_us().saturating_sub(started_us)) as f64 / 1e6;
+        delivered_per_s = Some(count as f64 / span_s.max(0.001));
+        e2e = Some(latencies);
+    }
+    let cpu_s = server.cpu_seconds() - cpu_before;
+    stop.store(true, Ordering::Relaxed);
+    let (peak_rss, rss_series) = sampler.join().expect("sampler");
+    receiver.stall(false);
+    server.stop();
+    Ok(Measured {
+        sent,
+        delivered_per_s,
+        e2e,
+        cpu_s,
+        peak_rss,
+        rss_series,
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    load::now_us();
+    let load = Load {
+        concurrency: args.concurrency,
+        rate: None,
+        body_size: args.body_size,
+        keys: args.keys,
+        duration: args.duration,
+    };
+    println!(
+        "hookbridge-bench: {} per scenario, {} connections, {} B bodies, {} keys, open-loop rate {}/s",
+        humantime(args.duration),
+        args.concurrency,
+        args.body_size,
+        args.keys,
+        args.rate
+    );
+    println!(
+        "machine: {} cores, {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        memory()
+    );
+
+    let receiver = Receiver::start().await;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+
+    println!("\n== baselines (same load generator, same process)");
+    let http = load::run(
+        &load,
+        load::http_sender(client.clone(), load::bare_handler().await),
+    )
+    .await;
+    let http_rate = http.ok as f64 / http.elapsed.as_secs_f64();
+    Row {
+        backend: "baseline".into(),
+        scenario: "bare axum handler answering 202 (HTTP limit)",
+        sent: Some(http),
+        delivered_per_s: None,
+        e2e: None,
+        cpu_s: None,
+        peak_rss: None,
+        baseline: None,
+    }
+    .print();
+    let delivery = load::run(
+        &load,
+        load::http_sender(client.clone(), receiver.url.clone()),
+    )
+    .await;
+    let delivery_rate = delivery.ok as f64 / delivery.elapsed.as_secs_f64();
+    receiver.take();
+    Row {
+        backend: "baseline".into(),
+        scenario: "bare HTTP client posting to the receiver (delivery limit)",
+        sent: Some(delivery),
+        delivered_per_s: None,
+        e2e: None,
+        cpu_s: None,
+        peak_rss: None,
+        baseline: None,
+    }
+    .print();
+
+    for name in &args.backends {
+        let backend = match backend(name, &args).await {
+            Ok(backend) => backend,
+            Err(e) => {
+                println!("\n== {name}: skipped ({e:#})");
+                continue;
+            }
+        };
+        println!("\n== {name}");
+        let raw = {
+            let publisher = backend.raw.clone();
+            load::run(&load, move |body: Vec<u8>| {
+                let publisher = publisher.clone();
+                let key = format!("key-{}", load::now_us() % 1000);
+                Box::pin(async move { publisher.publish("rawbench", key, body).await })
+                    as std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
+            })
+            .await
+        };
+        let raw_rate = raw.ok as f64 / raw.elapsed.as_secs_f64();
+        Row {
+            backend: name.clone(),
+            scenario: "raw client publishing to the broker (broker limit)",
+            sent: Some(raw),
+            delivered_per_s: None,
+            e2e: None,
+            cpu_s: None,
+            peak_rss: None,
+            baseline: None,
+        }
+        .print();
+
+        let ingest_baseline = if name == "embedded" {
+            ("HTTP limit", http_rate)
+        } else {
+            ("broker limit", raw_rate)
+        };
+        let runs: [(&'static str, Option<&str>, bool, Option<u64>); 5] = [
+            ("ingest only", None, false, None),
+            ("ingest + delivery, ordering: key", Some("key"), false, None),
+            (
+                "ingest + delivery, ordering: none",
+                Some("none"),
+                false,
+                None,
+            ),
+            (
+                "open loop at the target rate, ordering: key",
+                Some("key"),
+                false,
+                Some(args.rate),
+            ),
+            (
+                "stalled subscriber, growing backlog",
+                Some("key"),
+                true,
+                None,
+            ),
+        ];
+        for (title, ordering, stalled, rate) in runs {
+            let load = Load {
+                rate,
+                ..load.clone()
+            };
+            match scenario(&backend, &receiver, &load, ordering, stalled).await {
+                Ok(m) => {
+                    let backlog = stalled.then(|| {
+                        m.rss_series
+                            .iter()
+                            .map(|r| format!("{r:.0}"))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    });
+                    let delivered = m.delivered_per_s;
+                    Row {
+                        backend: name.clone(),
+                        scenario: title,
+                        sent: Some(m.sent),
+                        delivered_per_s: delivered,
+                        e2e: m.e2e,
+                        cpu_s: Some(m.cpu_s),
+                        peak_rss: Some(m.peak_rss),
+                        baseline: Some(ingest_baseline),
+                    }
+                    .print();
+                    if let Some(rate) = delivered {
+                        println!("    out/delivery limit {:.2}x", rate / delivery_rate);
+                    }
+                    if let Some(series) = backlog {
+                        println!("    RSS each second (MiB): {series}");
+                    }
+                }
+                Err(e) => println!("{name} / {title}: failed: {e:#}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn humantime(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+fn memory() -> String {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    info.lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .nth(1)
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| format!("{:.0} GiB RAM", kb / 1048576.0))
+        .unwrap_or_default()
+}
