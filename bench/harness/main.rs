@@ -51,6 +51,9 @@ struct Args {
     /// Rate of the open-loop latency scenario, requests per second.
     #[arg(long, default_value_t = 5000)]
     rate: u64,
+    /// Run only the scenarios whose title contains one of these words (e.g. `backlog`).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// An existing Kafka-protocol broker instead of starting Tansu.
     #[arg(long)]
     kafka_bootstrap: Option<String>,
@@ -498,6 +501,9 @@ async fn main() -> anyhow::Result<()> {
             ),
         ];
         for (title, ordering, stalled, rate) in runs {
+            if !args.only.is_empty() && !args.only.iter().any(|w| title.contains(w.as_str())) {
+                continue;
+            }
             let load = Load {
                 rate,
                 ..load.clone()
