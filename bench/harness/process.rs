@@ -67,6 +67,7 @@ impl Hookbridge {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -69,6 +69,8 @@ pub async fn run(
             _ = super::stopped(&mut stop) => break,
             Some((lane, offset, outcome)) = done_rx.recv() => {
                 held -= 1;
+                // Reap finished tasks: a JoinSet keeps each one until it is joined.
+                while running.try_join_next().is_some() {}
                 if outcome == Outcome::Abandoned {
                     continue;
                 }

@@ -176,6 +176,10 @@ pub fn subscribe(
         // A replica that dies is noticed within this, and its partitions move.
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
+        // A fetch waits at most this long for data: brokers that answer a fetch only when
+        // the wait expires (rather than as soon as data arrives) would otherwise add up to
+        // librdkafka's default 500 ms to every delivery.
+        .set("fetch.wait.max.ms", "50")
         // Bound what librdkafka prefetches per partition (G7).
         .set("queued.max.messages.kbytes", "16384");
     let consumer: StreamConsumer<GroupContext> = with_properties(client, config)
