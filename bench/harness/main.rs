@@ -371,6 +371,73 @@ async fn scenario(
     })
 }
 
+/// Delivery alone: a backlog is ingested with no subscription, then hookbridge restarts
+/// with one and the time to deliver the whole backlog is measured.
+async fn delivery_only(
+    backend: &Backend,
+    receiver: &Receiver,
+    load: &Load,
+    ordering: &str,
+) -> anyhow::Result<Measured> {
+    let dir = tempfile::tempdir()?;
+    let topic = format!("bench-{}", uuid::Uuid::now_v7().simple());
+    let server = Hookbridge::start(dir.path(), &config(backend, dir.path(), &topic, None))?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(load.concurrency)
+        .build()?;
+    let sent = load::run(
+        load,
+        load::http_sender(client, format!("{}/hooks/bench", server.ingress)),
+    )
+    .await;
+    server.stop();
+
+    receiver.stall(false);
+    receiver.take();
+    let started_us = load::now_us();
+    let server = Hookbridge::start(
+        dir.path(),
+        &config(
+            backend,
+            dir.path(),
+            &topic,
+            Some((receiver.url.as_str(), ordering)),
+        ),
+    )?;
+    let cpu_before = server.cpu_seconds();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = sample_rss(server.pid(), stop.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let mut last = (0, std::time::Instant::now());
+    while receiver.received() < sent.ok && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = receiver.received();
+        if now != last.0 {
+            last = (now, std::time::Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+    }
+    let (count, _) = receiver.take();
+    let span_s = (receiver.last_at_us().saturating_sub(started_us)) as f64 / 1e6;
+    let cpu_s = server.cpu_seconds() - cpu_before;
+    stop.store(true, Ordering::Relaxed);
+    let (peak_rss, rss_series) = sampler.join().expect("sampler");
+    server.stop();
+    println!(
+        "    backlog of {} events delivered: {count} in {span_s:.1}s (start-up included)",
+        sent.ok
+    );
+    Ok(Measured {
+        sent,
+        delivered_per_s: Some(count as f64 / span_s.max(0.001)),
+        e2e: None,
+        cpu_s,
+        peak_rss,
+        rss_series,
+    })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -535,6 +602,24 @@ async fn main() -> anyhow::Result<()> {
                     if let Some(series) = backlog {
                         println!("    RSS each second (MiB): {series}");
                     }
+                }
+                Err(e) => println!("{name} / {title}: failed: {e:#}"),
+            }
+        }
+        let title = "delivery alone, from a backlog, ordering: key";
+        if args.only.is_empty() || args.only.iter().any(|w| title.contains(w.as_str())) {
+            match delivery_only(&backend, &receiver, &load, "key").await {
+                Ok(m) => {
+                    let rate = m.delivered_per_s.unwrap_or(0.0);
+                    println!("{name} / {title}");
+                    println!(
+                        "    out     {rate:>9.0}/s  ({:.2}x delivery limit)",
+                        rate / delivery_rate
+                    );
+                    println!(
+                        "    process {:.1} CPU s, peak RSS {:.0} MiB",
+                        m.cpu_s, m.peak_rss
+                    );
                 }
                 Err(e) => println!("{name} / {title}: failed: {e:#}"),
             }

@@ -31,7 +31,7 @@ impl Hookbridge {
                 if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
                     if event["message"] == "hookbridge is serving" {
                         let _ = tx.send(event["ingress"].as_str().unwrap_or_default().to_string());
-                    } else if event["level"] == "ERROR" {
+                    } else if event["level"] == "ERROR" || event["level"] == "WARN" {
                         eprintln!("hookbridge: {line}");
                     }
                 }
