@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::receiver::{Received, Receiver, Reply};
+use common::receiver::{Received, Receiver, Reply, assert_first_deliveries_in_order, seq_of};
 use common::*;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
@@ -74,14 +74,6 @@ fn signature_ok(secret: &str, received: &Received) -> bool {
         .header("webhook-signature")
         .split(' ')
         .any(|s| s == expected)
-}
-
-fn seq_of(r: &Received) -> (String, u64) {
-    let body = r.json();
-    (
-        body["key"].as_str().unwrap_or_default().to_string(),
-        body["seq"].as_u64().unwrap_or(u64::MAX),
-    )
 }
 
 #[tokio::test]
@@ -534,20 +526,7 @@ async fn kill_9_mid_delivery_redelivers_everything_in_order() {
         )
         .await;
     let received = receiver.received();
-    let mut first: HashMap<String, Vec<u64>> = HashMap::new();
-    let mut seen = HashSet::new();
-    for r in &received {
-        let (key, seq) = seq_of(r);
-        if seen.insert(seq) {
-            first.entry(key).or_default().push(seq);
-        }
-    }
-    for (key, seqs) in &first {
-        assert!(
-            seqs.windows(2).all(|w| w[0] < w[1]),
-            "{key}: first deliveries in publish order"
-        );
-    }
+    assert_first_deliveries_in_order(&received);
     let ids: HashMap<u64, HashSet<String>> = received.iter().fold(HashMap::new(), |mut m, r| {
         m.entry(seq_of(r).1)
             .or_default()

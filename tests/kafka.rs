@@ -6,7 +6,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::receiver::{Received, Receiver, Reply};
+use common::receiver::{Receiver, Reply, assert_first_deliveries_in_order, seq_of};
 use common::*;
 use hookbridge::broker::partitioner::partition_for_key;
 use hookbridge::envelope::Envelope;
@@ -52,14 +52,6 @@ subscriptions:
 {subs}"#
     )
     .replace("__DIR__", &dir.display().to_string())
-}
-
-fn seq_of(r: &Received) -> (String, u64) {
-    let body = r.json();
-    (
-        body["key"].as_str().unwrap_or_default().to_string(),
-        body["seq"].as_u64().unwrap_or(u64::MAX),
-    )
 }
 
 async fn read_all(
@@ -311,20 +303,7 @@ async fn replicas_survive_kill_9(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let received = receiver.received();
-    let mut first: HashMap<String, Vec<u64>> = HashMap::new();
-    let mut seen = HashSet::new();
-    for r in &received {
-        let (key, seq) = seq_of(r);
-        if seen.insert(seq) {
-            first.entry(key).or_default().push(seq);
-        }
-    }
-    for (key, seqs) in &first {
-        assert!(
-            seqs.windows(2).all(|w| w[0] < w[1]),
-            "{key}: first deliveries in publish order: {seqs:?}"
-        );
-    }
+    assert_first_deliveries_in_order(&received);
     let redelivered = received.len() - EVENTS as usize;
     eprintln!(
         "kill -9 of one replica after {killed_at} deliveries: {redelivered} redelivered, all {EVENTS} delivered"

@@ -4,13 +4,13 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use common::receiver::{Received, Receiver, Reply};
+use common::receiver::{Receiver, Reply, assert_first_deliveries_in_order, seq_of};
 use common::*;
 use futures_util::StreamExt;
 use hookbridge::broker::nats::stream_name;
@@ -36,14 +36,6 @@ routes:
 subscriptions:
 {subs}"#,
         nats.url()
-    )
-}
-
-fn seq_of(r: &Received) -> (String, u64) {
-    let body = r.json();
-    (
-        body["key"].as_str().unwrap_or_default().to_string(),
-        body["seq"].as_u64().unwrap_or(u64::MAX),
     )
 }
 
@@ -246,20 +238,7 @@ async fn replicas_share_partitions_by_lease_and_survive_kill_9() {
         .await;
     let moved_in = killed.elapsed();
     let received = receiver.received();
-    let mut first: HashMap<String, Vec<u64>> = HashMap::new();
-    let mut seen = HashSet::new();
-    for r in &received {
-        let (key, seq) = seq_of(r);
-        if seen.insert(seq) {
-            first.entry(key).or_default().push(seq);
-        }
-    }
-    for (key, seqs) in &first {
-        assert!(
-            seqs.windows(2).all(|w| w[0] < w[1]),
-            "{key}: first deliveries in publish order"
-        );
-    }
+    assert_first_deliveries_in_order(&received);
     eprintln!(
         "kill -9 of one replica: partitions moved in {takeover:?}, all {EVENTS} delivered {moved_in:?} after the kill, {} redelivered",
         received.len() - EVENTS as usize

@@ -135,3 +135,31 @@ impl Receiver {
         }
     }
 }
+
+/// `(key, seq)` of a delivery whose JSON body carries them.
+pub fn seq_of(r: &Received) -> (String, u64) {
+    let body = r.json();
+    (
+        body["key"].as_str().unwrap_or_default().to_string(),
+        body["seq"].as_u64().unwrap_or(u64::MAX),
+    )
+}
+
+/// Per key, the first delivery of each event arrived in publish (`seq`) order; repeats of
+/// an event already delivered (redeliveries) are ignored.
+pub fn assert_first_deliveries_in_order(received: &[Received]) {
+    let mut first: std::collections::HashMap<String, Vec<u64>> = Default::default();
+    let mut seen = std::collections::HashSet::new();
+    for r in received {
+        let (key, seq) = seq_of(r);
+        if seen.insert(seq) {
+            first.entry(key).or_default().push(seq);
+        }
+    }
+    for (key, seqs) in &first {
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "{key}: first deliveries in publish order: {seqs:?}"
+        );
+    }
+}
