@@ -889,6 +889,10 @@ async fn bad_requests_get_precise_problems_and_publish_nothing() {
             .headers()
             .get("allow")
             .map(|v| v.to_str().unwrap().to_string());
+        let closes = response
+            .headers()
+            .get("connection")
+            .is_some_and(|v| v == "close");
         let body: serde_json::Value = response.json().await.unwrap_or_default();
         let expected_type = format!("urn:hookbridge:problem:{}", case.problem);
         if status != case.status
@@ -905,6 +909,13 @@ async fn bad_requests_get_precise_problems_and_publish_nothing() {
         }
         if case.status == 405 && retry_or_allow.as_deref() != Some("POST") {
             failures.push(format!("{}: 405 without `Allow: POST`", case.name));
+        }
+        // Rejected before the body was read: the connection must not be reused.
+        if [404, 405, 413].contains(&case.status) && !closes {
+            failures.push(format!(
+                "{}: {} without `Connection: close`",
+                case.name, case.status
+            ));
         }
     }
 

@@ -66,6 +66,7 @@ impl Ingress {
                     uri.path()
                 ))
                 .at(uri.path(), None)
+                .closing()
             })
             .with_state(self)
     }
@@ -84,6 +85,7 @@ async fn receive(
     let Some(route) = ingress.routes.get(&name) else {
         return Problem::not_found(format!("no route named `{name}` is configured"))
             .at(path, None)
+            .closing()
             .into_response();
     };
     let reject = |problem: Problem| problem.at(path.clone(), Some(&route.name)).into_response();
@@ -95,7 +97,8 @@ async fn receive(
                 "Method not allowed",
                 format!("{method} is not accepted; webhooks are POSTed"),
             )
-            .allow("POST"),
+            .allow("POST")
+            .closing(),
         );
     }
 
@@ -177,6 +180,7 @@ async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Bytes,
             "Body too large",
             format!("the body exceeds the limit of {max} bytes"),
         )
+        .closing()
     };
     if let Some(length) = headers.get(header::CONTENT_LENGTH) {
         match length.to_str().ok().and_then(|l| l.parse::<u64>().ok()) {
@@ -186,7 +190,8 @@ async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Bytes,
                 return Err(Problem::bad_request(
                     "malformed-header",
                     "the Content-Length header is not a number",
-                ));
+                )
+                .closing());
             }
         }
     }

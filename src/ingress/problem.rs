@@ -23,6 +23,8 @@ pub struct Problem {
     retry_after: Option<u64>,
     #[serde(skip)]
     allow: Option<&'static str>,
+    #[serde(skip)]
+    close: bool,
 }
 
 impl Problem {
@@ -41,6 +43,7 @@ impl Problem {
             route: None,
             retry_after: None,
             allow: None,
+            close: false,
         }
     }
 
@@ -59,6 +62,14 @@ impl Problem {
     /// For 405s: the methods the resource does accept.
     pub fn allow(mut self, methods: &'static str) -> Problem {
         self.allow = Some(methods);
+        self
+    }
+
+    /// For rejections made before the request body was read: the connection cannot be
+    /// reused (the unread body is still on it), so the client is told to close it instead
+    /// of sending its next request into a connection the server is about to drop.
+    pub fn closing(mut self) -> Problem {
+        self.close = true;
         self
     }
 
@@ -109,6 +120,9 @@ impl IntoResponse for Problem {
         }
         if let Some(methods) = self.allow {
             headers.insert(header::ALLOW, HeaderValue::from_static(methods));
+        }
+        if self.close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }
