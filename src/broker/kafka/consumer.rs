@@ -1,25 +1,38 @@
 //! Consuming from Kafka: a consumer group per subscription, its assignment turned into
 //! partition streams.
 //!
-//! One driver task per subscription owns the `StreamConsumer`. It routes each message to
-//! its partition's bounded channel; when a channel is full it pauses that partition (the
-//! fetcher stops, G7) and keeps the few messages already fetched until there is room, then
-//! resumes. Rebalance callbacks (cooperative-sticky: only the moved partitions) open and
-//! close partition streams. Commits from the engine come back to the driver, which owns
-//! the consumer, and go out asynchronously.
+//! Every assigned partition gets its own librdkafka queue (`split_partition_queue`, done in
+//! the rebalance callback *before* the partition is assigned, so no message of it ever
+//! reaches the shared consumer queue) and a pump task that moves records from that queue
+//! into the partition's bounded channel. Backpressure is the pump waiting for room: while it
+//! waits it stops taking from the partition queue, the queue fills to
+//! `queued.min.messages` / `queued.max.messages.kbytes`, and librdkafka stops fetching that
+//! partition (G7) while the others flow on.
+//!
+//! Why not `pause`/`resume`: pausing a partition purges what librdkafka has prefetched for
+//! it, and after `resume` the fetcher went on from its own fetch position, not from the
+//! last record handed out; records in between were silently skipped, and the commit
+//! tracker then committed past them (found by the benchmark; `tests/kafka.rs` holds the
+//! regression test). Not taking from a queue has no such edge.
+//!
+//! The driver task owns the shared consumer queue, which then carries only rebalance
+//! callbacks and errors, and the commits: the engine's commits come back to it and go out
+//! asynchronously.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
 
 use super::{base_config, kafka_error, with_properties};
 use crate::broker::{
@@ -28,25 +41,26 @@ use crate::broker::{
 };
 use crate::config::KafkaConfig;
 
-/// Records buffered ahead of the engine, per partition.
+/// Records buffered ahead of the engine, per partition, on top of librdkafka's own queue.
 const READ_AHEAD: usize = 256;
-/// How often paused partitions are checked for room.
-const RESUME_CHECK: Duration = Duration::from_millis(20);
 
 type TopicPartition = (Arc<str>, u32);
+type GroupConsumer = StreamConsumer<GroupContext>;
+type PartitionQueue = StreamPartitionQueue<GroupContext>;
 
-/// What the driver knows of one assigned partition.
-struct Assigned {
-    records: mpsc::Sender<ConsumedRecord>,
-    /// Messages fetched while the channel was full, in order.
-    overflow: VecDeque<ConsumedRecord>,
-    paused: bool,
-}
+/// The partitions this process owns: each one's pump task, by partition.
+type Pumps = Arc<Mutex<HashMap<TopicPartition, AbortHandle>>>;
 
-/// Shared by the rebalance callbacks (which run inside `recv`) and the driver.
+/// Shared by the rebalance callbacks (which run inside the driver's `recv`) and the driver.
 struct GroupContext {
     group: String,
-    assigned: Mutex<HashMap<TopicPartition, Assigned>>,
+    /// The consumer itself, set right after it is created: splitting a partition queue
+    /// needs it. Weak, because the consumer owns this context.
+    consumer: OnceLock<Weak<GroupConsumer>>,
+    /// Queues split in `pre_rebalance` for partitions being assigned, taken in
+    /// `post_rebalance` once the assignment is in place.
+    splitting: Mutex<HashMap<TopicPartition, PartitionQueue>>,
+    pumps: Pumps,
     events: mpsc::UnboundedSender<PartitionEvent>,
     committer: Arc<dyn Committer>,
 }
@@ -55,40 +69,68 @@ impl ClientContext for GroupContext {}
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        // Revocation: end the streams before the partitions go, so the engine stops taking
-        // records and commits what it finished (a commit that arrives after the partition
-        // moved is refused, and the new owner redelivers from the last commit: G2 holds).
-        if let Rebalance::Revoke(partitions) = rebalance {
-            let mut assigned = self.assigned.lock().expect("assignment lock");
-            for element in partitions.elements() {
-                let tp: TopicPartition = (Arc::from(element.topic()), element.partition() as u32);
-                if assigned.remove(&tp).is_some() {
-                    tracing::info!(group = %self.group, topic = %tp.0, partition = tp.1, "partition revoked");
-                    let _ = self.events.send(PartitionEvent::Revoked {
-                        topic: tp.0,
-                        partition: tp.1,
-                    });
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                // Split before librdkafka starts fetching, so that every message of the
+                // partition arrives in its own queue, in order.
+                let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
+                    return;
+                };
+                let mut splitting = self.splitting.lock().expect("splitting lock");
+                for element in partitions.elements() {
+                    match consumer.split_partition_queue(element.topic(), element.partition()) {
+                        Some(queue) => {
+                            splitting.insert(
+                                topic_partition(element.topic(), element.partition()),
+                                queue,
+                            );
+                        }
+                        None => tracing::error!(
+                            group = %self.group,
+                            topic = element.topic(),
+                            partition = element.partition(),
+                            "could not open the partition's queue; its records will not be delivered by this replica"
+                        ),
+                    }
                 }
             }
+            // Revocation: end the streams before the partitions go, so the engine stops
+            // taking records and commits what it finished (a commit that arrives after the
+            // partition moved is refused, and the new owner redelivers from the last
+            // commit: G2 holds).
+            Rebalance::Revoke(partitions) => {
+                let mut pumps = self.pumps.lock().expect("pumps lock");
+                for element in partitions.elements() {
+                    let tp = topic_partition(element.topic(), element.partition());
+                    if let Some(pump) = pumps.remove(&tp) {
+                        pump.abort();
+                        tracing::info!(group = %self.group, topic = %tp.0, partition = tp.1, "partition revoked");
+                        let _ = self.events.send(PartitionEvent::Revoked {
+                            topic: tp.0,
+                            partition: tp.1,
+                        });
+                    }
+                }
+            }
+            Rebalance::Error(_) => {}
         }
     }
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(partitions) => {
-                let mut assigned = self.assigned.lock().expect("assignment lock");
+                let mut splitting = self.splitting.lock().expect("splitting lock");
+                let mut pumps = self.pumps.lock().expect("pumps lock");
                 for element in partitions.elements() {
-                    let tp: TopicPartition =
-                        (Arc::from(element.topic()), element.partition() as u32);
+                    let tp = topic_partition(element.topic(), element.partition());
+                    let Some(queue) = splitting.remove(&tp) else {
+                        continue;
+                    };
                     let (tx, rx) = mpsc::channel(READ_AHEAD);
-                    assigned.insert(
-                        tp.clone(),
-                        Assigned {
-                            records: tx,
-                            overflow: VecDeque::new(),
-                            paused: false,
-                        },
-                    );
+                    let pump = tokio::spawn(pump(queue, tx));
+                    if let Some(previous) = pumps.insert(tp.clone(), pump.abort_handle()) {
+                        previous.abort();
+                    }
                     let stream = PartitionStream::new(tp.0, tp.1, rx, self.committer.clone());
                     let _ = self.events.send(PartitionEvent::Assigned(stream));
                 }
@@ -96,6 +138,30 @@ impl ConsumerContext for GroupContext {
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => {
                 tracing::warn!(group = %self.group, error = %e, "rebalance error")
+            }
+        }
+    }
+}
+
+fn topic_partition(topic: &str, partition: i32) -> TopicPartition {
+    (Arc::from(topic), partition as u32)
+}
+
+/// Moves one partition's records from its librdkafka queue into its stream's channel,
+/// waiting while the channel is full (which is what stops the fetching).
+async fn pump(queue: PartitionQueue, records: mpsc::Sender<ConsumedRecord>) {
+    loop {
+        // Converted at once: a borrowed message must not live across an await.
+        let received = queue.recv().await.map(|message| to_record(&message));
+        match received {
+            Ok(record) => {
+                if records.send(record).await.is_err() {
+                    return; // the stream was dropped
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Kafka partition queue error");
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
     }
@@ -135,12 +201,27 @@ impl Committer for DriverCommitter {
     }
 }
 
-/// Stops the driver when the subscription is dropped.
-struct Driver(tokio::task::JoinHandle<()>);
+/// The tasks of one subscription; dropping it stops them all, which drops the consumer
+/// (each task holds it) and so leaves the group.
+struct Session {
+    driver: tokio::task::JoinHandle<()>,
+    forward: tokio::task::JoinHandle<()>,
+    pumps: Pumps,
+}
 
-impl Drop for Driver {
+impl Drop for Session {
     fn drop(&mut self) {
-        self.0.abort();
+        self.driver.abort();
+        self.forward.abort();
+        // Taken out first: the last pump to go may drop the consumer, whose close runs the
+        // revocation callback, which takes this lock.
+        let pumps: Vec<AbortHandle> = match self.pumps.lock() {
+            Ok(mut pumps) => pumps.drain().map(|(_, pump)| pump).collect(),
+            Err(_) => Vec::new(),
+        };
+        for pump in pumps {
+            pump.abort();
+        }
     }
 }
 
@@ -152,9 +233,12 @@ pub fn subscribe(
 ) -> Result<Subscription, BrokerError> {
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (commits_tx, commits_rx) = mpsc::unbounded_channel();
+    let pumps = Pumps::default();
     let context = GroupContext {
         group: group.to_string(),
-        assigned: Mutex::new(HashMap::new()),
+        consumer: OnceLock::new(),
+        splitting: Mutex::default(),
+        pumps: pumps.clone(),
         events: events_tx,
         committer: Arc::new(DriverCommitter {
             requests: commits_tx,
@@ -180,14 +264,21 @@ pub fn subscribe(
         // the wait expires (rather than as soon as data arrives) would otherwise add up to
         // librdkafka's default 500 ms to every delivery.
         .set("fetch.wait.max.ms", "50")
-        // Bound what librdkafka prefetches per partition (G7).
-        .set("queued.max.messages.kbytes", "16384");
-    let consumer: StreamConsumer<GroupContext> = with_properties(client, config)
-        .create_with_context(context)
-        .map_err(kafka_error)?;
+        // What librdkafka prefetches per partition queue before it stops fetching it (G7),
+        // and how soon it looks again once the pump has taken from a full queue (the
+        // default, 1 s, would stall a partition that is only briefly behind).
+        .set("queued.min.messages", "1000")
+        .set("queued.max.messages.kbytes", "8192")
+        .set("fetch.queue.backoff.ms", "20");
+    let consumer: Arc<GroupConsumer> = Arc::new(
+        with_properties(client, config)
+            .create_with_context(context)
+            .map_err(kafka_error)?,
+    );
+    let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
     let topic_names: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topic_names).map_err(kafka_error)?;
-    let driver = tokio::spawn(drive(Arc::new(consumer), commits_rx));
+    let driver = tokio::spawn(drive(consumer, commits_rx));
 
     // Assignment events arrive unbounded (there are never more than the partitions);
     // the subscription's contract is a bounded receiver, so forward them.
@@ -195,7 +286,11 @@ pub fn subscribe(
     let forward = tokio::spawn(forward_events(events_rx, bounded_tx));
     Ok(Subscription::new(
         bounded_rx,
-        Some(Box::new((Driver(driver), Driver(forward)))),
+        Some(Box::new(Session {
+            driver,
+            forward,
+            pumps,
+        })),
     ))
 }
 
@@ -210,11 +305,8 @@ async fn forward_events(
     }
 }
 
-async fn drive(
-    consumer: Arc<StreamConsumer<GroupContext>>,
-    mut commits: mpsc::UnboundedReceiver<CommitRequest>,
-) {
-    let mut resume_check = tokio::time::interval(RESUME_CHECK);
+/// Serves the shared consumer queue (rebalance callbacks run inside `recv`) and commits.
+async fn drive(consumer: Arc<GroupConsumer>, mut commits: mpsc::UnboundedReceiver<CommitRequest>) {
     loop {
         tokio::select! {
             Some(request) = commits.recv() => {
@@ -226,78 +318,21 @@ async fn drive(
                 let _ = request.reply.send(result);
             }
             message = consumer.recv() => match message {
-                Ok(message) => route(&consumer, &message),
+                // Every assigned partition has its own queue, so a message here is one
+                // fetched for a partition that has since been revoked: its owner reads it
+                // again from the committed offset.
+                Ok(message) => tracing::debug!(
+                    topic = message.topic(),
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    "dropped a message of a partition not split"
+                ),
                 Err(e) => {
                     tracing::warn!(error = %e, "Kafka consumer error");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             },
-            _ = resume_check.tick() => drain_paused(&consumer),
         }
-    }
-}
-
-fn route(consumer: &StreamConsumer<GroupContext>, message: &BorrowedMessage<'_>) {
-    let record = to_record(message);
-    let tp: TopicPartition = (record.topic.clone(), record.partition);
-    let mut assigned = consumer.context().assigned.lock().expect("assignment lock");
-    // A message of a partition revoked a moment ago: its new owner reads it again.
-    let Some(state) = assigned.get_mut(&tp) else {
-        return;
-    };
-    if state.overflow.is_empty() {
-        match state.records.try_send(record) {
-            Ok(()) => return,
-            Err(mpsc::error::TrySendError::Closed(_)) => return,
-            Err(mpsc::error::TrySendError::Full(record)) => state.overflow.push_back(record),
-        }
-    } else {
-        state.overflow.push_back(record);
-    }
-    if !state.paused {
-        state.paused = true;
-        set_paused(consumer, &tp, true);
-    }
-}
-
-/// Moves held messages into channels with room again, and resumes emptied partitions.
-fn drain_paused(consumer: &StreamConsumer<GroupContext>) {
-    let mut assigned = consumer.context().assigned.lock().expect("assignment lock");
-    for (tp, state) in assigned.iter_mut().filter(|(_, s)| s.paused) {
-        while let Some(record) = state.overflow.pop_front() {
-            match state.records.try_send(record) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(record)) => {
-                    state.overflow.push_front(record);
-                    break;
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    state.overflow.clear();
-                    break;
-                }
-            }
-        }
-        if state.overflow.is_empty() {
-            state.paused = false;
-            set_paused(consumer, tp, false);
-        }
-    }
-}
-
-fn set_paused(
-    consumer: &StreamConsumer<GroupContext>,
-    (topic, partition): &TopicPartition,
-    paused: bool,
-) {
-    let mut list = TopicPartitionList::new();
-    list.add_partition(topic, *partition as i32);
-    let result = if paused {
-        consumer.pause(&list)
-    } else {
-        consumer.resume(&list)
-    };
-    if let Err(e) = result {
-        tracing::warn!(%topic, partition, paused, error = %e, "pause/resume failed");
     }
 }
 

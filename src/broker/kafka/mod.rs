@@ -3,8 +3,9 @@
 //! - [`producer`]: an idempotent `FutureProducer` (`acks=all`, murmur2 partitioner) whose
 //!   delivery reports are the ingress's durable acks; topic creation with the AdminClient.
 //! - [`consumer`]: one `StreamConsumer` per subscription in group `hookbridge.<name>`,
-//!   cooperative-sticky assignment, manual commits, pause/resume per partition for
-//!   backpressure; assignments and revocations become partition streams.
+//!   cooperative-sticky assignment, manual commits, a librdkafka queue per assigned
+//!   partition that is simply not read while its stream is full (backpressure);
+//!   assignments and revocations become partition streams.
 //!
 //! `broker.kafka.properties` go to librdkafka as they are (SASL, TLS, tuning), applied
 //! last so an operator can override any default set here.
