@@ -353,6 +353,13 @@ async fn replicas_survive_kill_9(
     let yaml = |dir: &tempfile::TempDir| config(dir.path(), &bootstrap, &topic, &subs);
     let mut a = Hookbridge::start(dir_a.path(), &yaml(&dir_a));
     let b = Hookbridge::start(dir_b.path(), &yaml(&dir_b));
+    let assigned = |server: &Hookbridge| server.log_text().matches("partition assigned").count();
+    // Both members are in the group before the load starts (joining takes a rebalance or
+    // two, slower on a loaded machine).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (assigned(&a) == 0 || assigned(&b) == 0) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let client = http_client();
     for seq in 0..EVENTS {
@@ -371,7 +378,6 @@ async fn replicas_survive_kill_9(
             r.len() >= EVENTS as usize / 5
         })
         .await;
-    let assigned = |server: &Hookbridge| server.log_text().matches("partition assigned").count();
     assert!(
         assigned(&a) >= 1 && assigned(&b) >= 1,
         "both replicas own partitions: a={} b={}",
