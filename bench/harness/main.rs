@@ -72,7 +72,10 @@ struct Row {
     e2e: Option<Latencies>,
     cpu_s: Option<f64>,
     peak_rss: Option<f64>,
-    baseline: Option<(&'static str, f64)>,
+    /// Limits to print this result's ratio to, by name.
+    baselines: Vec<(&'static str, f64)>,
+    /// Events the process handled, for its CPU time per event.
+    events: Option<u64>,
 }
 
 impl Row {
@@ -89,9 +92,16 @@ impl Row {
         let failed = self.sent.as_ref().map(|s| s.failed).unwrap_or(0);
         println!("{} / {}", self.backend, self.scenario);
         if let Some(rate) = in_per_s {
-            let ratio = match self.baseline {
-                Some((name, base)) if base > 0.0 => format!("  ({:.2}x {name})", rate / base),
-                _ => String::new(),
+            let ratios: Vec<String> = self
+                .baselines
+                .iter()
+                .filter(|(_, base)| *base > 0.0)
+                .map(|(name, base)| format!("{:.2}x {name}", rate / base))
+                .collect();
+            let ratio = if ratios.is_empty() {
+                String::new()
+            } else {
+                format!("  ({})", ratios.join(", "))
             };
             println!(
                 "    in      {rate:>9.0}/s{ratio}{}",
@@ -110,7 +120,12 @@ impl Row {
             println!("    e2e     {}", e2e.summary());
         }
         if let (Some(cpu), Some(rss)) = (self.cpu_s, self.peak_rss) {
-            println!("    process {cpu:.1} CPU s, peak RSS {rss:.0} MiB");
+            // CPU time per event varies far less than throughput on a shared machine.
+            let per_event = match self.events {
+                Some(n) if n > 0 => format!(", {:.0} µs CPU per event", cpu * 1e6 / n as f64),
+                _ => String::new(),
+            };
+            println!("    process {cpu:.1} CPU s, peak RSS {rss:.0} MiB{per_event}");
         }
     }
 }
@@ -294,6 +309,8 @@ struct Measured {
     sent: load::Sent,
     delivered_per_s: Option<f64>,
     e2e: Option<Latencies>,
+    /// Deliveries the receiver got while measured.
+    delivered: u64,
     cpu_s: f64,
     peak_rss: f64,
     rss_series: Vec<f64>,
@@ -339,6 +356,7 @@ async fn scenario(
     let sent = load::run(load, load::http_sender(client, url)).await;
 
     let mut delivered_per_s = None;
+    let mut delivered = 0;
     let mut e2e = None;
     if ordering.is_some() && !stalled {
         // Drain: wait until the deliveries stop coming.
@@ -354,6 +372,7 @@ async fn scenario(
         let (count, latencies) = receiver.take();
         let span_s = (receiver.last_at_us().saturating_sub(started_us)) as f64 / 1e6;
         delivered_per_s = Some(count as f64 / span_s.max(0.001));
+        delivered = count as u64;
         e2e = Some(latencies);
     }
     let cpu_s = server.cpu_seconds() - cpu_before;
@@ -364,6 +383,7 @@ async fn scenario(
     Ok(Measured {
         sent,
         delivered_per_s,
+        delivered,
         e2e,
         cpu_s,
         peak_rss,
@@ -431,6 +451,7 @@ async fn delivery_only(
     Ok(Measured {
         sent,
         delivered_per_s: Some(count as f64 / span_s.max(0.001)),
+        delivered: count as u64,
         e2e: None,
         cpu_s,
         peak_rss,
@@ -471,43 +492,6 @@ async fn main() -> anyhow::Result<()> {
         .pool_max_idle_per_host(args.concurrency)
         .build()?;
 
-    println!("\n== baselines (same load generator, same process)");
-    let http = load::run(
-        &load,
-        load::http_sender(client.clone(), load::bare_handler().await),
-    )
-    .await;
-    let http_rate = http.ok as f64 / http.elapsed.as_secs_f64();
-    Row {
-        backend: "baseline".into(),
-        scenario: "bare axum handler answering 202 (HTTP limit)",
-        sent: Some(http),
-        delivered_per_s: None,
-        e2e: None,
-        cpu_s: None,
-        peak_rss: None,
-        baseline: None,
-    }
-    .print();
-    let delivery = load::run(
-        &load,
-        load::http_sender(client.clone(), receiver.url.clone()),
-    )
-    .await;
-    let delivery_rate = delivery.ok as f64 / delivery.elapsed.as_secs_f64();
-    receiver.take();
-    Row {
-        backend: "baseline".into(),
-        scenario: "bare HTTP client posting to the receiver (delivery limit)",
-        sent: Some(delivery),
-        delivered_per_s: None,
-        e2e: None,
-        cpu_s: None,
-        peak_rss: None,
-        baseline: None,
-    }
-    .print();
-
     for name in &args.backends {
         let backend = match backend(name, &args).await {
             Ok(backend) => backend,
@@ -517,6 +501,9 @@ async fn main() -> anyhow::Result<()> {
             }
         };
         println!("\n== {name}");
+        // The limits are measured again right before each backend's scenarios: on a shared
+        // machine they drift by tens of percent over a few minutes.
+        let (http_rate, delivery_rate) = baselines(&load, &client, &receiver).await;
         let raw = {
             let publisher = backend.raw.clone();
             load::run(&load, move |body: Vec<u8>| {
@@ -536,14 +523,16 @@ async fn main() -> anyhow::Result<()> {
             e2e: None,
             cpu_s: None,
             peak_rss: None,
-            baseline: None,
+            baselines: Vec::new(),
+            events: None,
         }
         .print();
 
-        let ingest_baseline = if name == "embedded" {
-            ("HTTP limit", http_rate)
+        // Ingest is bounded by the lower of the two limits; both ratios are printed.
+        let ingest_baselines = if name == "embedded" {
+            vec![("HTTP limit", http_rate)]
         } else {
-            ("broker limit", raw_rate)
+            vec![("broker limit", raw_rate), ("HTTP limit", http_rate)]
         };
         let runs: [(&'static str, Option<&str>, bool, Option<u64>); 5] = [
             ("ingest only", None, false, None),
@@ -585,6 +574,9 @@ async fn main() -> anyhow::Result<()> {
                             .join(" ")
                     });
                     let delivered = m.delivered_per_s;
+                    // Each event is ingested and, with a subscription, delivered: the CPU
+                    // per event covers both.
+                    let events = m.sent.ok;
                     Row {
                         backend: name.clone(),
                         scenario: title,
@@ -593,7 +585,8 @@ async fn main() -> anyhow::Result<()> {
                         e2e: m.e2e,
                         cpu_s: Some(m.cpu_s),
                         peak_rss: Some(m.peak_rss),
-                        baseline: Some(ingest_baseline),
+                        baselines: ingest_baselines.clone(),
+                        events: Some(events),
                     }
                     .print();
                     if let Some(rate) = delivered {
@@ -617,8 +610,10 @@ async fn main() -> anyhow::Result<()> {
                         rate / delivery_rate
                     );
                     println!(
-                        "    process {:.1} CPU s, peak RSS {:.0} MiB",
-                        m.cpu_s, m.peak_rss
+                        "    process {:.1} CPU s, peak RSS {:.0} MiB, {:.0} µs CPU per event",
+                        m.cpu_s,
+                        m.peak_rss,
+                        m.cpu_s * 1e6 / m.delivered.max(1) as f64
                     );
                 }
                 Err(e) => println!("{name} / {title}: failed: {e:#}"),
@@ -626,6 +621,49 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Measures the HTTP limit (a bare axum handler answering 202) and the delivery limit (a
+/// bare client posting to the receiver) under the same load, and prints them.
+async fn baselines(load: &Load, client: &reqwest::Client, receiver: &Receiver) -> (f64, f64) {
+    let http = load::run(
+        load,
+        load::http_sender(client.clone(), load::bare_handler().await),
+    )
+    .await;
+    let http_rate = http.ok as f64 / http.elapsed.as_secs_f64();
+    Row {
+        backend: "baseline".into(),
+        scenario: "bare axum handler answering 202 (HTTP limit)",
+        sent: Some(http),
+        delivered_per_s: None,
+        e2e: None,
+        cpu_s: None,
+        peak_rss: None,
+        baselines: Vec::new(),
+        events: None,
+    }
+    .print();
+    let delivery = load::run(
+        load,
+        load::http_sender(client.clone(), receiver.url.clone()),
+    )
+    .await;
+    let delivery_rate = delivery.ok as f64 / delivery.elapsed.as_secs_f64();
+    receiver.take();
+    Row {
+        backend: "baseline".into(),
+        scenario: "bare HTTP client posting to the receiver (delivery limit)",
+        sent: Some(delivery),
+        delivered_per_s: None,
+        e2e: None,
+        cpu_s: None,
+        peak_rss: None,
+        baselines: Vec::new(),
+        events: None,
+    }
+    .print();
+    (http_rate, delivery_rate)
 }
 
 fn humantime(d: Duration) -> String {

@@ -55,23 +55,36 @@ pub struct Log {
     pub meta: Keyspace,
 }
 
+/// The block cache, shared by every keyspace.
+const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+/// The records' memtable: about a second of writes at full ingest rate.
+const RECORDS_MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
+/// Offsets and topic metadata: tiny, rewritten in place.
+const SMALL_MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
+
 pub fn storage_error(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Storage(e.to_string())
 }
 
 impl Log {
     pub fn open(dir: &Path) -> Result<Log, BrokerError> {
+        // Memory is bounded by the memtables (written records not yet flushed to a segment)
+        // and the block cache. fjall's defaults (64 MiB memtables, 32 MiB cache) are sized
+        // for a database; a log is written once and read once, soon after, so smaller ones
+        // cost little and keep RSS low under sustained writes (G7, BENCHMARKS.md).
         let db = Database::builder(dir.join("log"))
+            .cache_size(CACHE_BYTES)
             .open()
             .map_err(storage_error)?;
+        let small = |bytes: u64| move || KeyspaceCreateOptions::default().max_memtable_size(bytes);
         let records = db
-            .keyspace("records", KeyspaceCreateOptions::default)
+            .keyspace("records", small(RECORDS_MEMTABLE_BYTES))
             .map_err(storage_error)?;
         let offsets = db
-            .keyspace("offsets", KeyspaceCreateOptions::default)
+            .keyspace("offsets", small(SMALL_MEMTABLE_BYTES))
             .map_err(storage_error)?;
         let meta = db
-            .keyspace("meta", KeyspaceCreateOptions::default)
+            .keyspace("meta", small(SMALL_MEMTABLE_BYTES))
             .map_err(storage_error)?;
         Ok(Log {
             db,
