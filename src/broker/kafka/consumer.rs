@@ -268,7 +268,7 @@ pub fn subscribe(
         // and how soon it looks again once the pump has taken from a full queue (the
         // default, 1 s, would stall a partition that is only briefly behind).
         .set("queued.min.messages", "1000")
-        .set("queued.max.messages.kbytes", "8192")
+        .set("queued.max.messages.kbytes", "1024")
         .set("fetch.queue.backoff.ms", "20");
     let consumer: Arc<GroupConsumer> = Arc::new(
         with_properties(client, config)
