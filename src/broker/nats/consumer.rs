@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::Subject;
+use async_nats::jetstream::consumer::pull::MessagesErrorKind;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::{self, kv};
 use async_trait::async_trait;
@@ -128,6 +129,20 @@ async fn manage(ctx: Context, units: Vec<Unit>, lease: Duration) {
                 stop(&ctx, unit, lease).await;
             }
         }
+        // A reader that ended (its pull went silent) gives its partition back. It is not
+        // taken again before the next tick, so the engine has a moment to finish the
+        // partition's in-flight events before they are read again from the ack floor.
+        let ended: Vec<Unit> = held
+            .iter()
+            .filter(|(_, lease)| lease.reader.is_finished())
+            .map(|(unit, _)| unit.clone())
+            .collect();
+        for unit in &ended {
+            let lease = held.remove(unit).expect("present");
+            let key = lease.key.clone();
+            stop(&ctx, unit.clone(), lease).await;
+            leases::release(&ctx.store, &key).await;
+        }
 
         let members = match leases::members(&ctx.store, &ctx.group).await {
             Ok(members) => members,
@@ -150,7 +165,7 @@ async fn manage(ctx: Context, units: Vec<Unit>, lease: Duration) {
                 break;
             }
             let unit = &units[(i + offset) % units.len()];
-            if held.contains_key(unit) {
+            if held.contains_key(unit) || ended.contains(unit) {
                 continue;
             }
             let key = leases::lease_key(&ctx.group, &unit.0, unit.1);
@@ -260,6 +275,14 @@ async fn start_reader(ctx: &Context, unit: Unit) -> Result<JoinHandle<()>, Broke
         while let Some(message) = messages.next().await {
             let message = match message {
                 Ok(message) => message,
+                // Ten seconds of silence on an open pull: the server no longer holds the
+                // request this stream waits for, and async-nats does not pull again by
+                // itself (seen with a backlog draining at full speed). The reader ends; the
+                // lease loop hands the partition back and opens it again at its ack floor.
+                Err(e) if e.kind() == MessagesErrorKind::MissingHeartbeat => {
+                    tracing::warn!(%topic, partition, "JetStream pull went silent; reopening the partition");
+                    return;
+                }
                 Err(e) => {
                     tracing::warn!(%topic, partition, error = %e, "JetStream consumer error");
                     tokio::time::sleep(Duration::from_millis(500)).await;
