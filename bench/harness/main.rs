@@ -79,6 +79,21 @@ struct Row {
 }
 
 impl Row {
+    /// A measured limit: only its load-generator numbers.
+    fn limit(backend: &str, scenario: &'static str, sent: load::Sent) -> Row {
+        Row {
+            backend: backend.to_string(),
+            scenario,
+            sent: Some(sent),
+            delivered_per_s: None,
+            e2e: None,
+            cpu_s: None,
+            peak_rss: None,
+            baselines: Vec::new(),
+            events: None,
+        }
+    }
+
     fn print(mut self) {
         let in_per_s = self
             .sent
@@ -372,7 +387,7 @@ async fn scenario(
         let (count, latencies) = receiver.take();
         let span_s = (receiver.last_at_us().saturating_sub(started_us)) as f64 / 1e6;
         delivered_per_s = Some(count as f64 / span_s.max(0.001));
-        delivered = count as u64;
+        delivered = count;
         e2e = Some(latencies);
     }
     let cpu_s = server.cpu_seconds() - cpu_before;
@@ -451,7 +466,7 @@ async fn delivery_only(
     Ok(Measured {
         sent,
         delivered_per_s: Some(count as f64 / span_s.max(0.001)),
-        delivered: count as u64,
+        delivered: count,
         e2e: None,
         cpu_s,
         peak_rss,
@@ -515,17 +530,11 @@ async fn main() -> anyhow::Result<()> {
             .await
         };
         let raw_rate = raw.ok as f64 / raw.elapsed.as_secs_f64();
-        Row {
-            backend: name.clone(),
-            scenario: "raw client publishing to the broker (broker limit)",
-            sent: Some(raw),
-            delivered_per_s: None,
-            e2e: None,
-            cpu_s: None,
-            peak_rss: None,
-            baselines: Vec::new(),
-            events: None,
-        }
+        Row::limit(
+            name,
+            "raw client publishing to the broker (broker limit)",
+            raw,
+        )
         .print();
 
         // Ingest is bounded by the lower of the two limits; both ratios are printed.
@@ -632,17 +641,11 @@ async fn baselines(load: &Load, client: &reqwest::Client, receiver: &Receiver) -
     )
     .await;
     let http_rate = http.ok as f64 / http.elapsed.as_secs_f64();
-    Row {
-        backend: "baseline".into(),
-        scenario: "bare axum handler answering 202 (HTTP limit)",
-        sent: Some(http),
-        delivered_per_s: None,
-        e2e: None,
-        cpu_s: None,
-        peak_rss: None,
-        baselines: Vec::new(),
-        events: None,
-    }
+    Row::limit(
+        "baseline",
+        "bare axum handler answering 202 (HTTP limit)",
+        http,
+    )
     .print();
     let delivery = load::run(
         load,
@@ -651,17 +654,11 @@ async fn baselines(load: &Load, client: &reqwest::Client, receiver: &Receiver) -
     .await;
     let delivery_rate = delivery.ok as f64 / delivery.elapsed.as_secs_f64();
     receiver.take();
-    Row {
-        backend: "baseline".into(),
-        scenario: "bare HTTP client posting to the receiver (delivery limit)",
-        sent: Some(delivery),
-        delivered_per_s: None,
-        e2e: None,
-        cpu_s: None,
-        peak_rss: None,
-        baselines: Vec::new(),
-        events: None,
-    }
+    Row::limit(
+        "baseline",
+        "bare HTTP client posting to the receiver (delivery limit)",
+        delivery,
+    )
     .print();
     (http_rate, delivery_rate)
 }
