@@ -30,28 +30,10 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
 }
 
-fn config(dir: &std::path::Path, bootstrap: &str, topic: &str, subs: &str) -> String {
-    format!(
-        r#"broker:
-  kind: kafka
-  kafka:
-    bootstrap_servers: {bootstrap}
-    partitions: 4
-server:
-  listen: 127.0.0.1:0
-  admin_listen: 127.0.0.1:0
-routes:
-  - name: events
-    topic: {topic}
-    verify: {{ kind: none }}
-    event_type: {{ header: X-Type, default: test }}
-    key: {{ json: /key }}
-    idempotency: {{ header: Idempotency-Key }}
-    publish_timeout: 2s
-subscriptions:
-{subs}"#
-    )
-    .replace("__DIR__", &dir.display().to_string())
+fn config(bootstrap: &str, topic: &str, subs: &str) -> String {
+    let broker =
+        format!("  kind: kafka\n  kafka:\n    bootstrap_servers: {bootstrap}\n    partitions: 4\n");
+    events_config(&broker, topic, subs)
 }
 
 async fn read_all(
@@ -118,10 +100,7 @@ async fn webhooks_become_envelopes_on_murmur2_partitions() {
     let bootstrap = bootstrap();
     let topic = unique("ingest");
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Hookbridge::start(
-        dir.path(),
-        &config(dir.path(), &bootstrap, &topic, "  []\n"),
-    );
+    let mut server = Hookbridge::start(dir.path(), &config(&bootstrap, &topic, "  []\n"));
     let client = http_client();
     let mut sent = HashMap::new();
     for i in 0..40 {
@@ -219,7 +198,7 @@ async fn a_foreign_record_becomes_a_webhook() {
         unique("sub"),
         receiver.url
     );
-    let _server = Hookbridge::start(dir.path(), &config(dir.path(), &bootstrap, &topic, &subs));
+    let _server = Hookbridge::start(dir.path(), &config(&bootstrap, &topic, &subs));
     receiver
         .wait_for("the foreign record", Duration::from_secs(30), |r| {
             !r.is_empty()
@@ -277,10 +256,7 @@ async fn a_backlog_behind_a_stalled_receiver_is_delivered_without_gaps() {
         "  - name: {sub}\n    topics: [{topic}]\n    url: {}\n",
         receiver.url
     );
-    let server = Hookbridge::start(
-        dir.path(),
-        &config(dir.path(), &bootstrap, &unique("unused"), &subs),
-    );
+    let server = Hookbridge::start(dir.path(), &config(&bootstrap, &unique("unused"), &subs));
 
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut last = (0, Instant::now());
@@ -350,9 +326,9 @@ async fn replicas_survive_kill_9(
         receiver.url
     );
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let yaml = |dir: &tempfile::TempDir| config(dir.path(), &bootstrap, &topic, &subs);
-    let mut a = Hookbridge::start(dir_a.path(), &yaml(&dir_a));
-    let b = Hookbridge::start(dir_b.path(), &yaml(&dir_b));
+    let yaml = config(&bootstrap, &topic, &subs);
+    let mut a = Hookbridge::start(dir_a.path(), &yaml);
+    let b = Hookbridge::start(dir_b.path(), &yaml);
     let assigned = |server: &Hookbridge| server.log_text().matches("partition assigned").count();
     // Both members are in the group before the load starts (joining takes a rebalance or
     // two, slower on a loaded machine).
@@ -390,8 +366,7 @@ async fn replicas_survive_kill_9(
         killed_at < EVENTS as usize * 3 / 4,
         "killed mid-delivery ({killed_at} delivered)"
     );
-    let restarted =
-        (takeover == Takeover::Restart).then(|| Hookbridge::start(dir_a.path(), &yaml(&dir_a)));
+    let restarted = (takeover == Takeover::Restart).then(|| Hookbridge::start(dir_a.path(), &yaml));
 
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
@@ -422,7 +397,7 @@ async fn replicas_survive_kill_9(
     // A (re)started replica joins and resumes from the committed offsets: nothing that was
     // delivered and committed comes again.
     let before = receiver.count();
-    let a = restarted.unwrap_or_else(|| Hookbridge::start(dir_a.path(), &yaml(&dir_a)));
+    let a = restarted.unwrap_or_else(|| Hookbridge::start(dir_a.path(), &yaml));
     let deadline = Instant::now() + Duration::from_secs(30);
     while assigned(&a) == 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -480,7 +455,7 @@ async fn broker_down_means_503_and_delivery_resumes_when_it_is_back() {
         "  - name: faulty\n    topics: [{topic}]\n    url: {}\n",
         receiver.url
     );
-    let yaml = config(dir.path(), &mock.bootstrap_servers(), topic, &subs)
+    let yaml = config(&mock.bootstrap_servers(), topic, &subs)
         .replace("publish_timeout: 2s", "publish_timeout: 1s");
     let _server = Hookbridge::start(dir.path(), &yaml);
     let client = http_client();

@@ -18,25 +18,11 @@ use hookbridge::broker::partitioner::partition_for_key;
 use hookbridge::envelope::Envelope;
 
 fn config(nats: &NatsServer, topic: &str, subs: &str) -> String {
-    format!(
-        r#"broker:
-  kind: nats
-  nats: {{ url: "{}", partitions: 4, lease: 2s }}
-server:
-  listen: 127.0.0.1:0
-  admin_listen: 127.0.0.1:0
-routes:
-  - name: events
-    topic: {topic}
-    verify: {{ kind: none }}
-    event_type: {{ header: X-Type, default: test }}
-    key: {{ json: /key }}
-    idempotency: {{ header: Idempotency-Key }}
-    publish_timeout: 2s
-subscriptions:
-{subs}"#,
+    let broker = format!(
+        "  kind: nats\n  nats: {{ url: \"{}\", partitions: 4, lease: 2s }}\n",
         nats.url()
-    )
+    );
+    events_config(&broker, topic, subs)
 }
 
 /// Every message of a topic's stream, read by a plain client.

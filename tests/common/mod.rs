@@ -139,6 +139,28 @@ pub fn base_config(dir: &Path) -> String {
     )
 }
 
+/// A config for a broker test: `broker` is the body of the `broker:` section, then loopback
+/// listeners, one `events` route on `topic` (no verification, type from `X-Type`, key from
+/// the body's `/key`, idempotency from `Idempotency-Key`) and the `subs` YAML list.
+pub fn events_config(broker: &str, topic: &str, subs: &str) -> String {
+    format!(
+        r#"broker:
+{broker}server:
+  listen: 127.0.0.1:0
+  admin_listen: 127.0.0.1:0
+routes:
+  - name: events
+    topic: {topic}
+    verify: {{ kind: none }}
+    event_type: {{ header: X-Type, default: test }}
+    key: {{ json: /key }}
+    idempotency: {{ header: Idempotency-Key }}
+    publish_timeout: 2s
+subscriptions:
+{subs}"#
+    )
+}
+
 /// Opens a stopped server's data dir. A handle dropped just before may still be closing its
 /// files, so opening is retried for a moment.
 pub fn open_log(dir: &Path) -> Arc<hookbridge::broker::embedded::EmbeddedBroker> {
