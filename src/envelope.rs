@@ -78,6 +78,15 @@ impl Envelope {
             .then(|| Envelope::decode(record.value.clone()))
     }
 
+    /// The head of a hookbridge record's envelope, or `None` for a foreign record.
+    pub fn head_from_record(
+        record: &ConsumedRecord,
+    ) -> Option<Result<EnvelopeHead, prost::DecodeError>> {
+        let content_type = record.header(HEADER_CONTENT_TYPE)?;
+        (content_type.as_ref() == RECORD_CONTENT_TYPE.as_bytes())
+            .then(|| EnvelopeHead::decode(record.value.clone()))
+    }
+
     /// The first value of a header kept in the envelope, by case-insensitive name.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -87,9 +96,70 @@ impl Envelope {
     }
 }
 
+/// The fields of an [`Envelope`] a delivery needs, decoded without the rest: the original
+/// request's headers and attributes (most of an envelope's allocations) are skipped as
+/// unknown fields. Delivery decodes this per record and the whole envelope only for the
+/// payload modes that send it. Tags are those of `envelope.proto`; the test below keeps
+/// them in step.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EnvelopeHead {
+    #[prost(string, tag = "1")]
+    pub id: String,
+    #[prost(string, tag = "2")]
+    pub source: String,
+    #[prost(string, tag = "3")]
+    pub r#type: String,
+    #[prost(message, optional, tag = "4")]
+    pub received_at: Option<prost_types::Timestamp>,
+    #[prost(string, tag = "10")]
+    pub content_type: String,
+    #[prost(bytes = "bytes", tag = "11")]
+    pub body: Bytes,
+    #[prost(string, tag = "13")]
+    pub traceparent: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_head_reads_the_same_fields_as_the_envelope() {
+        let envelope = Envelope {
+            id: "id-1".into(),
+            source: "github".into(),
+            r#type: "push".into(),
+            received_at: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 5,
+            }),
+            key: "k".into(),
+            headers: vec![Header {
+                name: "x-a".into(),
+                value: "1".into(),
+                raw_value: Bytes::new(),
+            }],
+            content_type: "application/json".into(),
+            body: Bytes::from_static(b"{}"),
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+            tracestate: "a=b".into(),
+            attributes: [("x".to_string(), "y".to_string())].into(),
+            ..Envelope::default()
+        };
+        let head = EnvelopeHead::decode(Bytes::from(envelope.encode_to_vec())).unwrap();
+        assert_eq!(
+            head,
+            EnvelopeHead {
+                id: envelope.id.clone(),
+                source: envelope.source.clone(),
+                r#type: envelope.r#type.clone(),
+                received_at: envelope.received_at,
+                content_type: envelope.content_type.clone(),
+                body: envelope.body.clone(),
+                traceparent: envelope.traceparent.clone(),
+            }
+        );
+    }
 
     #[test]
     fn ids_from_the_same_delivery_are_equal() {

@@ -9,7 +9,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::http::StatusCode;
+use axum::http::header::{CONTENT_TYPE, HeaderValue};
+use axum::http::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 
 use super::stats::Latencies;
 
@@ -98,25 +103,42 @@ where
     total
 }
 
+/// The load generator's client: hyper's pooled HTTP/1.1 client, the same stack hookbridge
+/// delivers with, so the delivery limit is measured with what hookbridge pays per request.
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn http_client(concurrency: usize) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(concurrency)
+        .build(connector)
+}
+
 pub fn http_sender(
-    client: reqwest::Client,
+    client: HttpClient,
     url: String,
 ) -> impl Fn(Vec<u8>) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
 + Clone
 + Send
 + Sync
 + 'static {
+    let uri: Uri = url.parse().expect("a valid URL");
     move |body: Vec<u8>| {
-        let (client, url) = (client.clone(), url.clone());
+        let (client, uri) = (client.clone(), uri.clone());
         Box::pin(async move {
-            match client
-                .post(&url)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-            {
-                Ok(response) => response.status().is_success(),
+            let mut request = Request::new(Full::new(Bytes::from(body)));
+            *request.method_mut() = Method::POST;
+            *request.uri_mut() = uri;
+            request
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            match client.request(request).await {
+                // Read the answer to its end so the connection goes back to the pool.
+                Ok(response) => {
+                    let ok = response.status().is_success();
+                    response.into_body().collect().await.is_ok() && ok
+                }
                 Err(_) => false,
             }
         })

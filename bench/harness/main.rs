@@ -348,9 +348,7 @@ async fn scenario(
     )?;
     receiver.stall(stalled);
     receiver.take();
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(load.concurrency)
-        .build()?;
+    let client = load::http_client(load.concurrency);
     let url = format!("{}/hooks/bench", server.ingress);
     // Warm up connections and the broker's topic before measuring.
     let _ = load::run(
@@ -417,9 +415,7 @@ async fn delivery_only(
     let dir = tempfile::tempdir()?;
     let topic = format!("bench-{}", uuid::Uuid::now_v7().simple());
     let server = Hookbridge::start(dir.path(), &config(backend, dir.path(), &topic, None))?;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(load.concurrency)
-        .build()?;
+    let client = load::http_client(load.concurrency);
     let sent = load::run(
         load,
         load::http_sender(client, format!("{}/hooks/bench", server.ingress)),
@@ -503,9 +499,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let receiver = Receiver::start().await;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency)
-        .build()?;
+    let client = load::http_client(args.concurrency);
 
     for name in &args.backends {
         let backend = match backend(name, &args).await {
@@ -634,7 +628,7 @@ async fn main() -> anyhow::Result<()> {
 
 /// Measures the HTTP limit (a bare axum handler answering 202) and the delivery limit (a
 /// bare client posting to the receiver) under the same load, and prints them.
-async fn baselines(load: &Load, client: &reqwest::Client, receiver: &Receiver) -> (f64, f64) {
+async fn baselines(load: &Load, client: &load::HttpClient, receiver: &Receiver) -> (f64, f64) {
     let http = load::run(
         load,
         load::http_sender(client.clone(), load::bare_handler().await),

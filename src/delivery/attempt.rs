@@ -2,9 +2,10 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use reqwest::StatusCode;
-use reqwest::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use http::StatusCode;
+use http::header::{HeaderName, HeaderValue};
 
+use super::client::Answer;
 use super::payload::Payload;
 use super::retry::parse_retry_after;
 use super::subscription::SubscriptionRuntime;
@@ -54,30 +55,20 @@ pub async fn attempt(
         put("traceparent", traceparent);
     }
     put("hookbridge-attempt", &attempt.to_string());
-    let request = sub
-        .client
-        .post(sub.url.clone())
-        .headers(headers)
-        .body(payload.body.clone());
-
-    match request.send().await {
-        Ok(response) => {
-            let status = response.status();
-            let retry_after = response
-                .headers()
-                .get(RETRY_AFTER)
+    match sub.client.post(headers, payload.body.clone()).await {
+        Ok(Answer {
+            status,
+            retry_after,
+        }) => classify(
+            status,
+            retry_after
+                .as_ref()
                 .and_then(|v| v.to_str().ok())
-                .and_then(parse_retry_after);
-            classify(status, retry_after)
-        }
-        Err(e) if e.is_timeout() => AttemptResult::Retry {
-            status: None,
-            error: format!("timed out after {:?}", sub.timeout),
-            retry_after: None,
-        },
+                .and_then(parse_retry_after),
+        ),
         Err(e) => AttemptResult::Retry {
             status: None,
-            error: error_chain(&e),
+            error: e.to_string(),
             retry_after: None,
         },
     }
@@ -105,18 +96,6 @@ fn classify(status: StatusCode, retry_after: Option<Duration>) -> AttemptResult 
             error,
         },
     }
-}
-
-/// "error sending request: connection refused" rather than just the outer layer.
-fn error_chain(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use crate::broker::ConsumedRecord;
+use prost::Message;
+
 use crate::envelope::{self, Envelope};
 
 pub struct Event {
@@ -21,6 +23,7 @@ pub struct Event {
     pub content_type: String,
     pub body: Bytes,
     pub traceparent: String,
+    /// The whole envelope, decoded only when the subscription asked for [`Decode::Full`].
     pub envelope: Option<Envelope>,
     /// Set when the record claims to be an envelope but does not decode: it cannot be
     /// delivered and goes straight to the dead-letter topic.
@@ -31,30 +34,46 @@ pub struct Event {
 const FOREIGN_NAMESPACE: uuid::Uuid =
     uuid::Uuid::from_u128(0x3b8e_51c0_7a4d_4f2e_8c19_a6d2_e0f4_b735);
 
+/// How much of an envelope a subscription's payload needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decode {
+    /// The head only: id, type, source, time, content type, body, traceparent.
+    Head,
+    /// The whole envelope too: `envelope_json` payloads and `forward_headers` need it.
+    Full,
+}
+
 impl Event {
-    pub fn from_record(record: ConsumedRecord) -> Event {
+    pub fn from_record(record: ConsumedRecord, decode: Decode) -> Event {
         let text_header = |name: &str| {
             record
                 .header(name)
                 .map(|v| String::from_utf8_lossy(v).into_owned())
                 .unwrap_or_default()
         };
-        match Envelope::from_record(&record) {
-            Some(Ok(envelope)) => Event {
-                id: envelope.id.clone(),
-                event_type: envelope.r#type.clone(),
-                source: envelope.source.clone(),
-                received_at: envelope
+        let decoded = Envelope::head_from_record(&record).map(|head| {
+            let head = head?;
+            let envelope = match decode {
+                Decode::Head => None,
+                Decode::Full => Some(Envelope::decode(record.value.clone())?),
+            };
+            Ok::<_, prost::DecodeError>((head, envelope))
+        });
+        match decoded {
+            Some(Ok((head, envelope))) => Event {
+                received_at: head
                     .received_at
-                    .as_ref()
                     .map(|t| {
                         UNIX_EPOCH + Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32)
                     })
                     .unwrap_or_else(|| record_time(&record)),
-                content_type: envelope.content_type.clone(),
-                body: envelope.body.clone(),
-                traceparent: envelope.traceparent.clone(),
-                envelope: Some(envelope),
+                id: head.id,
+                event_type: head.r#type,
+                source: head.source,
+                content_type: head.content_type,
+                body: head.body,
+                traceparent: head.traceparent,
+                envelope,
                 undeliverable: None,
                 record,
             },

@@ -10,6 +10,7 @@
 
 mod attempt;
 mod breaker;
+mod client;
 mod commit;
 mod dead_letter;
 mod event;
@@ -52,7 +53,7 @@ impl Delivery {
         subscriber: Arc<dyn Subscriber>,
         publisher: Arc<dyn Publisher>,
     ) -> Result<Delivery, DeliveryError> {
-        // reqwest is built without a default TLS backend; ring is the one linked in.
+        // rustls is built without a default crypto provider; ring is the one linked in.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let (stop, stopped) = watch::channel(false);
         let mut tasks = JoinSet::new();

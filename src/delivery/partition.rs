@@ -85,7 +85,7 @@ pub async fn run(
             record = stream.next(), if held < sub.buffer => {
                 let Some(record) = record else { break };
                 tracker.track(record.offset);
-                let event = Event::from_record(record);
+                let event = Event::from_record(record, sub.decode);
                 if !sub.wants(&event) {
                     tracker.done(event.record.offset);
                     continue;

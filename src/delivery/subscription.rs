@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use reqwest::header::HeaderName;
+use http::header::HeaderName;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::DeliveryError;
 use super::breaker::Breaker;
-use super::event::Event;
+use super::client::WebhookClient;
+use super::event::{Decode, Event};
 use super::filter::TypeFilter;
 use super::partition;
 use super::retry::RetryPolicy;
@@ -25,12 +26,13 @@ use crate::standard_webhooks;
 pub struct SubscriptionRuntime {
     pub name: String,
     pub topics: Vec<String>,
-    pub url: reqwest::Url,
-    pub client: reqwest::Client,
+    pub client: WebhookClient,
     pub timeout: Duration,
     pub secrets: Vec<standard_webhooks::Secret>,
     pub payload: PayloadMode,
     pub forward_headers: Vec<HeaderName>,
+    /// How much of each envelope the payload needs.
+    pub decode: Decode,
     pub ordering: OrderingMode,
     pub filter: Option<TypeFilter>,
     /// Requests on the wire, across all partitions (`max_in_flight`).
@@ -49,19 +51,14 @@ impl SubscriptionRuntime {
         config: &SubscriptionConfig,
         publisher: Arc<dyn Publisher>,
     ) -> Result<SubscriptionRuntime, DeliveryError> {
-        let client = reqwest::Client::builder()
-            .timeout(config.timeout.0)
-            .connect_timeout(config.timeout.0.min(Duration::from_secs(5)))
-            // A webhook endpoint that redirects is misconfigured; following it would send
-            // signed payloads somewhere nobody configured.
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_max_idle_per_host(config.max_in_flight as usize)
-            .user_agent(concat!("hookbridge/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| DeliveryError::Client {
-                subscription: config.name.clone(),
-                reason: e.to_string(),
-            })?;
+        // An endpoint that redirects is misconfigured: the client does not follow, since
+        // following would send signed payloads somewhere nobody configured.
+        let client =
+            WebhookClient::new(&config.url, config.timeout.0, config.max_in_flight as usize)
+                .map_err(|e| DeliveryError::Client {
+                    subscription: config.name.clone(),
+                    reason: e.to_string(),
+                })?;
         let rate_limit = config.rate_limit.as_ref().map(|rate| {
             let period = Duration::from_secs_f64(1.0 / rate.per_second);
             let burst = rate
@@ -81,13 +78,6 @@ impl SubscriptionRuntime {
         Ok(SubscriptionRuntime {
             name: config.name.clone(),
             topics: config.topics.clone(),
-            url: config
-                .url
-                .parse()
-                .map_err(|e: url::ParseError| DeliveryError::Client {
-                    subscription: config.name.clone(),
-                    reason: format!("url: {e}"),
-                })?,
             client,
             timeout: config.timeout.0,
             secrets: signing
@@ -95,6 +85,13 @@ impl SubscriptionRuntime {
                 .map(|s| standard_webhooks::Secret::parse(s).expect("validated secret"))
                 .collect(),
             payload: config.payload,
+            decode: if config.payload == PayloadMode::EnvelopeJson
+                || !config.forward_headers.is_empty()
+            {
+                Decode::Full
+            } else {
+                Decode::Head
+            },
             forward_headers: config
                 .forward_headers
                 .iter()
@@ -146,7 +143,7 @@ pub async fn run(
             }
         }
     };
-    tracing::info!(subscription = %sub.name, %group, topics = ?sub.topics, url = %sub.url, "subscription running");
+    tracing::info!(subscription = %sub.name, %group, topics = ?sub.topics, url = %sub.client.uri(), "subscription running");
     let mut partitions = JoinSet::new();
     loop {
         tokio::select! {
