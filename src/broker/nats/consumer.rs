@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::Subject;
-use async_nats::jetstream::consumer::pull::MessagesErrorKind;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::{self, kv};
 use async_trait::async_trait;
@@ -29,6 +28,11 @@ use crate::broker::{
 
 /// Records buffered ahead of the engine, per partition.
 const READ_AHEAD: usize = 256;
+/// Messages one pull request asks for.
+const PULL_BATCH: usize = 256;
+/// How long an unfilled pull request waits on the server. Also how soon a request lost to
+/// a server restart is replaced: the client gives up on it 5 s after it expires.
+const PULL_EXPIRES: Duration = Duration::from_secs(2);
 /// Messages delivered and not yet acked, per partition, before the server holds back.
 const MAX_ACK_PENDING: i64 = 2048;
 /// The engine retries by itself; the server only redelivers to a new owner (see above).
@@ -129,9 +133,10 @@ async fn manage(ctx: Context, units: Vec<Unit>, lease: Duration) {
                 stop(&ctx, unit, lease).await;
             }
         }
-        // A reader that ended (its pull went silent) gives its partition back. It is not
-        // taken again before the next tick, so the engine has a moment to finish the
-        // partition's in-flight events before they are read again from the ack floor.
+        // A reader that ended while its lease is held (it panicked) gives its partition
+        // back. It is not taken again before the next tick, so the engine has a moment to
+        // finish the partition's in-flight events before they are read again from the ack
+        // floor.
         let ended: Vec<Unit> = held
             .iter()
             .filter(|(_, lease)| lease.reader.is_finished())
@@ -208,6 +213,14 @@ async fn stop(ctx: &Context, unit: Unit, lease: Held) {
 }
 
 /// Opens the partition's durable consumer at its ack floor and starts feeding a stream.
+///
+/// The reader pulls one bounded batch at a time (`PULL_BATCH` messages, expiring after
+/// `PULL_EXPIRES`) rather than async-nats's continuous `messages()` stream. That stream keeps
+/// its own count of messages requested and not yet received, and in the benchmark a
+/// partition draining a backlog at full speed ended up with no request open on the server
+/// while the count said there was: no messages, no heartbeats, the partition stalled
+/// until it was reopened (BENCHMARKS.md). A batch either fills, expires (the server says
+/// so), or is given up 5 s after it should have expired; then the next is requested.
 async fn start_reader(ctx: &Context, unit: Unit) -> Result<JoinHandle<()>, BrokerError> {
     let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
     let (topic, partition) = (unit.0.clone(), unit.1);
@@ -253,14 +266,6 @@ async fn start_reader(ctx: &Context, unit: Unit) -> Result<JoinHandle<()>, Broke
         })
         .await
         .map_err(|e| unavailable(&e))?;
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(64)
-        .heartbeat(Duration::from_secs(5))
-        .messages()
-        .await
-        .map_err(|e| unavailable(&e))?;
-
     let (tx, rx) = mpsc::channel(READ_AHEAD);
     ctx.pending
         .lock()
@@ -272,60 +277,68 @@ async fn start_reader(ctx: &Context, unit: Unit) -> Result<JoinHandle<()>, Broke
 
     let pending = ctx.pending.clone();
     Ok(tokio::spawn(async move {
-        while let Some(message) = messages.next().await {
-            let message = match message {
-                Ok(message) => message,
-                // Ten seconds of silence on an open pull: the server no longer holds the
-                // request this stream waits for, and async-nats does not pull again by
-                // itself (seen with a backlog draining at full speed). The reader ends; the
-                // lease loop hands the partition back and opens it again at its ack floor.
-                Err(e) if e.kind() == MessagesErrorKind::MissingHeartbeat => {
-                    tracing::warn!(%topic, partition, "JetStream pull went silent; reopening the partition");
-                    return;
-                }
+        loop {
+            let mut batch = match consumer
+                .batch()
+                .max_messages(PULL_BATCH)
+                .expires(PULL_EXPIRES)
+                .messages()
+                .await
+            {
+                Ok(batch) => batch,
                 Err(e) => {
-                    tracing::warn!(%topic, partition, error = %e, "JetStream consumer error");
+                    tracing::warn!(%topic, partition, error = %e, "JetStream pull request failed");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
             };
-            let Ok(info) = message.info() else { continue };
-            let (sequence, published) = (info.stream_sequence, info.published);
-            let headers: Vec<RecordHeader> = message
-                .headers
-                .iter()
-                .flat_map(|headers| headers.iter())
-                .flat_map(|(name, values)| {
-                    values.iter().map(move |v| RecordHeader {
-                        name: name.to_string().to_ascii_lowercase(),
-                        value: Bytes::copy_from_slice(v.as_str().as_bytes()),
+            while let Some(message) = batch.next().await {
+                let message = match message {
+                    Ok(message) => message,
+                    Err(e) => {
+                        tracing::warn!(%topic, partition, error = %e, "JetStream pull ended with an error");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        break;
+                    }
+                };
+                let Ok(info) = message.info() else { continue };
+                let (sequence, published) = (info.stream_sequence, info.published);
+                let headers: Vec<RecordHeader> = message
+                    .headers
+                    .iter()
+                    .flat_map(|headers| headers.iter())
+                    .flat_map(|(name, values)| {
+                        values.iter().map(move |v| RecordHeader {
+                            name: name.to_string().to_ascii_lowercase(),
+                            value: Bytes::copy_from_slice(v.as_str().as_bytes()),
+                        })
                     })
-                })
-                .collect();
-            let key = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(KEY_HEADER))
-                .map(|v| Bytes::copy_from_slice(v.as_str().as_bytes()));
-            let record = ConsumedRecord {
-                topic: topic.clone(),
-                partition,
-                offset: sequence,
-                timestamp_ms: (published.unix_timestamp_nanos() / 1_000_000) as i64,
-                key,
-                headers,
-                value: message.payload.clone(),
-            };
-            if let Some(reply) = message.reply.clone()
-                && let Some(queue) = pending
-                    .lock()
-                    .expect("pending lock")
-                    .get_mut(&(topic.clone(), partition))
-            {
-                queue.push_back((sequence, reply));
-            }
-            if tx.send(record).await.is_err() {
-                return;
+                    .collect();
+                let key = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(KEY_HEADER))
+                    .map(|v| Bytes::copy_from_slice(v.as_str().as_bytes()));
+                let record = ConsumedRecord {
+                    topic: topic.clone(),
+                    partition,
+                    offset: sequence,
+                    timestamp_ms: (published.unix_timestamp_nanos() / 1_000_000) as i64,
+                    key,
+                    headers,
+                    value: message.payload.clone(),
+                };
+                if let Some(reply) = message.reply.clone()
+                    && let Some(queue) = pending
+                        .lock()
+                        .expect("pending lock")
+                        .get_mut(&(topic.clone(), partition))
+                {
+                    queue.push_back((sequence, reply));
+                }
+                if tx.send(record).await.is_err() {
+                    return;
+                }
             }
         }
     }))
