@@ -24,7 +24,8 @@ pub struct Event {
     pub body: Bytes,
     pub traceparent: String,
     /// The whole envelope, decoded only when the subscription asked for [`Decode::Full`].
-    pub envelope: Option<Envelope>,
+    /// Boxed: an `Envelope` is hundreds of bytes, and events are moved through queues.
+    pub envelope: Option<Box<Envelope>>,
     /// Set when the record claims to be an envelope but does not decode: it cannot be
     /// delivered and goes straight to the dead-letter topic.
     pub undeliverable: Option<String>,
@@ -55,7 +56,7 @@ impl Event {
             let head = head?;
             let envelope = match decode {
                 Decode::Head => None,
-                Decode::Full => Some(Envelope::decode(record.value.clone())?),
+                Decode::Full => Some(Box::new(Envelope::decode(record.value.clone())?)),
             };
             Ok::<_, prost::DecodeError>((head, envelope))
         });
