@@ -287,9 +287,18 @@ async fn backend(name: &str, args: &Args) -> anyhow::Result<Backend> {
             };
             let admin = hookbridge::broker::kafka::KafkaBroker::connect(&config)?;
             admin.ensure_topics(&["rawbench".to_string()]).await?;
+            // Tansu answers a fetch only when `fetch.wait.max.ms` expires, even with data
+            // waiting, so that wait is on every delivery's path (hookbridge's default is
+            // 50 ms; Kafka answers as soon as data arrives and needs no tuning). The Tansu
+            // started here gets 10 ms, set the way a user would: `broker.kafka.properties`.
+            let properties = if server.is_some() {
+                "properties: { fetch.wait.max.ms: \"10\" }"
+            } else {
+                "properties: {}"
+            };
             Ok(Backend {
                 broker_yaml: format!(
-                    "broker:\n  kind: kafka\n  kafka: {{ bootstrap_servers: \"{bootstrap}\", partitions: 8 }}\n"
+                    "broker:\n  kind: kafka\n  kafka: {{ bootstrap_servers: \"{bootstrap}\", partitions: 8, {properties} }}\n"
                 ),
                 raw: Arc::new(RawPublisher::Kafka(producer)),
                 _server: server,
