@@ -323,3 +323,74 @@ async fn server_restart_under_load_loses_nothing_acknowledged() {
         accepted.len()
     );
 }
+
+/// A commit acks the server: more messages than one partition may have unacked
+/// (`max_ack_pending`, 2,048) all get delivered, the consumer ends with nothing pending and
+/// its ack floor on the last message, and a restarted hookbridge redelivers none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_ack_the_server_and_a_restart_redelivers_nothing() {
+    const MESSAGES: u64 = 3_000;
+    let nats = NatsServer::start();
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let subs = format!(
+        "  - name: acks\n    topics: [stock]\n    url: {}\n",
+        receiver.url
+    );
+    let config = config(&nats, "unused", &subs);
+    let mut server = Hookbridge::start(dir.path(), &config);
+
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while js.get_stream(stream_name("stock")).await.is_err() {
+        assert!(Instant::now() < deadline, "the stream was created");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut acks = Vec::new();
+    for n in 0..MESSAGES {
+        acks.push(
+            js.publish("stock.1", format!(r#"{{"n":{n}}}"#).into())
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    receiver
+        .wait_for("every message", Duration::from_secs(60), |r| {
+            r.len() >= MESSAGES as usize
+        })
+        .await;
+
+    // The consumer hookbridge reads partition 1 with (see src/broker/nats/consumer.rs).
+    let name = format!(
+        "{}-{}-p1",
+        stream_name("hookbridge.acks"),
+        stream_name("stock")
+    );
+    let mut stream = js.get_stream(stream_name("stock")).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = stream.consumer_info(&name).await.unwrap();
+        if info.ack_floor.stream_sequence == MESSAGES && info.num_ack_pending == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "acked up to the last message: floor {}, {} pending",
+            info.ack_floor.stream_sequence,
+            info.num_ack_pending
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    assert!(server.terminate().success());
+    let _restarted = Hookbridge::start(dir.path(), &config);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        receiver.count(),
+        MESSAGES as usize,
+        "nothing is redelivered after the restart"
+    );
+}

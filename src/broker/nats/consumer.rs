@@ -1,5 +1,5 @@
 //! Delivery from JetStream: partitions shared among replicas by leases, each held
-//! partition read by a durable pull consumer and acked in order as the engine commits.
+//! partition read by a durable pull consumer and acked up to the engine's commit point.
 //!
 //! When a replica takes a partition it resets the partition's consumer to its ack floor
 //! (the last contiguously acked message): whatever the previous owner had in flight is
@@ -258,7 +258,8 @@ async fn start_reader(ctx: &Context, unit: Unit) -> Result<JoinHandle<()>, Broke
         .create_consumer(pull::Config {
             durable_name: Some(name),
             filter_subject: subject(&topic, partition),
-            ack_policy: AckPolicy::Explicit,
+            // Acking a message acks every earlier one: a commit is one ack per partition.
+            ack_policy: AckPolicy::All,
             ack_wait: ACK_WAIT,
             max_ack_pending: MAX_ACK_PENDING,
             deliver_policy,
@@ -344,7 +345,9 @@ async fn start_reader(ctx: &Context, unit: Unit) -> Result<JoinHandle<()>, Broke
     }))
 }
 
-/// Commits by acking, in stream order, every delivered message below the commit point.
+/// Commits by acking the last delivered message below the commit point: the consumer's
+/// `AckPolicy::All` acks every earlier one with it, so a commit costs one message to the
+/// server per partition rather than one per record.
 struct AckCommitter {
     client: async_nats::Client,
     pending: Pending,
@@ -358,7 +361,7 @@ impl Committer for AckCommitter {
         partition: u32,
         next_offset: u64,
     ) -> Result<(), BrokerError> {
-        let replies: Vec<Subject> = {
+        let last: Option<Subject> = {
             let mut pending = self.pending.lock().expect("pending lock");
             let Some(queue) = pending.get_mut(&(Arc::from(topic), partition)) else {
                 // The partition moved to another replica; it redelivers from its ack floor.
@@ -366,16 +369,16 @@ impl Committer for AckCommitter {
                     "{topic}/{partition} is no longer held"
                 )));
             };
-            let mut done = Vec::new();
+            let mut last = None;
             while queue
                 .front()
                 .is_some_and(|(sequence, _)| *sequence < next_offset)
             {
-                done.push(queue.pop_front().expect("front exists").1);
+                last = queue.pop_front().map(|(_, reply)| reply);
             }
-            done
+            last
         };
-        for reply in replies {
+        if let Some(reply) = last {
             self.client
                 .publish(reply, Bytes::from_static(b"+ACK"))
                 .await

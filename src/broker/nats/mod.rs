@@ -6,7 +6,7 @@
 //! - Publishes set `Nats-Msg-Id` to the envelope id, so the server drops a sender's retry
 //!   within the duplicate window, and resolve on the PubAck; many are in flight at once.
 //! - Delivery ([`consumer`]): a durable pull consumer per (subscription, topic, partition),
-//!   acked in order as the commit tracker commits; partitions are shared among replicas
+//!   acked up to the commit point (`AckPolicy::All`); partitions are shared among replicas
 //!   through leases in a JetStream KV bucket ([`leases`]).
 
 mod consumer;
