@@ -369,7 +369,7 @@ async fn commits_ack_the_server_and_a_restart_redelivers_nothing() {
         stream_name("hookbridge.acks"),
         stream_name("stock")
     );
-    let mut stream = js.get_stream(stream_name("stock")).await.unwrap();
+    let stream = js.get_stream(stream_name("stock")).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let info = stream.consumer_info(&name).await.unwrap();
