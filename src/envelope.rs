@@ -73,18 +73,14 @@ impl Envelope {
 
     /// Decodes the envelope of a record hookbridge published; `None` for a foreign record.
     pub fn from_record(record: &ConsumedRecord) -> Option<Result<Envelope, prost::DecodeError>> {
-        let content_type = record.header(HEADER_CONTENT_TYPE)?;
-        (content_type.as_ref() == RECORD_CONTENT_TYPE.as_bytes())
-            .then(|| Envelope::decode(record.value.clone()))
+        is_envelope(record).then(|| Envelope::decode(record.value.clone()))
     }
 
     /// The head of a hookbridge record's envelope, or `None` for a foreign record.
     pub fn head_from_record(
         record: &ConsumedRecord,
     ) -> Option<Result<EnvelopeHead, prost::DecodeError>> {
-        let content_type = record.header(HEADER_CONTENT_TYPE)?;
-        (content_type.as_ref() == RECORD_CONTENT_TYPE.as_bytes())
-            .then(|| EnvelopeHead::decode(record.value.clone()))
+        is_envelope(record).then(|| EnvelopeHead::decode(record.value.clone()))
     }
 
     /// The first value of a header kept in the envelope, by case-insensitive name.
@@ -94,6 +90,13 @@ impl Envelope {
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .map(|h| h.value.as_str())
     }
+}
+
+/// Whether the record says it holds a hookbridge envelope (its `content-type` header).
+fn is_envelope(record: &ConsumedRecord) -> bool {
+    record
+        .header(HEADER_CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_ref() == RECORD_CONTENT_TYPE.as_bytes())
 }
 
 /// The fields of an [`Envelope`] a delivery needs, decoded without the rest: the original

@@ -4,10 +4,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-
-use crate::broker::ConsumedRecord;
 use prost::Message;
 
+use crate::broker::ConsumedRecord;
 use crate::envelope::{self, Envelope};
 
 pub struct Event {
