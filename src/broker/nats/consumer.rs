@@ -310,7 +310,8 @@ async fn start_reader(ctx: &Context, unit: Unit) -> Result<JoinHandle<()>, Broke
                     .flat_map(|headers| headers.iter())
                     .flat_map(|(name, values)| {
                         values.iter().map(move |v| RecordHeader {
-                            name: name.to_string().to_ascii_lowercase(),
+                            // One allocation: `to_string` would format, then copy again.
+                            name: AsRef::<str>::as_ref(name).to_ascii_lowercase(),
                             value: Bytes::copy_from_slice(v.as_str().as_bytes()),
                         })
                     })
