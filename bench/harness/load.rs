@@ -156,6 +156,7 @@ struct ReceiverState {
     received: AtomicU64,
     stalled: AtomicBool,
     latencies: Mutex<Latencies>,
+    first_at_us: AtomicU64,
     last_at_us: AtomicU64,
 }
 
@@ -176,6 +177,12 @@ impl Receiver {
                         .lock()
                         .unwrap()
                         .record(Duration::from_micros(now.saturating_sub(sent)));
+                    let _ = state.first_at_us.compare_exchange(
+                        0,
+                        now,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
                     state.last_at_us.store(now, Ordering::Relaxed);
                 }
                 state.received.fetch_add(1, Ordering::Relaxed);
@@ -200,7 +207,14 @@ impl Receiver {
     /// Takes the latencies recorded so far and starts afresh.
     pub fn take(&self) -> (u64, Latencies) {
         let latencies = std::mem::take(&mut *self.state.latencies.lock().unwrap());
+        self.state.first_at_us.store(0, Ordering::Relaxed);
         (self.state.received.swap(0, Ordering::Relaxed), latencies)
+    }
+
+    /// Microseconds since the run started at which the first delivery since the last
+    /// [`Receiver::take`] arrived.
+    pub fn first_at_us(&self) -> u64 {
+        self.state.first_at_us.load(Ordering::Relaxed)
     }
 
     /// Microseconds since the run started at which the last delivery arrived.
