@@ -25,6 +25,20 @@ fn config(nats: &NatsServer, topic: &str, subs: &str) -> String {
     events_config(&broker, topic, subs)
 }
 
+/// A JetStream client, once hookbridge has created the topic's stream.
+async fn stream_created(nats: &NatsServer, topic: &str) -> jetstream::Context {
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while js.get_stream(stream_name(topic)).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "hookbridge created the stream of {topic}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    js
+}
+
 /// Every message of a topic's stream, read by a plain client.
 async fn stream_messages(nats: &NatsServer, topic: &str) -> Vec<jetstream::Message> {
     let client = async_nats::connect(nats.url()).await.unwrap();
@@ -115,13 +129,8 @@ async fn a_foreign_message_becomes_a_webhook() {
     );
     let _server = Hookbridge::start(dir.path(), &config(&nats, "unused", &subs));
 
-    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    // hookbridge created the stream; any service publishes to <topic>.<partition>.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while js.get_stream(stream_name("inventory")).await.is_err() {
-        assert!(Instant::now() < deadline, "the stream was created");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // hookbridge creates the stream; any service publishes to <topic>.<partition>.
+    let js = stream_created(&nats, "inventory").await;
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("content-type", "application/json");
     headers.insert("x-warehouse", "north");
@@ -340,12 +349,7 @@ async fn commits_ack_the_server_and_a_restart_redelivers_nothing() {
     let config = config(&nats, "unused", &subs);
     let mut server = Hookbridge::start(dir.path(), &config);
 
-    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while js.get_stream(stream_name("stock")).await.is_err() {
-        assert!(Instant::now() < deadline, "the stream was created");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let js = stream_created(&nats, "stock").await;
     let mut acks = Vec::new();
     for n in 0..MESSAGES {
         acks.push(
