@@ -11,7 +11,7 @@ use bytes::Bytes;
 use hookbridge::broker::embedded::EmbeddedBroker;
 use hookbridge::broker::partitioner::partition_for_key;
 use hookbridge::broker::{
-    BrokerError, PartitionEvent, PartitionStream, Publisher, Record, StartFrom, Subscriber,
+    BrokerError, PartitionEvent, PartitionStream, Progress, Publisher, Record, StartFrom, Subscriber,
 };
 use hookbridge::config::{EmbeddedConfig, RetentionConfig};
 
@@ -71,7 +71,7 @@ async fn streams(
             .unwrap()
         {
             Some(PartitionEvent::Assigned(stream)) => streams.push(stream),
-            other => panic!("expected an assignment, got {}", other.is_some()),
+            None => panic!("expected an assignment, the subscription ended"),
         }
     }
     streams.sort_by_key(|s| s.partition);
@@ -118,7 +118,13 @@ async fn partitions_stream_in_order_and_resume_from_the_commit() {
         }
         // Per key, values are in publish order within the partition.
         per_partition.insert(stream.partition, records.len());
-        stream.commit(10).await.unwrap();
+        stream
+            .commit(Progress {
+                next_offset: 10,
+                done: &[],
+            })
+            .await
+            .unwrap();
     }
     assert_eq!(per_partition.values().sum::<usize>(), 300);
     drop(parts);

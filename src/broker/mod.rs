@@ -8,7 +8,13 @@
 //! - [`Subscriber::subscribe`] joins a consumer group and yields [`PartitionEvent`]s: a
 //!   partition assigned to this process arrives as an ordered [`PartitionStream`] (a Kafka
 //!   assignment; a NATS partition lease), and leaves again as a revocation.
-//! - Commits are by offset, as Kafka's are: `commit(n)` means every record below `n` is done.
+//! - Commits are by offset, as Kafka's are: a commit at `n` means every record below `n` is
+//!   done. It also lists the records done since the last commit, for backends that remember
+//!   completion per record (JetStream acks each one).
+//! - A partition is handed over, never just dropped: the backend tells the worker through
+//!   its [`Tenure`] that the partition is going (or until when it is surely held), and waits
+//!   on the [`PartitionHandle`] for the worker to stop and commit before it lets the
+//!   partition go, so two owners never deliver one partition at once (G3).
 //! - Backpressure is pull-based: a backend buffers only a bounded number of records ahead of
 //!   [`PartitionStream::next`]; a consumer that stops pulling stops the fetching.
 
@@ -18,10 +24,11 @@ pub mod nats;
 pub mod partitioner;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// A header of a broker record. Values are bytes: Kafka headers are, and foreign producers
 /// put anything there.
@@ -125,16 +132,33 @@ pub trait Subscriber: Send + Sync + 'static {
     ) -> Result<Subscription, BrokerError>;
 }
 
+/// What a commit says about one partition.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress<'a> {
+    /// Every record below this offset is done.
+    pub next_offset: u64,
+    /// Offsets finished since the last accepted commit (ascending, some may be at or above
+    /// `next_offset`).
+    pub done: &'a [u64],
+}
+
 /// Commits consumed offsets for one consumer group.
 #[async_trait]
 pub trait Committer: Send + Sync + 'static {
-    /// Records that every record of `topic`/`partition` below `next_offset` is done.
+    /// Records the partition's progress. An error means nothing is known to be recorded:
+    /// the engine retries with the same progress (and whatever finished since).
     async fn commit(
         &self,
         topic: &str,
         partition: u32,
-        next_offset: u64,
+        progress: Progress<'_>,
     ) -> Result<(), BrokerError>;
+
+    /// Whether this broker remembers completion record by record and so wants
+    /// [`Progress::done`] filled in; otherwise it stays empty.
+    fn per_record(&self) -> bool {
+        false
+    }
 }
 
 /// A consumer group membership: the partitions that come and go.
@@ -162,13 +186,60 @@ impl Subscription {
 }
 
 pub enum PartitionEvent {
+    /// This process now owns the partition. It gives it up through the stream's
+    /// [`Tenure`]; the stream's end (`next()` answering `None`) means the same.
     Assigned(PartitionStream),
-    /// This process no longer owns the partition: its stream has ended, and the engine
-    /// should finish or abandon in-flight work and commit what is done.
-    Revoked {
-        topic: Arc<str>,
-        partition: u32,
-    },
+}
+
+/// How long the worker of a partition may go on delivering it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tenure {
+    /// Owned. `until`: the ownership is only known to hold until then (a lease that was
+    /// not renewed since); past it the worker must have stopped delivering.
+    Held { until: Option<Instant> },
+    /// Being handed over: stop taking records, let the attempts on the wire finish within
+    /// the subscription's grace, commit, and drop the stream.
+    Revoked,
+}
+
+/// The backend's side of an assigned partition: it renews or revokes the tenure and learns
+/// when the worker has let go.
+pub struct PartitionHandle {
+    tenure: watch::Sender<Tenure>,
+    released: oneshot::Receiver<()>,
+}
+
+impl PartitionHandle {
+    /// The ownership is confirmed until `until` (a renewed lease).
+    pub fn hold_until(&self, until: Instant) {
+        self.tenure.send_if_modified(|tenure| match tenure {
+            Tenure::Held { .. } => {
+                *tenure = Tenure::Held { until: Some(until) };
+                true
+            }
+            Tenure::Revoked => false,
+        });
+    }
+
+    /// Asks the worker to hand the partition over.
+    pub fn revoke(&self) {
+        let _ = self.tenure.send(Tenure::Revoked);
+    }
+
+    /// Whether the worker has let go (stopped delivering and made its last commit).
+    pub fn is_released(&mut self) -> bool {
+        !matches!(
+            self.released.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        )
+    }
+
+    /// Waits until the worker has let go, at most `timeout`; false if it had not by then.
+    pub async fn released(&mut self, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, &mut self.released)
+            .await
+            .is_ok()
+    }
 }
 
 /// The ordered records of one assigned partition.
@@ -177,6 +248,9 @@ pub struct PartitionStream {
     pub partition: u32,
     records: mpsc::Receiver<ConsumedRecord>,
     committer: Arc<dyn Committer>,
+    tenure: watch::Receiver<Tenure>,
+    /// Dropped with the stream, which tells the backend the worker has let go.
+    _released: oneshot::Sender<()>,
 }
 
 impl PartitionStream {
@@ -186,13 +260,22 @@ impl PartitionStream {
         partition: u32,
         records: mpsc::Receiver<ConsumedRecord>,
         committer: Arc<dyn Committer>,
-    ) -> Self {
-        PartitionStream {
+    ) -> (PartitionStream, PartitionHandle) {
+        let (tenure_tx, tenure) = watch::channel(Tenure::Held { until: None });
+        let (released_tx, released) = oneshot::channel();
+        let stream = PartitionStream {
             topic,
             partition,
             records,
             committer,
-        }
+            tenure,
+            _released: released_tx,
+        };
+        let handle = PartitionHandle {
+            tenure: tenure_tx,
+            released,
+        };
+        (stream, handle)
     }
 
     /// The next record in partition order; `None` when the partition was revoked or the
@@ -201,14 +284,20 @@ impl PartitionStream {
         self.records.recv().await
     }
 
-    /// Commits `next_offset` for this partition.
-    pub async fn commit(&self, next_offset: u64) -> Result<(), BrokerError> {
+    /// Records the partition's progress.
+    pub async fn commit(&self, progress: Progress<'_>) -> Result<(), BrokerError> {
         self.committer
-            .commit(&self.topic, self.partition, next_offset)
+            .commit(&self.topic, self.partition, progress)
             .await
     }
 
-    pub fn committer(&self) -> Arc<dyn Committer> {
-        self.committer.clone()
+    /// Whether the broker wants every finished record in [`Progress::done`].
+    pub fn per_record(&self) -> bool {
+        self.committer.per_record()
+    }
+
+    /// The partition's tenure, to watch for renewal and revocation.
+    pub fn tenure(&self) -> watch::Receiver<Tenure> {
+        self.tenure.clone()
     }
 }

@@ -54,18 +54,30 @@ impl Breaker {
         }
     }
 
-    /// Waits until an attempt may be made.
-    pub async fn admit(&self) {
+    /// Waits until an attempt may be made. The admission must be told the attempt's result;
+    /// a probe dropped before that (its lane stopped while waiting for the rate limit or a
+    /// slot) hands the probe to the next lane instead of leaving the breaker half-open for
+    /// good.
+    pub async fn admit(&self) -> Admission<'_> {
+        let probe = self.wait_admitted().await;
+        Admission {
+            breaker: self,
+            probe,
+        }
+    }
+
+    /// Waits until an attempt may be made; true if it is the half-open probe.
+    async fn wait_admitted(&self) -> bool {
         loop {
             let notified = self.changed.notified();
             let wait = {
                 let mut state = self.state.lock().expect("breaker lock");
                 match *state {
-                    State::Closed { .. } => return,
+                    State::Closed { .. } => return false,
                     State::Open { until } if Instant::now() >= until => {
                         *state = State::HalfOpen;
                         tracing::info!("circuit breaker half-open: sending one probe");
-                        return;
+                        return true;
                     }
                     State::Open { until } => Some(until - Instant::now()),
                     State::HalfOpen => None,
@@ -83,7 +95,7 @@ impl Breaker {
         }
     }
 
-    pub fn record(&self, success: bool) {
+    fn record(&self, success: bool) {
         let mut state = self.state.lock().expect("breaker lock");
         let next = match (&*state, success) {
             (_, true) => State::Closed { failures: 0 },
@@ -109,6 +121,36 @@ impl Breaker {
     }
 }
 
+/// Leave to make one attempt; see [`Breaker::admit`].
+pub struct Admission<'a> {
+    breaker: &'a Breaker,
+    probe: bool,
+}
+
+impl Admission<'_> {
+    /// The attempt's result.
+    pub fn record(mut self, success: bool) {
+        self.probe = false;
+        self.breaker.record(success);
+    }
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        if !self.probe {
+            return;
+        }
+        let mut state = self.breaker.state.lock().expect("breaker lock");
+        if matches!(*state, State::HalfOpen) {
+            // Open with the cool-down already over: the next lane to ask probes.
+            *state = State::Open {
+                until: Instant::now(),
+            };
+            self.breaker.changed.notify_waiters();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,10 +166,10 @@ mod tests {
         assert_eq!(breaker.state(), BreakerState::Open);
 
         let started = Instant::now();
-        breaker.admit().await;
+        let probe = breaker.admit().await;
         assert!(started.elapsed() >= Duration::from_millis(90));
         assert_eq!(breaker.state(), BreakerState::HalfOpen);
-        breaker.record(true);
+        probe.record(true);
         assert_eq!(breaker.state(), BreakerState::Closed);
     }
 
@@ -135,8 +177,26 @@ mod tests {
     async fn a_failed_probe_opens_again() {
         let breaker = Breaker::new(1, Duration::from_millis(50));
         breaker.record(false);
-        breaker.admit().await;
-        breaker.record(false);
+        breaker.admit().await.record(false);
         assert_eq!(breaker.state(), BreakerState::Open);
+    }
+
+    #[tokio::test]
+    async fn a_probe_abandoned_before_its_attempt_lets_another_lane_probe() {
+        let breaker = Breaker::new(1, Duration::from_millis(20));
+        breaker.record(false);
+        let probe = breaker.admit().await;
+        assert_eq!(breaker.state(), BreakerState::HalfOpen);
+        // Another lane waits for the probe's verdict...
+        let waiting = async {
+            let next = breaker.admit().await;
+            next.record(true);
+        };
+        // ...which never comes: the probing lane is stopped before its attempt.
+        drop(probe);
+        tokio::time::timeout(Duration::from_secs(2), waiting)
+            .await
+            .expect("the waiting lane gets to probe");
+        assert_eq!(breaker.state(), BreakerState::Closed);
     }
 }

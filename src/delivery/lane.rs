@@ -37,26 +37,28 @@ pub async fn deliver(
     loop {
         // Waiting on the breaker and the rate limit is not an attempt, and holds no
         // in-flight slot: only requests on the wire count against max_in_flight.
+        // Abandoned while waiting, a breaker probe gives itself back (see `Admission`).
         let admitted = async {
-            sub.breaker.admit().await;
+            let admission = sub.breaker.admit().await;
             if let Some(limiter) = &sub.rate_limit {
                 limiter.until_ready().await;
             }
-            sub.in_flight
+            let permit = sub
+                .in_flight
                 .acquire()
                 .await
-                .expect("semaphore is never closed")
+                .expect("semaphore is never closed");
+            (admission, permit)
         };
-        let permit = tokio::select! {
-            permit = admitted => permit,
+        let (admission, permit) = tokio::select! {
+            admitted = admitted => admitted,
             _ = super::stopped(stop) => return Outcome::Abandoned,
         };
         attempts += 1;
         let started = Instant::now();
         let result = attempt(sub, &event.id, &event.traceparent, &payload, attempts).await;
         drop(permit);
-        sub.breaker
-            .record(matches!(result, AttemptResult::Delivered { .. }));
+        admission.record(matches!(result, AttemptResult::Delivered { .. }));
         tracing::debug!(subscription = %sub.name, id = %event.id, attempts, ?result, took = ?started.elapsed(), "attempt");
 
         let (failure, retry_after) = match result {

@@ -4,11 +4,21 @@
 //! Lanes by `ordering`: `key` gives each partition key its own lane (records without a key
 //! are unordered), `partition` one lane for the whole partition, `none` a lane per record.
 //! At most `buffer` records are held per partition (queued in lanes or in flight); when the
-//! buffer is full, the worker stops pulling from the broker, which stops fetching (G7).
+//! buffer is full, the worker stops pulling from the broker, which stops fetching (G7). A key
+//! that keeps failing holds only its own records: the others go on through their lanes and
+//! are committed past it, until its queued records fill the buffer.
+//!
+//! Handover: when the partition is revoked (or the process stops), the worker stops taking
+//! records and starting attempts, lets the attempts on the wire finish within the
+//! subscription's grace, commits what is done (retried until the broker accepts it, for a
+//! bounded time) and only then drops its stream, which tells the backend that it may let
+//! the partition go. A tenure known only `until` some instant (a lease not renewed since)
+//! fences the worker: at that instant it abandons everything, attempts on the wire included,
+//! so it has stopped before another replica may start.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
@@ -18,11 +28,27 @@ use super::commit::CommitTracker;
 use super::event::Event;
 use super::lane::{self, Outcome};
 use super::subscription::SubscriptionRuntime;
-use crate::broker::PartitionStream;
+use crate::broker::{PartitionStream, Progress, Tenure};
 use crate::config::OrderingMode;
 
 /// How often a partition commits its progress while it runs.
 const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
+/// How long the last commit of a partition is retried before the partition is let go
+/// anyway (the next owner then redelivers what it could not record).
+const FINAL_COMMIT_FOR: Duration = Duration::from_secs(5);
+
+/// Why a partition worker stopped taking records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// The process is stopping.
+    Shutdown,
+    /// The backend hands the partition to another owner.
+    Revoked,
+    /// The ownership could not be confirmed in time: stop at once.
+    Fenced,
+    /// The broker ended the stream.
+    StreamEnded,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum LaneKey {
@@ -43,7 +69,8 @@ pub async fn run(
 ) {
     let (topic, partition) = (stream.topic.clone(), stream.partition);
     tracing::info!(subscription = %sub.name, %topic, partition, "partition assigned");
-    let mut tracker = CommitTracker::default();
+    let mut tenure = stream.tenure();
+    let mut tracker = CommitTracker::new(stream.per_record());
     let mut lanes = Lanes {
         queued: HashMap::new(),
     };
@@ -63,10 +90,17 @@ pub async fn run(
         });
     };
 
-    loop {
+    let ending = loop {
+        let fence = held_until(&tenure);
         tokio::select! {
             biased;
-            _ = super::stopped(&mut stop) => break,
+            _ = super::stopped(&mut stop) => break Ending::Shutdown,
+            changed = tenure.changed() => {
+                if changed.is_err() || *tenure.borrow_and_update() == Tenure::Revoked {
+                    break Ending::Revoked;
+                }
+            }
+            _ = sleep_until(fence), if fence.is_some() => break Ending::Fenced,
             Some((lane, offset, outcome)) = done_rx.recv() => {
                 held -= 1;
                 // Reap finished tasks: a JoinSet keeps each one until it is joined.
@@ -83,7 +117,7 @@ pub async fn run(
                 }
             }
             record = stream.next(), if held < sub.buffer => {
-                let Some(record) = record else { break };
+                let Some(record) = record else { break Ending::StreamEnded };
                 tracker.track(record.offset);
                 let event = Event::from_record(record, sub.decode);
                 if !sub.wants(&event) {
@@ -106,21 +140,26 @@ pub async fn run(
                 }
             }
             _ = commit_tick.tick() => {
-                if let Some(next) = tracker.take_commit()
-                    && let Err(e) = stream.commit(next).await {
-                        tracing::warn!(subscription = %sub.name, %topic, partition, error = %e, "commit failed; will retry");
-                    }
+                if let Err(e) = commit(&stream, &mut tracker).await {
+                    tracing::warn!(subscription = %sub.name, %topic, partition, error = %e, "commit failed; will retry");
+                }
             }
         }
-    }
+    };
 
-    // Revoked or stopping: no new records. Each lane has one event started; attempts on the
-    // wire finish (bounded by the request timeout), waits and backoffs are abandoned, and
-    // queued events were never started. Everything not done is redelivered later.
+    // No new records and no new attempts. Each lane has one event started; attempts on the
+    // wire finish within the grace (waits and backoffs are abandoned at once), queued events
+    // were never started. Everything not done is redelivered by the next owner.
     let _ = release.send(true);
+    let grace = match ending {
+        Ending::Fenced => Duration::ZERO,
+        _ => sub.timeout + Duration::from_secs(1),
+    };
+    let mut deadline = Instant::now() + grace;
+    if let Some(fence) = held_until(&tenure) {
+        deadline = deadline.min(fence);
+    }
     let mut active = lanes.queued.len();
-    let deadline = tokio::time::sleep(sub.timeout + Duration::from_secs(1));
-    tokio::pin!(deadline);
     while active > 0 {
         tokio::select! {
             Some((_, offset, outcome)) = done_rx.recv() => {
@@ -129,14 +168,59 @@ pub async fn run(
                     tracker.done(offset);
                 }
             }
-            _ = &mut deadline => break,
+            _ = tokio::time::sleep_until(deadline.into()) => break,
         }
     }
+    // Whatever is still running now is cut off: after a fence it must not go on.
     running.abort_all();
-    if let Some(next) = tracker.take_commit()
-        && let Err(e) = stream.commit(next).await
-    {
-        tracing::warn!(subscription = %sub.name, %topic, partition, error = %e, "final commit failed");
+    if ending == Ending::Fenced {
+        tracing::warn!(subscription = %sub.name, %topic, partition, abandoned = active, "partition ownership not confirmed in time; stopped delivering it");
     }
-    tracing::info!(subscription = %sub.name, %topic, partition, pending = tracker.pending(), "partition released");
+    let final_commit_by = Instant::now() + FINAL_COMMIT_FOR;
+    loop {
+        match commit(&stream, &mut tracker).await {
+            Ok(()) => break,
+            Err(e) if Instant::now() >= final_commit_by => {
+                tracing::warn!(subscription = %sub.name, %topic, partition, error = %e, "final commit failed; the next owner redelivers what it did not record");
+                break;
+            }
+            Err(_) => tokio::time::sleep(COMMIT_INTERVAL).await,
+        }
+    }
+    tracing::info!(subscription = %sub.name, %topic, partition, ?ending, pending = tracker.pending(), "partition released");
+    // Dropping the stream tells the backend that this worker has let go.
+    drop(stream);
+}
+
+/// Commits what the tracker has to commit, if anything; counted only once accepted.
+async fn commit(
+    stream: &PartitionStream,
+    tracker: &mut CommitTracker,
+) -> Result<(), crate::broker::BrokerError> {
+    let Some(pending) = tracker.take() else {
+        return Ok(());
+    };
+    stream
+        .commit(Progress {
+            next_offset: pending.next_offset,
+            done: &pending.done,
+        })
+        .await?;
+    tracker.accepted(&pending);
+    Ok(())
+}
+
+/// Until when the partition is surely held, if that is bounded.
+fn held_until(tenure: &watch::Receiver<Tenure>) -> Option<Instant> {
+    match *tenure.borrow() {
+        Tenure::Held { until } => until,
+        Tenure::Revoked => None,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }

@@ -149,11 +149,10 @@ pub async fn run(
         tokio::select! {
             _ = super::stopped(&mut stop) => break,
             event = subscription.next_event() => match event {
+                // The worker hands the partition back by itself when the backend revokes it.
                 Some(PartitionEvent::Assigned(stream)) => {
                     partitions.spawn(partition::run(sub.clone(), stream, stop.clone()));
                 }
-                // The revoked partition's stream has ended; its worker commits and exits.
-                Some(PartitionEvent::Revoked { .. }) => {}
                 None => break,
             },
         }

@@ -26,8 +26,8 @@ use tokio::sync::{mpsc, oneshot};
 use self::log::Log;
 use self::writer::{Op, Topics, Writer};
 use super::{
-    BrokerError, Committer, ConsumedRecord, Publisher, Receipt, Record, StartFrom, Subscriber,
-    Subscription,
+    BrokerError, Committer, ConsumedRecord, Progress, Publisher, Receipt, Record, StartFrom,
+    Subscriber, Subscription,
 };
 use crate::config::EmbeddedConfig;
 
@@ -275,8 +275,9 @@ impl Committer for GroupCommitter {
         &self,
         topic: &str,
         partition: u32,
-        next_offset: u64,
+        progress: Progress<'_>,
     ) -> Result<(), BrokerError> {
+        let next_offset = progress.next_offset;
         let (reply, answer) = oneshot::channel();
         let op = Op::Commit {
             group: self.group.clone(),

@@ -14,7 +14,8 @@ use tokio::task::JoinHandle;
 use super::log::Log;
 use super::writer::TopicHandle;
 use crate::broker::{
-    BrokerError, Committer, PartitionEvent, PartitionStream, StartFrom, Subscription,
+    BrokerError, Committer, PartitionEvent, PartitionHandle, PartitionStream, StartFrom,
+    Subscription,
 };
 
 /// Records buffered ahead of the consumer, per partition.
@@ -22,12 +23,16 @@ const READ_AHEAD: usize = 256;
 /// Records read from disk per read.
 const READ_CHUNK: usize = 128;
 
-/// Stops the readers when the subscription is dropped.
-struct Readers(Vec<JoinHandle<()>>);
+/// Stops the readers when the subscription is dropped. The partition handles are kept so
+/// the workers' tenure stays held: one process owns every partition of the embedded log.
+struct Readers {
+    tasks: Vec<JoinHandle<()>>,
+    _handles: Vec<PartitionHandle>,
+}
 
 impl Drop for Readers {
     fn drop(&mut self) {
-        for task in &self.0 {
+        for task in &self.tasks {
             task.abort();
         }
     }
@@ -43,6 +48,7 @@ pub fn start(
     let total: usize = topics.iter().map(|(_, h)| h.partitions as usize).sum();
     let (events, events_rx) = mpsc::channel(total.max(1));
     let mut tasks = Vec::with_capacity(total);
+    let mut handles = Vec::with_capacity(total);
     // Every partition belongs to this process: the embedded broker has one member per group.
     for (topic, handle) in topics {
         let topic: Arc<str> = Arc::from(topic);
@@ -55,7 +61,9 @@ pub fn start(
                 },
             };
             let (tx, rx) = mpsc::channel(READ_AHEAD);
-            let stream = PartitionStream::new(topic.clone(), partition, rx, committer.clone());
+            let (stream, partition_handle) =
+                PartitionStream::new(topic.clone(), partition, rx, committer.clone());
+            handles.push(partition_handle);
             events
                 .try_send(PartitionEvent::Assigned(stream))
                 .expect("events channel sized for every partition");
@@ -70,7 +78,10 @@ pub fn start(
             tasks.push(tokio::spawn(reader.run()));
         }
     }
-    Ok(Subscription::new(events_rx, Some(Box::new(Readers(tasks)))))
+    Ok(Subscription::new(events_rx, Some(Box::new(Readers {
+            tasks,
+            _handles: handles,
+        })),))
 }
 
 struct PartitionReader {

@@ -16,8 +16,15 @@
 //! regression test). Not taking from a queue has no such edge.
 //!
 //! The driver task owns the shared consumer queue, which then carries only rebalance
-//! callbacks and errors, and the commits: the engine's commits come back to it and go out
-//! asynchronously.
+//! callbacks and errors.
+//!
+//! Handover: a revocation does not return from the rebalance callback before the
+//! partitions' workers have stopped and committed (bounded by `REVOKE_WAIT`), so the next
+//! owner starts after the last attempt of this one and from its last commit: no two
+//! replicas deliver one partition at once (G3). Commits therefore do not go through the
+//! driver (it is the thread waiting in the callback): each is a synchronous commit on a
+//! blocking thread, its result checked, and refused by the group coordinator when this
+//! member's generation is stale.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -29,34 +36,47 @@ use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
+use tokio::runtime::RuntimeFlavor;
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use super::{base_config, kafka_error, with_properties};
 use crate::broker::{
-    BrokerError, Committer, ConsumedRecord, PartitionEvent, PartitionStream, RecordHeader,
-    StartFrom, Subscription,
+    BrokerError, Committer, ConsumedRecord, PartitionEvent, PartitionHandle, PartitionStream,
+    Progress, RecordHeader, StartFrom, Subscription,
 };
 use crate::config::KafkaConfig;
 
 /// Records buffered ahead of the engine, per partition, on top of librdkafka's own queue.
 const READ_AHEAD: usize = 256;
+/// How long a revocation waits for the partitions' workers to stop and commit. Past it the
+/// partitions go anyway (the group cannot wait forever) and the next owner redelivers.
+const REVOKE_WAIT: Duration = Duration::from_secs(30);
 
 type TopicPartition = (Arc<str>, u32);
 type GroupConsumer = StreamConsumer<GroupContext>;
 type PartitionQueue = StreamPartitionQueue<GroupContext>;
 
-/// The partitions this process owns: each one's pump task, by partition.
-type Pumps = Arc<Mutex<HashMap<TopicPartition, AbortHandle>>>;
+/// A partition this process owns: the task feeding its stream, and the worker's handle.
+struct Owned {
+    pump: AbortHandle,
+    handle: PartitionHandle,
+}
+
+/// The partitions this process owns.
+type Pumps = Arc<Mutex<HashMap<TopicPartition, Owned>>>;
+
+/// The consumer, for the context and the committer: set right after it is created.
+/// Weak, because the consumer owns the context.
+type ConsumerCell = Arc<OnceLock<Weak<GroupConsumer>>>;
 
 /// Shared by the rebalance callbacks (which run inside the driver's `recv`) and the driver.
 struct GroupContext {
     group: String,
-    /// The consumer itself, set right after it is created: splitting a partition queue
-    /// needs it. Weak, because the consumer owns this context.
-    consumer: OnceLock<Weak<GroupConsumer>>,
+    /// The consumer itself: splitting a partition queue needs it.
+    consumer: ConsumerCell,
     /// Queues split in `pre_rebalance` for partitions being assigned, taken in
     /// `post_rebalance` once the assignment is in place.
     splitting: Mutex<HashMap<TopicPartition, PartitionQueue>>,
@@ -94,23 +114,32 @@ impl ConsumerContext for GroupContext {
                     }
                 }
             }
-            // Revocation: end the streams before the partitions go, so the engine stops
-            // taking records and commits what it finished (a commit that arrives after the
-            // partition moved is refused, and the new owner redelivers from the last
-            // commit: G2 holds).
+            // Revocation: the workers stop, finish what is on the wire and commit before
+            // the partitions go (see the module's comment).
             Rebalance::Revoke(partitions) => {
-                let mut pumps = self.pumps.lock().expect("pumps lock");
-                for element in partitions.elements() {
-                    let tp = topic_partition(element.topic(), element.partition());
-                    if let Some(pump) = pumps.remove(&tp) {
-                        pump.abort();
-                        tracing::info!(group = %self.group, topic = %tp.0, partition = tp.1, "partition revoked");
-                        let _ = self.events.send(PartitionEvent::Revoked {
-                            topic: tp.0,
-                            partition: tp.1,
-                        });
-                    }
+                let revoked: Vec<(TopicPartition, Owned)> = {
+                    let mut pumps = self.pumps.lock().expect("pumps lock");
+                    partitions
+                        .elements()
+                        .iter()
+                        .filter_map(|element| {
+                            let tp = topic_partition(element.topic(), element.partition());
+                            pumps.remove(&tp).map(|owned| (tp, owned))
+                        })
+                        .collect()
+                };
+                for (tp, owned) in &revoked {
+                    tracing::info!(group = %self.group, topic = %tp.0, partition = tp.1, "partition revoked; handing it over");
+                    owned.handle.revoke();
                 }
+                let handles = revoked
+                    .into_iter()
+                    .map(|(_, owned)| {
+                        owned.pump.abort();
+                        owned.handle
+                    })
+                    .collect();
+                wait_released(&self.group, handles);
             }
             Rebalance::Error(_) => {}
         }
@@ -127,11 +156,13 @@ impl ConsumerContext for GroupContext {
                         continue;
                     };
                     let (tx, rx) = mpsc::channel(READ_AHEAD);
-                    let pump = tokio::spawn(pump(queue, tx));
-                    if let Some(previous) = pumps.insert(tp.clone(), pump.abort_handle()) {
-                        previous.abort();
+                    let pump = tokio::spawn(pump(queue, tx)).abort_handle();
+                    let (stream, handle) =
+                        PartitionStream::new(tp.0.clone(), tp.1, rx, self.committer.clone());
+                    if let Some(previous) = pumps.insert(tp, Owned { pump, handle }) {
+                        previous.pump.abort();
+                        previous.handle.revoke();
                     }
-                    let stream = PartitionStream::new(tp.0, tp.1, rx, self.committer.clone());
                     let _ = self.events.send(PartitionEvent::Assigned(stream));
                 }
             }
@@ -140,6 +171,43 @@ impl ConsumerContext for GroupContext {
                 tracing::warn!(group = %self.group, error = %e, "rebalance error")
             }
         }
+    }
+}
+
+/// Blocks the rebalance callback until the revoked partitions' workers have let go, at most
+/// `REVOKE_WAIT`. The callback runs on a runtime thread (inside the driver's `recv`), so the
+/// wait hands that thread's other tasks to the rest of the runtime first.
+fn wait_released(group: &str, handles: Vec<PartitionHandle>) {
+    let mut handles: Vec<PartitionHandle> = handles
+        .into_iter()
+        .filter_map(|mut h| (!h.is_released()).then_some(h))
+        .collect();
+    if handles.is_empty() {
+        return;
+    }
+    let runtime = match tokio::runtime::Handle::try_current() {
+        Ok(runtime) if runtime.runtime_flavor() == RuntimeFlavor::MultiThread => runtime,
+        _ => {
+            tracing::warn!(%group, "cannot wait for the revoked partitions' workers here; the next owner may redeliver in-flight events");
+            return;
+        }
+    };
+    let started = std::time::Instant::now();
+    let all_released = tokio::task::block_in_place(|| {
+        runtime.block_on(async {
+            let deadline = tokio::time::Instant::now() + REVOKE_WAIT;
+            let mut all = true;
+            for handle in &mut handles {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                all &= handle.released(left).await;
+            }
+            all
+        })
+    });
+    if all_released {
+        tracing::info!(%group, partitions = handles.len(), took = ?started.elapsed(), "revoked partitions handed over");
+    } else {
+        tracing::warn!(%group, "revoked partitions' workers did not stop within {REVOKE_WAIT:?}; letting them go");
     }
 }
 
@@ -167,37 +235,37 @@ async fn pump(queue: PartitionQueue, records: mpsc::Sender<ConsumedRecord>) {
     }
 }
 
-/// A commit request from the engine to the driver.
-struct CommitRequest {
-    topic: String,
-    partition: u32,
-    next_offset: u64,
-    reply: oneshot::Sender<Result<(), BrokerError>>,
-}
-
-struct DriverCommitter {
-    requests: mpsc::UnboundedSender<CommitRequest>,
+/// Commits synchronously on a blocking thread, straight on the consumer: see the module's
+/// comment for why not through the driver.
+struct DirectCommitter {
+    consumer: ConsumerCell,
 }
 
 #[async_trait]
-impl Committer for DriverCommitter {
+impl Committer for DirectCommitter {
     async fn commit(
         &self,
         topic: &str,
         partition: u32,
-        next_offset: u64,
+        progress: Progress<'_>,
     ) -> Result<(), BrokerError> {
-        let (reply, answer) = oneshot::channel();
-        let request = CommitRequest {
-            topic: topic.to_string(),
-            partition,
-            next_offset,
-            reply,
-        };
-        self.requests
-            .send(request)
-            .map_err(|_| BrokerError::Closed)?;
-        answer.await.map_err(|_| BrokerError::Closed)?
+        let consumer = self
+            .consumer
+            .get()
+            .and_then(Weak::upgrade)
+            .ok_or(BrokerError::Closed)?;
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset(
+                topic,
+                partition as i32,
+                Offset::Offset(progress.next_offset as i64),
+            )
+            .map_err(kafka_error)?;
+        tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync))
+            .await
+            .map_err(|_| BrokerError::Closed)?
+            .map_err(kafka_error)
     }
 }
 
@@ -215,12 +283,12 @@ impl Drop for Session {
         self.forward.abort();
         // Taken out first: the last pump to go may drop the consumer, whose close runs the
         // revocation callback, which takes this lock.
-        let pumps: Vec<AbortHandle> = match self.pumps.lock() {
-            Ok(mut pumps) => pumps.drain().map(|(_, pump)| pump).collect(),
+        let owned: Vec<Owned> = match self.pumps.lock() {
+            Ok(mut pumps) => pumps.drain().map(|(_, owned)| owned).collect(),
             Err(_) => Vec::new(),
         };
-        for pump in pumps {
-            pump.abort();
+        for owned in owned {
+            owned.pump.abort();
         }
     }
 }
@@ -232,16 +300,16 @@ pub fn subscribe(
     start: StartFrom,
 ) -> Result<Subscription, BrokerError> {
     let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let (commits_tx, commits_rx) = mpsc::unbounded_channel();
     let pumps = Pumps::default();
+    let cell = ConsumerCell::default();
     let context = GroupContext {
         group: group.to_string(),
-        consumer: OnceLock::new(),
+        consumer: cell.clone(),
         splitting: Mutex::default(),
         pumps: pumps.clone(),
         events: events_tx,
-        committer: Arc::new(DriverCommitter {
-            requests: commits_tx,
+        committer: Arc::new(DirectCommitter {
+            consumer: cell.clone(),
         }),
     };
     let mut client = base_config(config);
@@ -275,10 +343,10 @@ pub fn subscribe(
             .create_with_context(context)
             .map_err(kafka_error)?,
     );
-    let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
+    let _ = cell.set(Arc::downgrade(&consumer));
     let topic_names: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topic_names).map_err(kafka_error)?;
-    let driver = tokio::spawn(drive(consumer, commits_rx));
+    let driver = tokio::spawn(drive(consumer));
 
     // Assignment events arrive unbounded (there are never more than the partitions);
     // the subscription's contract is a bounded receiver, so forward them.
@@ -305,33 +373,23 @@ async fn forward_events(
     }
 }
 
-/// Serves the shared consumer queue (rebalance callbacks run inside `recv`) and commits.
-async fn drive(consumer: Arc<GroupConsumer>, mut commits: mpsc::UnboundedReceiver<CommitRequest>) {
+/// Serves the shared consumer queue: rebalance callbacks run inside `recv`.
+async fn drive(consumer: Arc<GroupConsumer>) {
     loop {
-        tokio::select! {
-            Some(request) = commits.recv() => {
-                let mut offsets = TopicPartitionList::new();
-                let result = offsets
-                    .add_partition_offset(&request.topic, request.partition as i32, Offset::Offset(request.next_offset as i64))
-                    .and_then(|_| consumer.commit(&offsets, CommitMode::Async))
-                    .map_err(kafka_error);
-                let _ = request.reply.send(result);
+        match consumer.recv().await {
+            // Every assigned partition has its own queue, so a message here is one fetched
+            // for a partition that has since been revoked: its owner reads it again from the
+            // committed offset.
+            Ok(message) => tracing::debug!(
+                topic = message.topic(),
+                partition = message.partition(),
+                offset = message.offset(),
+                "dropped a message of a partition not split"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "Kafka consumer error");
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            message = consumer.recv() => match message {
-                // Every assigned partition has its own queue, so a message here is one
-                // fetched for a partition that has since been revoked: its owner reads it
-                // again from the committed offset.
-                Ok(message) => tracing::debug!(
-                    topic = message.topic(),
-                    partition = message.partition(),
-                    offset = message.offset(),
-                    "dropped a message of a partition not split"
-                ),
-                Err(e) => {
-                    tracing::warn!(error = %e, "Kafka consumer error");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            },
         }
     }
 }

@@ -1,63 +1,100 @@
-//! Delivery from JetStream: partitions shared among replicas by leases, each held
-//! partition read by a durable pull consumer and acked up to the engine's commit point.
+//! Delivery from JetStream: partitions shared among replicas by leases ([`super::leases`]),
+//! each held partition read by a durable pull consumer ([`super::reader`]) whose messages
+//! are acked one by one as the engine finishes them.
 //!
-//! When a replica takes a partition it resets the partition's consumer to its ack floor
-//! (the last contiguously acked message): whatever the previous owner had in flight is
-//! redelivered at once, rather than after the server's `ack_wait`. Within one owner the
-//! server never needs to redeliver (the engine retries by itself), so `ack_wait` is long
-//! and only `max_ack_pending` bounds what is outstanding.
+//! Why per-message acks (`AckPolicy::Explicit`): acking "everything up to here" would either
+//! hold every later message behind one key that keeps failing (the server stops sending at
+//! `max_ack_pending`) or ack that key's messages before they are delivered. Acked one by one,
+//! a failing key holds only its own messages, and the consumer's ack state is exactly what
+//! was delivered: a restart or a new owner gets only the messages not yet done (G8).
+//!
+//! Messages this replica holds unacked are kept alive with progress acks (`+WPI`) at every
+//! lease renewal, so the server redelivers nothing while the owner works on them, however long
+//! a key retries; `ack_wait` is half the lease period.
+//!
+//! Handover without overlap (G3):
+//! - The owner's tenure is bounded by its last lease renewal: the engine fences itself (stops
+//!   delivering) and the reader stops pulling three quarters of a lease period after the last
+//!   renewal that succeeded, before the lease can expire and another replica take it.
+//! - A partition handed over on purpose (fair share) stays leased and renewed until its worker
+//!   has finished what is on the wire and acked what is done; then the lease is deleted.
+//! - A new owner that finds messages still unacked (delivered to the previous owner, whether it
+//!   handed over or died) waits one `ack_wait` before its first pull: by then the server
+//!   redelivers those first, in order, ahead of anything newer.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::Subject;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::{self, kv};
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{KEY_HEADER, leases, stream_name, subject};
+use super::reader::Reader;
+use super::{leases, stream_name, subject};
 use crate::broker::{
-    BrokerError, Committer, ConsumedRecord, PartitionEvent, PartitionStream, RecordHeader,
+    BrokerError, Committer, PartitionEvent, PartitionHandle, PartitionStream, Progress,
     StartFrom, Subscription,
 };
 
 /// Records buffered ahead of the engine, per partition.
 const READ_AHEAD: usize = 256;
-/// Messages one pull request asks for.
-const PULL_BATCH: usize = 256;
-/// How long an unfilled pull request waits on the server. Also how soon a request lost to
-/// a server restart is replaced: the client gives up on it 5 s after it expires.
-const PULL_EXPIRES: Duration = Duration::from_secs(2);
 /// Messages delivered and not yet acked, per partition, before the server holds back.
 const MAX_ACK_PENDING: i64 = 2048;
-/// The engine retries by itself; the server only redelivers to a new owner (see above).
-const ACK_WAIT: Duration = Duration::from_secs(3600);
+/// How long a handed-over partition's reader may take to end its last pull.
+const READER_STOP_WAIT: Duration = Duration::from_secs(10);
 
-type Unit = (Arc<str>, u32);
+pub type Unit = (Arc<str>, u32);
 
-/// Reply subjects of delivered, unacked messages, per partition, in stream order.
-type Pending = Arc<Mutex<HashMap<Unit, VecDeque<(u64, Subject)>>>>;
+/// Reply subjects of delivered, unacked messages, per partition, by stream sequence.
+pub type Pending = Arc<Mutex<HashMap<Unit, BTreeMap<u64, Subject>>>>;
 
 struct Context {
+    client: async_nats::Client,
     jetstream: jetstream::Context,
     store: kv::Store,
     group: String,
     member: String,
     start: StartFrom,
+    lease: Duration,
     pending: Pending,
     committer: Arc<dyn Committer>,
     events: mpsc::Sender<PartitionEvent>,
 }
 
+impl Context {
+    /// How long the server waits for an ack (or a progress ack) before redelivering.
+    fn ack_wait(&self) -> Duration {
+        self.lease / 2
+    }
+
+    /// How long after a renewal was sent the partition is surely still ours: the lease
+    /// expires a lease period after the server stored the renewal, and a quarter of the
+    /// period is kept as margin for clocks, scheduling and the request's own time.
+    fn fence(&self, renewed_at: Instant) -> Instant {
+        renewed_at + self.lease * 3 / 4
+    }
+}
+
 struct Held {
     key: String,
     revision: u64,
+    handle: PartitionHandle,
     reader: JoinHandle<()>,
+    /// Handed over or lost: the worker is stopping; the lease goes once it has.
+    releasing: Option<Release>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Release {
+    /// Ours until deleted: renewed until the worker has let go.
+    HandOver,
+    /// Somebody else's already (or expired): nothing to renew or delete.
+    Lost,
 }
 
 /// Stops the lease manager (and with it the readers) when the subscription is dropped.
@@ -84,14 +121,16 @@ pub fn subscribe(
     let pending: Pending = Arc::default();
     let context = Context {
         committer: Arc::new(AckCommitter {
-            client,
+            client: client.clone(),
             pending: pending.clone(),
         }),
+        client,
         jetstream,
         store,
         group: group.to_string(),
         member: uuid::Uuid::now_v7().simple().to_string(),
         start,
+        lease,
         pending,
         events,
     };
@@ -99,14 +138,15 @@ pub fn subscribe(
         .iter()
         .flat_map(|t| (0..partitions).map(move |p| (Arc::<str>::from(t.as_str()), p)))
         .collect();
-    let manager = tokio::spawn(manage(context, units, lease));
+    let manager = tokio::spawn(manage(context, units));
     Subscription::new(events_rx, Some(Box::new(Manager(manager))))
 }
 
-/// The lease loop: heartbeat, renew, shed what is over the fair share, take what is free.
-async fn manage(ctx: Context, units: Vec<Unit>, lease: Duration) {
+/// The lease loop: heartbeat, renew (and keep held messages alive), let go of what was
+/// handed over, shed what is over the fair share, take what is free.
+async fn manage(ctx: Context, units: Vec<Unit>) {
     let mut held: HashMap<Unit, Held> = HashMap::new();
-    let mut tick = tokio::time::interval(lease / 3);
+    let mut tick = tokio::time::interval(ctx.lease / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Start the search for free partitions at a member-specific place, so replicas that
     // start together do not all race for the same ones.
@@ -115,39 +155,9 @@ async fn manage(ctx: Context, units: Vec<Unit>, lease: Duration) {
         tick.tick().await;
         if let Err(e) = leases::heartbeat(&ctx.store, &ctx.group, &ctx.member).await {
             tracing::warn!(group = %ctx.group, error = %e, "lease heartbeat failed");
-            continue;
         }
-        let mut lost = Vec::new();
-        for (unit, lease) in held.iter_mut() {
-            match leases::renew(&ctx.store, &lease.key, &ctx.member, lease.revision).await {
-                Ok(Some(revision)) => lease.revision = revision,
-                Ok(None) => lost.push(unit.clone()),
-                Err(e) => {
-                    tracing::warn!(group = %ctx.group, key = %lease.key, error = %e, "lease renewal failed")
-                }
-            }
-        }
-        for unit in lost {
-            tracing::warn!(group = %ctx.group, topic = %unit.0, partition = unit.1, "partition lease lost");
-            if let Some(lease) = held.remove(&unit) {
-                stop(&ctx, unit, lease).await;
-            }
-        }
-        // A reader that ended while its lease is held (it panicked) gives its partition
-        // back. It is not taken again before the next tick, so the engine has a moment to
-        // finish the partition's in-flight events before they are read again from the ack
-        // floor.
-        let ended: Vec<Unit> = held
-            .iter()
-            .filter(|(_, lease)| lease.reader.is_finished())
-            .map(|(unit, _)| unit.clone())
-            .collect();
-        for unit in &ended {
-            let lease = held.remove(unit).expect("present");
-            let key = lease.key.clone();
-            stop(&ctx, unit.clone(), lease).await;
-            leases::release(&ctx.store, &key).await;
-        }
+        renew_all(&ctx, &mut held).await;
+        finish_releases(&ctx, &mut held).await;
 
         let members = match leases::members(&ctx.store, &ctx.group).await {
             Ok(members) => members,
@@ -157,32 +167,43 @@ async fn manage(ctx: Context, units: Vec<Unit>, lease: Duration) {
             }
         };
         let fair_share = units.len().div_ceil(members);
-        while held.len() > fair_share {
-            let unit = held.keys().max().cloned().expect("held is not empty");
-            let lease = held.remove(&unit).expect("present");
+        let active = |held: &HashMap<Unit, Held>| {
+            held.values().filter(|h| h.releasing.is_none()).count()
+        };
+        while active(&held) > fair_share {
+            let unit = held
+                .iter()
+                .filter(|(_, h)| h.releasing.is_none())
+                .map(|(unit, _)| unit)
+                .max()
+                .cloned()
+                .expect("an active partition");
             tracing::info!(group = %ctx.group, topic = %unit.0, partition = unit.1, members, "handing a partition over");
-            let key = lease.key.clone();
-            stop(&ctx, unit, lease).await;
-            leases::release(&ctx.store, &key).await;
+            let lease = held.get_mut(&unit).expect("present");
+            lease.handle.revoke();
+            lease.releasing = Some(Release::HandOver);
         }
         for i in 0..units.len() {
-            if held.len() >= fair_share {
+            if active(&held) >= fair_share {
                 break;
             }
             let unit = &units[(i + offset) % units.len()];
-            if held.contains_key(unit) || ended.contains(unit) {
+            if held.contains_key(unit) {
                 continue;
             }
             let key = leases::lease_key(&ctx.group, &unit.0, unit.1);
+            let asked_at = Instant::now();
             match leases::acquire(&ctx.store, &key, &ctx.member).await {
-                Ok(Some(revision)) => match start_reader(&ctx, unit.clone()).await {
-                    Ok(reader) => {
+                Ok(Some(revision)) => match start_reader(&ctx, unit.clone(), asked_at).await {
+                    Ok((handle, reader)) => {
                         held.insert(
                             unit.clone(),
                             Held {
                                 key,
                                 revision,
+                                handle,
                                 reader,
+                                releasing: None,
                             },
                         );
                     }
@@ -200,28 +221,99 @@ async fn manage(ctx: Context, units: Vec<Unit>, lease: Duration) {
     }
 }
 
-async fn stop(ctx: &Context, unit: Unit, lease: Held) {
-    lease.reader.abort();
-    ctx.pending.lock().expect("pending lock").remove(&unit);
-    let _ = ctx
-        .events
-        .send(PartitionEvent::Revoked {
-            topic: unit.0,
-            partition: unit.1,
-        })
-        .await;
+/// Renews every lease still ours and extends its worker's tenure; a lease found taken
+/// fences its worker at once. After a renewal, the partition's held messages get a
+/// progress ack, so the server does not redeliver them while this owner works on them.
+async fn renew_all(ctx: &Context, held: &mut HashMap<Unit, Held>) {
+    for (unit, lease) in held.iter_mut() {
+        if lease.releasing == Some(Release::Lost) {
+            continue;
+        }
+        let sent_at = Instant::now();
+        match leases::renew(&ctx.store, &lease.key, &ctx.member, lease.revision).await {
+            Ok(Some(revision)) => {
+                lease.revision = revision;
+                lease.handle.hold_until(ctx.fence(sent_at));
+                keep_alive(ctx, unit).await;
+            }
+            Ok(None) => {
+                tracing::warn!(group = %ctx.group, topic = %unit.0, partition = unit.1, "partition lease lost; stopping its delivery");
+                lease.handle.hold_until(Instant::now());
+                lease.handle.revoke();
+                lease.releasing = Some(Release::Lost);
+            }
+            // The tenure is not extended: the worker fences itself when it runs out.
+            Err(e) => {
+                tracing::warn!(group = %ctx.group, key = %lease.key, error = %e, "lease renewal failed")
+            }
+        }
+    }
 }
 
-/// Opens the partition's durable consumer at its ack floor and starts feeding a stream.
-///
-/// The reader pulls one bounded batch at a time (`PULL_BATCH` messages, expiring after
-/// `PULL_EXPIRES`) rather than async-nats's continuous `messages()` stream. That stream keeps
-/// its own count of messages requested and not yet received, and in the benchmark a
-/// partition draining a backlog at full speed ended up with no request open on the server
-/// while the count said there was: no messages, no heartbeats, the partition stalled
-/// until it was reopened (BENCHMARKS.md). A batch either fills, expires (the server says
-/// so), or is given up 5 s after it should have expired; then the next is requested.
-async fn start_reader(ctx: &Context, unit: Unit) -> Result<JoinHandle<()>, BrokerError> {
+/// Sends a progress ack for every message of the partition delivered and not yet acked.
+async fn keep_alive(ctx: &Context, unit: &Unit) {
+    let replies: Vec<Subject> = ctx
+        .pending
+        .lock()
+        .expect("pending lock")
+        .get(unit)
+        .map(|messages| messages.values().cloned().collect())
+        .unwrap_or_default();
+    for reply in replies {
+        if ctx
+            .client
+            .publish(reply, Bytes::from_static(b"+WPI"))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Lets go of the partitions whose workers have stopped (or whose reader died): the reader
+/// ends its last pull, the lease is deleted if it is still ours.
+async fn finish_releases(ctx: &Context, held: &mut HashMap<Unit, Held>) {
+    // A reader that ended by itself (it panicked) hands its partition over too.
+    for (unit, lease) in held.iter_mut() {
+        if lease.releasing.is_none() && lease.reader.is_finished() {
+            tracing::warn!(group = %ctx.group, topic = %unit.0, partition = unit.1, "partition reader ended; handing the partition over");
+            lease.handle.revoke();
+            lease.releasing = Some(Release::HandOver);
+        }
+    }
+    let done: Vec<Unit> = held
+        .iter_mut()
+        .filter_map(|(unit, lease)| {
+            (lease.releasing.is_some() && lease.handle.is_released()).then_some(unit)
+        })
+        .cloned()
+        .collect();
+    for unit in done {
+        let lease = held.remove(&unit).expect("present");
+        // The reader stops pulling once the tenure is revoked and ends its open pull
+        // request first, so no message reaches this replica after the lease is gone.
+        let mut reader = lease.reader;
+        if tokio::time::timeout(READER_STOP_WAIT, &mut reader)
+            .await
+            .is_err()
+        {
+            reader.abort();
+        }
+        ctx.pending.lock().expect("pending lock").remove(&unit);
+        if lease.releasing == Some(Release::HandOver) {
+            leases::release(&ctx.store, &lease.key).await;
+        }
+        tracing::info!(group = %ctx.group, topic = %unit.0, partition = unit.1, "partition lease given up");
+    }
+}
+
+/// Opens the partition's durable consumer and starts feeding a stream.
+async fn start_reader(
+    ctx: &Context,
+    unit: Unit,
+    leased_at: Instant,
+) -> Result<(PartitionHandle, JoinHandle<()>), BrokerError> {
     let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
     let (topic, partition) = (unit.0.clone(), unit.1);
     let stream = ctx
@@ -234,121 +326,78 @@ async fn start_reader(ctx: &Context, unit: Unit) -> Result<JoinHandle<()>, Broke
         stream_name(&ctx.group),
         stream_name(&topic)
     );
-    let deliver_policy = match stream.consumer_info(&name).await {
+    let mut deliver_policy = match ctx.start {
+        StartFrom::Earliest => DeliverPolicy::All,
+        StartFrom::Latest => DeliverPolicy::New,
+    };
+    let (mut unacked, mut exists) = (0, false);
+    match stream.consumer_info(&name).await {
+        Ok(info) if info.config.ack_policy == AckPolicy::Explicit => {
+            (unacked, exists) = (info.num_ack_pending, true);
+        }
+        // A consumer of an earlier layout (acked cumulatively): start a new one where its
+        // acks ended. Its unacked messages are delivered again.
         Ok(info) => {
             let floor = info.ack_floor.stream_sequence;
             stream
                 .delete_consumer(&name)
                 .await
                 .map_err(|e| unavailable(&e))?;
-            if floor == 0 {
+            deliver_policy = if floor == 0 {
                 info.config.deliver_policy
             } else {
                 DeliverPolicy::ByStartSequence {
                     start_sequence: floor + 1,
                 }
-            }
+            };
         }
-        Err(_) => match ctx.start {
-            StartFrom::Earliest => DeliverPolicy::All,
-            StartFrom::Latest => DeliverPolicy::New,
-        },
+        Err(_) => {}
+    }
+    let consumer = if exists {
+        stream
+            .get_consumer::<pull::Config>(&name)
+            .await
+            .map_err(|e| unavailable(&e))?
+    } else {
+        stream
+            .create_consumer(pull::Config {
+                durable_name: Some(name),
+                filter_subject: subject(&topic, partition),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: ctx.ack_wait(),
+                max_ack_pending: MAX_ACK_PENDING,
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable(&e))?
     };
-    let consumer = stream
-        .create_consumer(pull::Config {
-            durable_name: Some(name),
-            filter_subject: subject(&topic, partition),
-            // Acking a message acks every earlier one: a commit is one ack per partition.
-            ack_policy: AckPolicy::All,
-            ack_wait: ACK_WAIT,
-            max_ack_pending: MAX_ACK_PENDING,
-            deliver_policy,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| unavailable(&e))?;
     let (tx, rx) = mpsc::channel(READ_AHEAD);
     ctx.pending
         .lock()
         .expect("pending lock")
-        .insert(unit.clone(), VecDeque::new());
-    let stream = PartitionStream::new(topic.clone(), partition, rx, ctx.committer.clone());
+        .insert(unit.clone(), BTreeMap::new());
+    let (stream, handle) =
+        PartitionStream::new(topic.clone(), partition, rx, ctx.committer.clone());
+    handle.hold_until(ctx.fence(leased_at));
+    let reader = Reader {
+        client: ctx.client.clone(),
+        consumer,
+        unit: unit.clone(),
+        records: tx,
+        pending: ctx.pending.clone(),
+        tenure: stream.tenure(),
+        pull_expires: ctx.lease / 5,
+    };
+    // Messages delivered to an earlier owner and not acked come back once their ack wait
+    // has run out; waiting for that before the first pull makes them come first, in order.
+    let first_pull_after = (unacked > 0).then(|| ctx.ack_wait() + ctx.ack_wait() / 4);
     let _ = ctx.events.send(PartitionEvent::Assigned(stream)).await;
-    tracing::info!(group = %ctx.group, %topic, partition, "partition lease taken");
-
-    let pending = ctx.pending.clone();
-    Ok(tokio::spawn(async move {
-        loop {
-            let mut batch = match consumer
-                .batch()
-                .max_messages(PULL_BATCH)
-                .expires(PULL_EXPIRES)
-                .messages()
-                .await
-            {
-                Ok(batch) => batch,
-                Err(e) => {
-                    tracing::warn!(%topic, partition, error = %e, "JetStream pull request failed");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-            };
-            while let Some(message) = batch.next().await {
-                let message = match message {
-                    Ok(message) => message,
-                    Err(e) => {
-                        tracing::warn!(%topic, partition, error = %e, "JetStream pull ended with an error");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        break;
-                    }
-                };
-                let Ok(info) = message.info() else { continue };
-                let (sequence, published) = (info.stream_sequence, info.published);
-                let headers: Vec<RecordHeader> = message
-                    .headers
-                    .iter()
-                    .flat_map(|headers| headers.iter())
-                    .flat_map(|(name, values)| {
-                        values.iter().map(move |v| RecordHeader {
-                            // One allocation: `to_string` would format, then copy again.
-                            name: AsRef::<str>::as_ref(name).to_ascii_lowercase(),
-                            value: Bytes::copy_from_slice(v.as_str().as_bytes()),
-                        })
-                    })
-                    .collect();
-                let key = message
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(KEY_HEADER))
-                    .map(|v| Bytes::copy_from_slice(v.as_str().as_bytes()));
-                let record = ConsumedRecord {
-                    topic: topic.clone(),
-                    partition,
-                    offset: sequence,
-                    timestamp_ms: (published.unix_timestamp_nanos() / 1_000_000) as i64,
-                    key,
-                    headers,
-                    value: message.payload.clone(),
-                };
-                if let Some(reply) = message.reply.clone()
-                    && let Some(queue) = pending
-                        .lock()
-                        .expect("pending lock")
-                        .get_mut(&(topic.clone(), partition))
-                {
-                    queue.push_back((sequence, reply));
-                }
-                if tx.send(record).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }))
+    tracing::info!(group = %ctx.group, %topic, partition, unacked, "partition lease taken");
+    Ok((handle, tokio::spawn(reader.run(first_pull_after))))
 }
 
-/// Commits by acking the last delivered message below the commit point: the consumer's
-/// `AckPolicy::All` acks every earlier one with it, so a commit costs one message to the
-/// server per partition rather than one per record.
+/// Acks each finished message on its own (see the module's comment).
 struct AckCommitter {
     client: async_nats::Client,
     pending: Pending,
@@ -360,31 +409,30 @@ impl Committer for AckCommitter {
         &self,
         topic: &str,
         partition: u32,
-        next_offset: u64,
+        progress: Progress<'_>,
     ) -> Result<(), BrokerError> {
-        let last: Option<Subject> = {
+        let replies: Vec<Subject> = {
             let mut pending = self.pending.lock().expect("pending lock");
-            let Some(queue) = pending.get_mut(&(Arc::from(topic), partition)) else {
-                // The partition moved to another replica; it redelivers from its ack floor.
-                return Err(BrokerError::Rejected(format!(
-                    "{topic}/{partition} is no longer held"
-                )));
+            let Some(messages) = pending.get_mut(&(Arc::from(topic), partition)) else {
+                // Let go already: its unacked messages go to the next owner.
+                return Ok(());
             };
-            let mut last = None;
-            while queue
-                .front()
-                .is_some_and(|(sequence, _)| *sequence < next_offset)
-            {
-                last = queue.pop_front().map(|(_, reply)| reply);
-            }
-            last
+            progress
+                .done
+                .iter()
+                .filter_map(|sequence| messages.remove(sequence))
+                .collect()
         };
-        if let Some(reply) = last {
+        for reply in replies {
             self.client
                 .publish(reply, Bytes::from_static(b"+ACK"))
                 .await
                 .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         }
         Ok(())
+    }
+
+    fn per_record(&self) -> bool {
+        true
     }
 }

@@ -6,11 +6,13 @@
 //! - Publishes set `Nats-Msg-Id` to the envelope id, so the server drops a sender's retry
 //!   within the duplicate window, and resolve on the PubAck; many are in flight at once.
 //! - Delivery ([`consumer`]): a durable pull consumer per (subscription, topic, partition),
-//!   acked up to the commit point (`AckPolicy::All`); partitions are shared among replicas
-//!   through leases in a JetStream KV bucket ([`leases`]).
+//!   read by a [`reader`] and acked message by message as the engine finishes each one;
+//!   partitions are shared among replicas through leases in a JetStream KV bucket
+//!   ([`leases`]), handed over without overlap.
 
 mod consumer;
 mod leases;
+mod reader;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
