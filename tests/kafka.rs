@@ -15,19 +15,8 @@ use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message};
 
-/// The broker the test command started. A missing broker fails the test: it never skips.
 fn bootstrap() -> String {
-    let addr = std::env::var("HOOKBRIDGE_TEST_KAFKA").expect(
-        "HOOKBRIDGE_TEST_KAFKA is not set: run scripts/test, which starts a Kafka-protocol broker",
-    );
-    std::net::TcpStream::connect_timeout(&addr.parse().expect("host:port"), Duration::from_secs(3))
-        .unwrap_or_else(|e| panic!("the Kafka broker at {addr} is not reachable: {e}"));
-    addr
-}
-
-/// A name no other test run uses (the broker is shared).
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
+    kafka_bootstrap()
 }
 
 fn config(bootstrap: &str, topic: &str, subs: &str) -> String {

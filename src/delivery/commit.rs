@@ -85,6 +85,11 @@ impl CommitTracker {
         self.done.retain(|o| commit.done.binary_search(o).is_err());
     }
 
+    /// Whether no record was taken yet.
+    pub fn is_empty(&self) -> bool {
+        self.next_taken.is_none()
+    }
+
     /// Records taken but not yet done.
     pub fn pending(&self) -> usize {
         self.pending.len()

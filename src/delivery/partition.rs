@@ -118,6 +118,9 @@ pub async fn run(
             }
             record = stream.next(), if held < sub.buffer => {
                 let Some(record) = record else { break Ending::StreamEnded };
+                if tracker.is_empty() {
+                    tracing::debug!(subscription = %sub.name, %topic, partition, offset = record.offset, "first record");
+                }
                 tracker.track(record.offset);
                 let event = Event::from_record(record, sub.decode);
                 if !sub.wants(&event) {
@@ -200,6 +203,7 @@ async fn commit(
     let Some(pending) = tracker.take() else {
         return Ok(());
     };
+    tracing::debug!(topic = %stream.topic, partition = stream.partition, next_offset = pending.next_offset, done = pending.done.len(), "commit");
     stream
         .commit(Progress {
             next_offset: pending.next_offset,

@@ -38,7 +38,11 @@ impl Hookbridge {
         let mut child = Command::new(BIN)
             .args(["serve", "--log-format", "json", "--config"])
             .arg(&config_path)
-            .env("RUST_LOG", "info,fjall=warn,lsm_tree=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("HOOKBRIDGE_TEST_LOG")
+                    .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -254,6 +258,64 @@ pub fn http_client() -> reqwest::Client {
 pub fn http_client_builder() -> reqwest::ClientBuilder {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
+}
+
+/// The Kafka-protocol broker the test command started (HOOKBRIDGE_TEST_KAFKA). A missing
+/// broker fails the test: it never skips.
+pub fn kafka_bootstrap() -> String {
+    let addr = std::env::var("HOOKBRIDGE_TEST_KAFKA").expect(
+        "HOOKBRIDGE_TEST_KAFKA is not set: run scripts/test, which starts a Kafka-protocol broker",
+    );
+    std::net::TcpStream::connect_timeout(&addr.parse().expect("host:port"), Duration::from_secs(3))
+        .unwrap_or_else(|e| panic!("the Kafka broker at {addr} is not reachable: {e}"));
+    addr
+}
+
+/// A name no other test run uses (the Kafka broker is shared).
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Posts `{"key": .., "seq": ..}` events to the `events` route of whichever ingress in
+/// `ingresses` takes them (a replica may be stopping), `concurrency` at a time, with the
+/// seq as idempotency key so a retried post keeps its envelope id. Every event ends up
+/// accepted (202), or the call panics.
+pub async fn post_events(
+    ingresses: Arc<Mutex<Vec<String>>>,
+    events: Vec<(String, u64)>,
+    concurrency: usize,
+    pause: Duration,
+) {
+    use futures_util::StreamExt;
+    let client = http_client();
+    futures_util::stream::iter(events)
+        .for_each_concurrent(concurrency, |(key, seq)| {
+            let (client, ingresses) = (client.clone(), ingresses.clone());
+            async move {
+                let body = serde_json::json!({"key": key, "seq": seq});
+                let deadline = Instant::now() + Duration::from_secs(60);
+                for attempt in 0.. {
+                    let targets = ingresses.lock().unwrap().clone();
+                    let url = format!("{}/hooks/events", targets[(seq as usize + attempt) % targets.len()]);
+                    let sent = client
+                        .post(&url)
+                        .header("Idempotency-Key", seq.to_string())
+                        .json(&body)
+                        .timeout(Duration::from_secs(10))
+                        .send()
+                        .await;
+                    if matches!(&sent, Ok(r) if r.status() == 202) {
+                        break;
+                    }
+                    assert!(Instant::now() < deadline, "event {seq} was never accepted: {sent:?}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        })
+        .await;
 }
 
 /// A private nats-server with JetStream on a free port and a temporary store, so a test can

@@ -11,7 +11,10 @@ use axum::response::{IntoResponse, Response};
 /// One request as received, with the answer it got.
 #[derive(Clone, Debug)]
 pub struct Received {
+    /// When the request arrived.
     pub at: Instant,
+    /// When its answer was sent.
+    pub finished: Instant,
     pub headers: HeaderMap,
     pub body: Bytes,
     pub status: u16,
@@ -77,6 +80,7 @@ impl Receiver {
                 }
                 log.lock().unwrap().push(Received {
                     at,
+                    finished: Instant::now(),
                     headers,
                     body,
                     status: reply.status,
@@ -162,4 +166,43 @@ pub fn assert_first_deliveries_in_order(received: &[Received]) {
             "{key}: first deliveries in publish order: {seqs:?}"
         );
     }
+}
+
+/// No two requests for one key were on the wire at the same time: a later event of a key
+/// never overlaps an earlier one, whichever replica sent them (G3 across handovers).
+pub fn assert_no_overlap_per_key(received: &[Received]) {
+    let mut per_key: std::collections::HashMap<String, Vec<&Received>> = Default::default();
+    for r in received {
+        per_key.entry(seq_of(r).0).or_default().push(r);
+    }
+    let mut overlaps = Vec::new();
+    for (key, mut requests) in per_key {
+        requests.sort_by_key(|r| r.at);
+        for pair in requests.windows(2) {
+            if pair[1].at < pair[0].finished {
+                overlaps.push(format!(
+                    "{key}: seq {} started {:?} before seq {} was answered",
+                    seq_of(pair[1]).1,
+                    pair[0].finished - pair[1].at,
+                    seq_of(pair[0]).1
+                ));
+            }
+        }
+    }
+    assert!(
+        overlaps.is_empty(),
+        "{} overlapping requests for one key, e.g. {:?}",
+        overlaps.len(),
+        &overlaps[..overlaps.len().min(5)]
+    );
+}
+
+/// Every `seq` in `seqs` was answered 2xx at least once.
+pub fn all_delivered(received: &[Received], seqs: impl IntoIterator<Item = u64>) -> bool {
+    let ok: std::collections::HashSet<u64> = received
+        .iter()
+        .filter(|r| r.ok())
+        .map(|r| seq_of(r).1)
+        .collect();
+    seqs.into_iter().all(|s| ok.contains(&s))
 }

@@ -1,0 +1,306 @@
+//! The guarantees at the seams, on every backend: a partition handed from one replica to
+//! another is never delivered by both at once, a lease that cannot be renewed fences its
+//! replica, and a key that keeps failing holds only its own events.
+//!
+//! NATS runs on a private nats-server; Kafka on the Kafka-protocol broker scripts/test
+//! starts (HOOKBRIDGE_TEST_KAFKA).
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::receiver::{
+    Receiver, Reply, all_delivered, assert_first_deliveries_in_order, assert_no_overlap_per_key,
+    seq_of,
+};
+use common::*;
+
+/// The `broker:` section for a backend, with `partitions` partitions.
+enum Backend {
+    Embedded(tempfile::TempDir),
+    Nats(NatsServer),
+    Kafka(String),
+    /// librdkafka's mock cluster, in this process: a real group coordinator over sockets.
+    KafkaMock(rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>),
+}
+
+impl Backend {
+    fn embedded() -> Backend {
+        Backend::Embedded(tempfile::tempdir().unwrap())
+    }
+    fn nats() -> Backend {
+        Backend::Nats(NatsServer::start())
+    }
+    fn kafka() -> Backend {
+        Backend::Kafka(kafka_bootstrap())
+    }
+    fn kafka_mock() -> Backend {
+        Backend::KafkaMock(rdkafka::mocking::MockCluster::new(3).unwrap())
+    }
+
+    /// Creates the topics a subscription named after its topic needs, where the broker
+    /// does not let hookbridge create them (the mock cluster).
+    fn create_topics(&self, topic: &str, partitions: i32) {
+        if let Backend::KafkaMock(mock) = self {
+            mock.create_topic(topic, partitions, 1).unwrap();
+            mock.create_topic(&format!("hookbridge.dlq.{topic}"), 1, 1)
+                .unwrap();
+        }
+    }
+
+    fn broker(&self, partitions: u32) -> String {
+        match self {
+            Backend::Embedded(dir) => format!(
+                "  kind: embedded\n  embedded: {{ dir: '{}', partitions: {partitions} }}\n",
+                dir.path().join("data").display()
+            ),
+            Backend::Nats(nats) => format!(
+                "  kind: nats\n  nats: {{ url: \"{}\", partitions: {partitions}, lease: 2s }}\n",
+                nats.url()
+            ),
+            // Two faults of Tansu 0.6.0, the Kafka-protocol broker these tests run on, are
+            // kept out of the picture (see README, "Kafka"): a fetch from an offset inside a
+            // record batch skips the rest of that batch, so every record gets a batch of its
+            // own; and its cooperative rebalance hands a partition to a new member before the
+            // old one has revoked it, so the eager protocol is used.
+            Backend::Kafka(bootstrap) => format!(
+                "  kind: kafka\n  kafka:\n    bootstrap_servers: \"{bootstrap}\"\n    partitions: {partitions}\n    properties: {{ partition.assignment.strategy: range, batch.num.messages: \"1\" }}\n"
+            ),
+            Backend::KafkaMock(mock) => format!(
+                "  kind: kafka\n  kafka: {{ bootstrap_servers: \"{}\", partitions: {partitions} }}\n",
+                mock.bootstrap_servers()
+            ),
+        }
+    }
+}
+
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0)
+        / 1024
+}
+
+/// One partition; key A fails until every other event is delivered. 20,000 events of 50
+/// other keys go through the same partition meanwhile, then A recovers and is delivered
+/// in order.
+async fn a_failing_key_holds_only_its_own_events(backend: Backend) {
+    const OTHERS: u64 = 20_000;
+    let topic = unique("poison");
+    let receiver = Receiver::start().await;
+    let healed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failing = healed.clone();
+    receiver.answer(move |_, body| {
+        let key: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        let is_a = key["key"] == "A";
+        Reply::status(if is_a && !failing.load(std::sync::atomic::Ordering::SeqCst) {
+            500
+        } else {
+            200
+        })
+    });
+    let subs = format!(
+        "  - name: {topic}\n    topics: [{topic}]\n    url: {}\n    max_in_flight: 32\n    breaker: {{ failures: 1000000 }}\n    retry: {{ initial_backoff: 50ms, max_backoff: 200ms, max_attempts: 1000000, max_age: 1h }}\n",
+        receiver.url
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = Hookbridge::start(
+        dir.path(),
+        &events_config(&backend.broker(1), &topic, &subs),
+    );
+    let ingresses = Arc::new(Mutex::new(vec![server.ingress.clone()]));
+
+    // A's events: the first one before any other, then one every 2,000.
+    let mut events = vec![("A".to_string(), 0)];
+    for seq in 1..=OTHERS {
+        events.push((format!("k{}", seq % 50), seq));
+        if seq % 2_000 == 0 {
+            events.push(("A".to_string(), OTHERS + seq / 2_000));
+        }
+    }
+    let a_seqs: Vec<u64> = events
+        .iter()
+        .filter(|(k, _)| k == "A")
+        .map(|(_, s)| *s)
+        .collect();
+    // A's first event goes first, alone, so every other event is behind it.
+    post_events(ingresses.clone(), events[..1].to_vec(), 1, Duration::ZERO).await;
+    post_events(ingresses.clone(), events[1..].to_vec(), 16, Duration::ZERO).await;
+
+    let started = Instant::now();
+    let mut peak_rss = 0;
+    let deadline = started + Duration::from_secs(240);
+    while !all_delivered(&receiver.received(), 1..=OTHERS) {
+        peak_rss = peak_rss.max(rss_mib(server.pid()));
+        let delivered = receiver.received().iter().filter(|r| r.ok()).count();
+        assert!(
+            Instant::now() < deadline,
+            "every other key is delivered while A fails: {delivered} of {OTHERS}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !receiver
+            .received()
+            .iter()
+            .any(|r| r.ok() && seq_of(r).0 == "A"),
+        "A was failing all along"
+    );
+    eprintln!(
+        "{OTHERS} events of other keys delivered past a failing key in {:?}, peak RSS {peak_rss} MiB",
+        started.elapsed()
+    );
+    healed.store(true, std::sync::atomic::Ordering::SeqCst);
+    receiver
+        .wait_for("A's events, once A recovers", Duration::from_secs(60), |r| {
+            all_delivered(r, a_seqs.iter().copied())
+        })
+        .await;
+    let received = receiver.received();
+    assert_first_deliveries_in_order(&received);
+    let a_order: Vec<u64> = received
+        .iter()
+        .filter(|r| r.ok() && seq_of(r).0 == "A")
+        .map(|r| seq_of(r).1)
+        .collect();
+    assert_eq!(a_order, a_seqs, "A delivered once each, in publish order");
+    assert!(
+        peak_rss < 200,
+        "memory stays bounded behind a failing key: {peak_rss} MiB"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_a_failing_key_holds_only_its_own_events() {
+    a_failing_key_holds_only_its_own_events(Backend::embedded()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_failing_key_holds_only_its_own_events() {
+    a_failing_key_holds_only_its_own_events(Backend::nats()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_a_failing_key_holds_only_its_own_events() {
+    a_failing_key_holds_only_its_own_events(Backend::kafka()).await;
+}
+
+/// How many partitions each replica has been given so far, by the engine's log line.
+fn assigned(server: &Hookbridge) -> usize {
+    server.log_text().matches("partition assigned").count()
+}
+
+async fn wait_assigned(server: &Hookbridge, partitions: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while assigned(server) < partitions {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting: {what}; its log:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One replica delivers under load to a receiver that takes 200 ms, with a backlog building
+/// up (posted faster than it is delivered); a second replica joins; the first is stopped with
+/// SIGTERM and a third joins; then the second is killed with -9.
+/// The receiver sees no two requests of one key at the same time, every key's first
+/// deliveries in order, and every event.
+async fn replicas_come_and_go_without_overlap(backend: Backend) {
+    const EVENTS: u64 = 3_000;
+    let topic = unique("handover");
+    let receiver = Receiver::start().await;
+    receiver.answer(|_, _| Reply {
+        status: 200,
+        delay: Duration::from_millis(200),
+        retry_after: None,
+    });
+    let subs = format!(
+        "  - name: {topic}\n    topics: [{topic}]\n    url: {}\n    max_in_flight: 32\n",
+        receiver.url
+    );
+    backend.create_topics(&topic, 4);
+    let config = events_config(&backend.broker(4), &topic, &subs);
+    let (dir_a, dir_b, dir_c) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let mut a = Hookbridge::start(dir_a.path(), &config);
+    wait_assigned(&a, 4, "the first replica owns every partition").await;
+    let ingresses = Arc::new(Mutex::new(vec![a.ingress.clone()]));
+    let events: Vec<(String, u64)> = (0..EVENTS).map(|s| (format!("k{}", s % 30), s)).collect();
+    // Posted faster than the receiver answers (30 keys, 200 ms each), so every handover
+    // finds a backlog: the replicas come and go while it is delivered.
+    let load = tokio::spawn(post_events(
+        ingresses.clone(),
+        events,
+        8,
+        Duration::from_millis(10),
+    ));
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut b = Hookbridge::start(dir_b.path(), &config);
+    ingresses.lock().unwrap().push(b.ingress.clone());
+    wait_assigned(&b, 1, "the second replica takes partitions").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    ingresses.lock().unwrap().retain(|i| *i != a.ingress);
+    assert!(a.terminate().success(), "SIGTERM: clean exit");
+    let c = Hookbridge::start(dir_c.path(), &config);
+    ingresses.lock().unwrap().push(c.ingress.clone());
+    wait_assigned(&c, 1, "the third replica takes partitions").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    ingresses.lock().unwrap().retain(|i| *i != b.ingress);
+    b.kill();
+    load.await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !all_delivered(&receiver.received(), 0..EVENTS) {
+        if Instant::now() > deadline {
+            let ok: std::collections::HashSet<u64> = receiver
+                .received()
+                .iter()
+                .filter(|r| r.ok())
+                .map(|r| seq_of(r).1)
+                .collect();
+            let missing: Vec<u64> = (0..EVENTS).filter(|s| !ok.contains(s)).collect();
+            panic!(
+                "{} events never delivered, e.g. {:?}; the last replica's log:\n{}",
+                missing.len(),
+                &missing[..missing.len().min(10)],
+                c.log_text()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let received = receiver.received();
+    assert_no_overlap_per_key(&received);
+    assert_first_deliveries_in_order(&received);
+    let redelivered = received.len() as u64 - EVENTS;
+    eprintln!(
+        "{EVENTS} events through two joins, a SIGTERM and a kill -9: {} requests, {redelivered} redelivered",
+        received.len()
+    );
+    // A handover repeats at most what was on the wire and what finished after the last
+    // commit (200 ms), not the partition's whole backlog: three handovers, 32 in flight.
+    assert!(
+        redelivered <= 4 * 32,
+        "{redelivered} events delivered again through three handovers"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_replicas_come_and_go_without_overlap() {
+    replicas_come_and_go_without_overlap(Backend::nats()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_replicas_come_and_go_without_overlap() {
+    replicas_come_and_go_without_overlap(Backend::kafka_mock()).await;
+}
