@@ -21,6 +21,9 @@ pub const HEADER_CONTENT_TYPE: &str = "content-type";
 pub const HEADER_ID: &str = "hb-id";
 pub const HEADER_TYPE: &str = "hb-type";
 pub const HEADER_TRACEPARENT: &str = "traceparent";
+/// A record's own identity for broker-side de-duplication (NATS `Nats-Msg-Id`), where it
+/// is not the envelope id: a dead letter is one record per subscription and envelope.
+pub const HEADER_RECORD_ID: &str = "hb-record-id";
 
 /// Namespace of the UUIDv5 ids derived from a sender's delivery id.
 const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6f1d_2c3e_8a4b_4c5d_9e0f_1a2b_3c4d_5e6f);

@@ -65,6 +65,8 @@ fn bad_configs_name_the_key_and_the_problem() {
         ("partitions zero", "broker: { embedded: { partitions: 0 } }\n".into(), vec!["broker.embedded.partitions", "between 1 and 4096"]),
         ("partitions not a number", "broker: { nats: { partitions: eight } }\n".into(), vec!["broker.nats.partitions", "not a valid number"]),
         ("invalid YAML", "routes: [\n".into(), vec!["FILE:", "invalid YAML"]),
+        ("duration past any clock", format!("{SUB}    retry: {{ max_age: 99999999999999999999s }}\n"), vec!["subscriptions[0].retry.max_age", "too long"]),
+        ("duration just too long", format!("{SUB}    timeout: 365001d\n"), vec!["subscriptions[0].timeout", "too long"]),
     ];
     let mut failures = Vec::new();
     for (what, yaml, fragments) in &cases {

@@ -11,7 +11,8 @@ use bytes::Bytes;
 use hookbridge::broker::embedded::EmbeddedBroker;
 use hookbridge::broker::partitioner::partition_for_key;
 use hookbridge::broker::{
-    BrokerError, PartitionEvent, PartitionStream, Progress, Publisher, Record, StartFrom, Subscriber,
+    BrokerError, PartitionEvent, PartitionStream, Progress, Publisher, Record, StartFrom,
+    Subscriber,
 };
 use hookbridge::config::{EmbeddedConfig, RetentionConfig};
 

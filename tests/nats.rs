@@ -398,3 +398,62 @@ async fn commits_ack_the_server_and_a_restart_redelivers_nothing() {
         "nothing is redelivered after the restart"
     );
 }
+
+/// Two subscriptions that dead-letter the same envelope into one topic store two dead
+/// letters: the server's de-duplication is keyed per subscription, not per envelope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_subscriptions_dead_lettering_one_envelope_store_two_dead_letters() {
+    let nats = NatsServer::start();
+    let receiver = Receiver::start().await;
+    // 400 is permanent: each subscription dead-letters at once.
+    receiver.answer(|_, _| Reply::status(400));
+    let subs = format!(
+        "  - name: first\n    topics: [orders]\n    url: {url}\n    dead_letter_topic: shared.dlq\n  - name: second\n    topics: [orders]\n    url: {url}\n    dead_letter_topic: shared.dlq\n",
+        url = receiver.url
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = Hookbridge::start(dir.path(), &config(&nats, "orders", &subs));
+    let response = http_client()
+        .post(server.hook_url("events"))
+        .json(&serde_json::json!({"key": "k", "seq": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    receiver
+        .wait_for(
+            "both subscriptions' attempts",
+            Duration::from_secs(30),
+            |r| r.len() >= 2,
+        )
+        .await;
+    let js = stream_created(&nats, "shared.dlq").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut stream = js.get_stream(stream_name("shared.dlq")).await.unwrap();
+        let stored = stream.info().await.unwrap().state.messages;
+        if stored == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "both dead letters are stored: {stored} of 2"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let subscriptions: HashSet<String> = stream_messages(&nats, "shared.dlq")
+        .await
+        .iter()
+        .map(|m| {
+            m.headers
+                .as_ref()
+                .and_then(|h| h.get("hb-dlq-subscription"))
+                .map(|v| v.as_str().to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(
+        subscriptions,
+        HashSet::from(["first".to_string(), "second".to_string()])
+    );
+}

@@ -97,11 +97,13 @@ async fn a_failing_key_holds_only_its_own_events(backend: Backend) {
     receiver.answer(move |_, body| {
         let key: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
         let is_a = key["key"] == "A";
-        Reply::status(if is_a && !failing.load(std::sync::atomic::Ordering::SeqCst) {
-            500
-        } else {
-            200
-        })
+        Reply::status(
+            if is_a && !failing.load(std::sync::atomic::Ordering::SeqCst) {
+                500
+            } else {
+                200
+            },
+        )
     });
     let subs = format!(
         "  - name: {topic}\n    topics: [{topic}]\n    url: {}\n    max_in_flight: 32\n    breaker: {{ failures: 1000000 }}\n    retry: {{ initial_backoff: 50ms, max_backoff: 200ms, max_attempts: 1000000, max_age: 1h }}\n",
@@ -156,9 +158,11 @@ async fn a_failing_key_holds_only_its_own_events(backend: Backend) {
     );
     healed.store(true, std::sync::atomic::Ordering::SeqCst);
     receiver
-        .wait_for("A's events, once A recovers", Duration::from_secs(60), |r| {
-            all_delivered(r, a_seqs.iter().copied())
-        })
+        .wait_for(
+            "A's events, once A recovers",
+            Duration::from_secs(60),
+            |r| all_delivered(r, a_seqs.iter().copied()),
+        )
         .await;
     let received = receiver.received();
     assert_first_deliveries_in_order(&received);
@@ -303,4 +307,91 @@ async fn nats_replicas_come_and_go_without_overlap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_replicas_come_and_go_without_overlap() {
     replicas_come_and_go_without_overlap(Backend::kafka_mock()).await;
+}
+
+/// A key or event type with a line break in it is refused with 422 problem+json on every
+/// backend alike (NATS headers cannot carry it), nothing is published, and the ingress
+/// goes on serving.
+async fn line_breaks_in_extracted_values_are_refused(backend: Backend) {
+    let topic = unique("crlf");
+    let receiver = Receiver::start().await;
+    let subs = format!(
+        "  - name: {topic}\n    topics: [{topic}]\n    url: {}\n",
+        receiver.url
+    );
+    backend.create_topics(&topic, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let config = events_config(&backend.broker(1), &topic, &subs).replace(
+        "event_type: { header: X-Type, default: test }",
+        "event_type: { json: /type }",
+    );
+    let server = Hookbridge::start(dir.path(), &config);
+    let client = http_client();
+    for (what, body) in [
+        (
+            "key with CR LF",
+            serde_json::json!({"key": "a\r\nInjected: 1", "type": "t", "seq": 1}),
+        ),
+        (
+            "key with LF",
+            serde_json::json!({"key": "a\nb", "type": "t", "seq": 2}),
+        ),
+        (
+            "type with CR",
+            serde_json::json!({"key": "k", "type": "t\rx", "seq": 3}),
+        ),
+        (
+            "type with NUL",
+            serde_json::json!({"key": "k", "type": "t\u{0}", "seq": 4}),
+        ),
+    ] {
+        let response = client
+            .post(server.hook_url("events"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: the connection was dropped: {e}"));
+        assert_eq!(response.status(), 422, "{what}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{what}"
+        );
+        let problem: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(
+            problem["type"], "urn:hookbridge:problem:extractor-control-character",
+            "{what}: {problem}"
+        );
+    }
+    let fine = serde_json::json!({"key": "k", "type": "t", "seq": 5});
+    let response = client
+        .post(server.hook_url("events"))
+        .json(&fine)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    receiver
+        .wait_for("the one good event", Duration::from_secs(30), |r| {
+            !r.is_empty()
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seqs: Vec<u64> = receiver.received().iter().map(|r| seq_of(r).1).collect();
+    assert_eq!(seqs, vec![5], "nothing refused was published");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_line_breaks_in_extracted_values_are_refused() {
+    line_breaks_in_extracted_values_are_refused(Backend::embedded()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_line_breaks_in_extracted_values_are_refused() {
+    line_breaks_in_extracted_values_are_refused(Backend::nats()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_line_breaks_in_extracted_values_are_refused() {
+    line_breaks_in_extracted_values_are_refused(Backend::kafka()).await;
 }

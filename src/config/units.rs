@@ -15,6 +15,10 @@ pub struct ConfigDuration(pub Duration);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
 
+/// The longest duration a config may hold. Longer ones are surely mistakes, and would
+/// overflow the clock arithmetic that deadlines are made of.
+pub const MAX_DURATION: Duration = Duration::from_secs(365_000 * 86_400);
+
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -38,7 +42,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             ));
         }
     };
-    Ok(Duration::from_secs_f64(value * seconds_per_unit))
+    match Duration::try_from_secs_f64(value * seconds_per_unit) {
+        Ok(duration) if duration <= MAX_DURATION => Ok(duration),
+        _ => Err(format!("`{text}` is too long (at most 365000d)")),
+    }
 }
 
 pub fn parse_size(text: &str) -> Result<u64, String> {

@@ -12,6 +12,7 @@ use super::event::Event;
 use super::payload::rfc3339;
 use super::subscription::SubscriptionRuntime;
 use crate::broker::{Record, RecordHeader};
+use crate::envelope;
 
 /// Why an event was given up on.
 #[derive(Debug, Clone)]
@@ -26,7 +27,7 @@ pub fn record(sub: &SubscriptionRuntime, event: &Event, failure: &Failure) -> Re
         .record
         .headers
         .iter()
-        .filter(|h| !h.name.starts_with("hb-dlq-"))
+        .filter(|h| !h.name.starts_with("hb-dlq-") && h.name != envelope::HEADER_RECORD_ID)
         .cloned()
         .collect();
     let mut add = |name: &str, value: String| {
@@ -35,6 +36,12 @@ pub fn record(sub: &SubscriptionRuntime, event: &Event, failure: &Failure) -> Re
             value: Bytes::from(value),
         })
     };
+    // Two subscriptions dead-lettering one envelope into one topic are two records; one
+    // subscription dead-lettering it again (after a restart) is the same record.
+    add(
+        envelope::HEADER_RECORD_ID,
+        format!("{}.dlq.{}", event.id, sub.name),
+    );
     add("hb-dlq-subscription", sub.name.clone());
     add("hb-dlq-id", event.id.clone());
     add("hb-dlq-topic", event.record.topic.to_string());

@@ -40,7 +40,11 @@ impl RetryPolicy {
             return None;
         }
         let delay = retry_after.unwrap_or_else(|| self.backoff(attempts));
-        let age_then = first_received.elapsed().unwrap_or_default() + delay;
+        // Saturating: `Retry-After` is the receiver's number, as large as it likes.
+        let age_then = first_received
+            .elapsed()
+            .unwrap_or_default()
+            .saturating_add(delay);
         (age_then <= self.max_age).then_some(delay)
     }
 
@@ -67,6 +71,13 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_retry_after_runs_out_of_age_instead_of_overflowing() {
+        let huge = parse_retry_after("18446744073709551615");
+        assert_eq!(huge, Some(Duration::from_secs(u64::MAX)));
+        assert_eq!(policy().next_delay(1, SystemTime::now(), huge), None);
+    }
 
     fn policy() -> RetryPolicy {
         RetryPolicy {

@@ -101,6 +101,15 @@ impl Extractor {
             }
         };
         match (found, &self.default) {
+            // The value becomes a broker header (NATS headers cannot hold line breaks) and a
+            // header of every delivery, so control characters are refused on every backend.
+            (Some(v), _) if v.chars().any(char::is_control) => Err(Problem::unprocessable(
+                "extractor-control-character",
+                format!(
+                    "the {} holds a control character (such as a line break), which cannot travel in a header",
+                    self.what
+                ),
+            )),
             (Some(v), _) => Ok(Some(v)),
             (None, Some(default)) => Ok(Some(default.clone())),
             (None, None) if !self.required => Ok(None),

@@ -131,6 +131,11 @@ impl Hookbridge {
 
 impl Drop for Hookbridge {
     fn drop(&mut self) {
+        // HOOKBRIDGE_TEST_LOGS=DIR keeps every instance's log, for a failure to be read.
+        if let Ok(dir) = std::env::var("HOOKBRIDGE_TEST_LOGS") {
+            let name = format!("{}.log", self.ingress.replace([':', '/'], "_"));
+            let _ = std::fs::write(Path::new(&dir).join(name), self.log_text());
+        }
         self.kill();
     }
 }
@@ -296,7 +301,10 @@ pub async fn post_events(
                 let deadline = Instant::now() + Duration::from_secs(60);
                 for attempt in 0.. {
                     let targets = ingresses.lock().unwrap().clone();
-                    let url = format!("{}/hooks/events", targets[(seq as usize + attempt) % targets.len()]);
+                    let url = format!(
+                        "{}/hooks/events",
+                        targets[(seq as usize + attempt) % targets.len()]
+                    );
                     let sent = client
                         .post(&url)
                         .header("Idempotency-Key", seq.to_string())
@@ -307,7 +315,10 @@ pub async fn post_events(
                     if matches!(&sent, Ok(r) if r.status() == 202) {
                         break;
                     }
-                    assert!(Instant::now() < deadline, "event {seq} was never accepted: {sent:?}");
+                    assert!(
+                        Instant::now() < deadline,
+                        "event {seq} was never accepted: {sent:?}"
+                    );
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 if !pause.is_zero() {

@@ -78,10 +78,13 @@ pub fn start(
             tasks.push(tokio::spawn(reader.run()));
         }
     }
-    Ok(Subscription::new(events_rx, Some(Box::new(Readers {
+    Ok(Subscription::new(
+        events_rx,
+        Some(Box::new(Readers {
             tasks,
             _handles: handles,
-        })),))
+        })),
+    ))
 }
 
 struct PartitionReader {

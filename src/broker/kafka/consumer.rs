@@ -36,9 +36,9 @@ use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use tokio::runtime::RuntimeFlavor;
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use tokio::runtime::RuntimeFlavor;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 

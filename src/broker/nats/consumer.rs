@@ -37,8 +37,8 @@ use tokio::task::JoinHandle;
 use super::reader::Reader;
 use super::{leases, stream_name, subject};
 use crate::broker::{
-    BrokerError, Committer, PartitionEvent, PartitionHandle, PartitionStream, Progress,
-    StartFrom, Subscription,
+    BrokerError, Committer, PartitionEvent, PartitionHandle, PartitionStream, Progress, StartFrom,
+    Subscription,
 };
 
 /// Records buffered ahead of the engine, per partition.
@@ -167,9 +167,8 @@ async fn manage(ctx: Context, units: Vec<Unit>) {
             }
         };
         let fair_share = units.len().div_ceil(members);
-        let active = |held: &HashMap<Unit, Held>| {
-            held.values().filter(|h| h.releasing.is_none()).count()
-        };
+        let active =
+            |held: &HashMap<Unit, Held>| held.values().filter(|h| h.releasing.is_none()).count();
         while active(&held) > fair_share {
             let unit = held
                 .iter()
@@ -330,10 +329,11 @@ async fn start_reader(
         StartFrom::Earliest => DeliverPolicy::All,
         StartFrom::Latest => DeliverPolicy::New,
     };
-    let (mut unacked, mut exists) = (0, false);
+    let (mut unacked, mut exists, mut resume_floor) = (0, false, 0);
     match stream.consumer_info(&name).await {
         Ok(info) if info.config.ack_policy == AckPolicy::Explicit => {
             (unacked, exists) = (info.num_ack_pending, true);
+            resume_floor = info.delivered.stream_sequence;
         }
         // A consumer of an earlier layout (acked cumulatively): start a new one where its
         // acks ended. Its unacked messages are delivered again.
@@ -382,7 +382,11 @@ async fn start_reader(
     handle.hold_until(ctx.fence(leased_at));
     let reader = Reader {
         client: ctx.client.clone(),
+        jetstream: ctx.jetstream.clone(),
         consumer,
+        resume_floor,
+        unacked,
+        recovery_wait: ctx.ack_wait() * 2,
         unit: unit.clone(),
         records: tx,
         pending: ctx.pending.clone(),

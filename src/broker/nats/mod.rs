@@ -121,12 +121,20 @@ impl Publisher for NatsBroker {
                 header.name.as_str(),
                 String::from_utf8_lossy(&header.value).as_ref(),
             );
-            if header.name == envelope::HEADER_ID {
-                headers.insert(
-                    "Nats-Msg-Id",
-                    String::from_utf8_lossy(&header.value).as_ref(),
-                );
-            }
+        }
+        // The server stores a record once per id within the duplicate window.
+        let id = record
+            .headers
+            .iter()
+            .find(|h| h.name == envelope::HEADER_RECORD_ID)
+            .or_else(|| {
+                record
+                    .headers
+                    .iter()
+                    .find(|h| h.name == envelope::HEADER_ID)
+            });
+        if let Some(id) = id {
+            headers.insert("Nats-Msg-Id", String::from_utf8_lossy(&id.value).as_ref());
         }
         if let Some(key) = &record.key {
             headers.insert(KEY_HEADER, String::from_utf8_lossy(key).as_ref());

@@ -2,26 +2,33 @@
 //! consumer and hands the messages to the engine's stream, remembering each one's reply
 //! subject until the engine has finished it and it is acked.
 //!
-//! It pulls one bounded batch at a time (`PULL_BATCH` messages, expiring after
-//! `pull_expires`) rather than async-nats's continuous `messages()` stream, whose own count
-//! of outstanding requests drifted from the server's under load and left a partition with no
-//! request open (BENCHMARKS.md).
-//!
-//! A batch is over when it is full, when the server says it expired, or when its expiry
-//! has passed here: then a round trip to the server (a flush: the server answers it after
-//! everything it sent before) brings in whatever was already on its way, so no message is
-//! left behind in a request nobody reads. Waiting for the client's own give-up timer instead
-//! (five seconds after the expiry) is what made some events wait five seconds when the
-//! server's expiry notice did not come.
+//! All pulls share one inbox subscription, kept for the reader's life, and at most one pull
+//! is open at a time: `PULL_BATCH` messages, expiring after `pull_expires`. A pull is over
+//! when its messages came, when the server says it expired (408), or when its expiry has
+//! passed here; then the next one is sent. Because the inbox outlives every pull, a message
+//! the server sends for a pull already given up here still arrives, in stream order, and a
+//! missing expiry notice costs nothing. (async-nats's continuous `messages()` stream lost
+//! count of its open requests under load and left a partition with none open; its `batch()`
+//! waits five seconds past the expiry when the notice does not come, and drops a message
+//! sent late into a subscription that is gone: see BENCHMARKS.md.)
 //!
 //! Fencing: a pull is opened only if it will have expired before the tenure runs out, so a
 //! replica that could not renew its lease receives nothing after another may own the
-//! partition; a revoked tenure ends the reader after its current pull.
+//! partition. A revoked tenure (or a closed stream) ends the reader once its last pull has
+//! expired and a round trip to the server has brought in whatever it sent before.
+//!
+//! A new owner first gets what the previous owner left unacked (see `consumer`). Those
+//! messages, at or below the consumer's delivered sequence when the reader started, are
+//! handed to the engine even if one comes back late, after newer ones: delivering out of
+//! order is bad, dropping is worse.
 
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::{PullConsumer, pull::Batch};
 use async_nats::jetstream::Message;
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::consumer::pull::BatchConfig;
+use async_nats::{StatusCode, Subject};
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch};
@@ -32,18 +39,35 @@ use crate::broker::{ConsumedRecord, RecordHeader, Tenure};
 
 /// Messages one pull request asks for.
 const PULL_BATCH: usize = 256;
-/// How long past a pull's expiry the reader waits for the server's notice before it ends
-/// the pull itself.
+/// How long past a pull's expiry the reader waits for the server's notice before it sends
+/// the next pull, and, when stopping, before it lets the inbox go.
 const EXPIRY_SLACK: Duration = Duration::from_millis(50);
+const STOP_SLACK: Duration = Duration::from_millis(250);
 
 pub struct Reader {
     pub client: async_nats::Client,
+    pub jetstream: async_nats::jetstream::Context,
     pub consumer: PullConsumer,
     pub unit: Unit,
     pub records: mpsc::Sender<ConsumedRecord>,
     pub pending: Pending,
     pub tenure: watch::Receiver<Tenure>,
     pub pull_expires: Duration,
+    /// The consumer's last delivered sequence when the reader started: what is at or below
+    /// it was the previous owner's.
+    pub resume_floor: u64,
+    /// How many messages the previous owner left unacked.
+    pub unacked: usize,
+    /// How long to wait for all of them to come back before going on without the rest.
+    pub recovery_wait: Duration,
+}
+
+/// The pull currently open, if any.
+struct Pull {
+    /// Messages it may still bring.
+    left: usize,
+    /// When the server has surely expired it.
+    expired_by: Instant,
 }
 
 impl Reader {
@@ -53,116 +77,191 @@ impl Reader {
             tracing::info!(%topic, partition, ?wait, "waiting for the previous owner's unacked messages to come back");
             tokio::time::sleep(wait).await;
         }
-        // Every sequence up to this one was handed to the engine already.
-        let mut highest = 0;
-        loop {
-            match self.may_pull() {
-                Pull::Stop => return,
-                Pull::Wait => {
-                    let _ = tokio::time::timeout(Duration::from_millis(50), self.tenure.changed())
-                        .await;
-                    continue;
-                }
-                Pull::Go => {}
-            }
-            let opened = Instant::now();
-            let batch = match self
-                .consumer
-                .batch()
-                .max_messages(PULL_BATCH)
-                .expires(self.pull_expires)
-                .messages()
-                .await
-            {
-                Ok(batch) => batch,
+        let inbox = Subject::from(self.client.new_inbox());
+        let mut messages = loop {
+            match self.client.subscribe(inbox.clone()).await {
+                Ok(messages) => break messages,
                 Err(e) => {
+                    tracing::warn!(%topic, partition, error = %e, "cannot subscribe to a pull inbox");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
+        let mut seen = Seen {
+            highest: 0,
+            previous_owner: HashSet::new(),
+            recovery: (self.unacked > 0).then(|| Recovery {
+                expected: self.unacked,
+                recovered: 0,
+                deadline: Instant::now() + self.recovery_wait,
+                held: BTreeMap::new(),
+            }),
+        };
+        let mut open: Option<Pull> = None;
+        loop {
+            if open.is_none() {
+                match self.may_pull() {
+                    May::Stop => break,
+                    May::Wait => {
+                        let _ =
+                            tokio::time::timeout(Duration::from_millis(50), self.tenure.changed())
+                                .await;
+                        continue;
+                    }
+                    May::Go => {}
+                }
+                let request = BatchConfig {
+                    batch: PULL_BATCH,
+                    expires: Some(self.pull_expires),
+                    ..Default::default()
+                };
+                let sent_at = Instant::now();
+                if let Err(e) = self.consumer.request_batch(request, inbox.clone()).await {
                     tracing::warn!(%topic, partition, error = %e, "JetStream pull request failed");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
-            };
-            let expired_by = opened + self.pull_expires + EXPIRY_SLACK;
-            if !self.read_batch(batch, expired_by, &mut highest).await {
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                open = Some(Pull {
+                    left: PULL_BATCH,
+                    expired_by: sent_at + self.pull_expires + EXPIRY_SLACK,
+                });
+            }
+            let expired_by = open.as_ref().map(|p| p.expired_by);
+            let recovery_deadline = seen.recovery.as_ref().map(|r| r.deadline);
+            tokio::select! {
+                _ = sleep_until(recovery_deadline) => {
+                    self.end_recovery(&mut seen).await;
+                    continue;
+                }
+                message = messages.next() => {
+                    let Some(message) = message else { return };
+                    match message.status {
+                        None | Some(StatusCode::OK) => {
+                            if let Some(pull) = &mut open {
+                                pull.left = pull.left.saturating_sub(1);
+                                if pull.left == 0 {
+                                    open = None;
+                                }
+                            }
+                            self.take(message, &mut seen).await;
+                        }
+                        Some(StatusCode::IDLE_HEARTBEAT) => {}
+                        // Expired (408), or ended by the server (409: e.g. the consumer
+                        // was changed): send the next pull.
+                        Some(status) => {
+                            if status != StatusCode::TIMEOUT {
+                                tracing::debug!(%topic, partition, %status, description = ?message.description, "pull ended by the server");
+                            }
+                            open = None;
+                        }
+                    }
+                }
+                _ = sleep_until(expired_by) => open = None,
             }
         }
+        // Stopping: the last pull has expired by now or soon; a round trip brings in what the
+        // server sent before it, so nothing is left in an inbox nobody reads.
+        if let Some(pull) = open {
+            tokio::time::sleep_until((pull.expired_by + STOP_SLACK).into()).await;
+        }
+        let _ = self.client.flush().await;
+        while let Some(Some(message)) = messages.next().now_or_never() {
+            if message.status.is_none() || message.status == Some(StatusCode::OK) {
+                self.take(message, &mut seen).await;
+            }
+        }
+        self.end_recovery(&mut seen).await;
     }
 
     /// Whether a pull may be opened now: only while the tenure surely outlasts it.
-    fn may_pull(&self) -> Pull {
+    fn may_pull(&self) -> May {
         if self.records.is_closed() {
-            return Pull::Stop;
+            return May::Stop;
         }
         match *self.tenure.borrow() {
-            Tenure::Revoked => Pull::Stop,
-            Tenure::Held { until: None } => Pull::Go,
+            Tenure::Revoked => May::Stop,
+            Tenure::Held { until: None } => May::Go,
             Tenure::Held { until: Some(until) } => {
                 if Instant::now() + self.pull_expires + EXPIRY_SLACK * 2 < until {
-                    Pull::Go
+                    May::Go
                 } else {
-                    Pull::Wait
+                    May::Wait
                 }
             }
         }
     }
 
-    /// Reads one pull to its end; false if it ended with an error.
-    async fn read_batch(&self, mut batch: Batch, expired_by: Instant, highest: &mut u64) -> bool {
-        let (topic, partition) = (&self.unit.0, self.unit.1);
-        loop {
-            let next = tokio::select! {
-                next = batch.next() => next,
-                _ = tokio::time::sleep_until(expired_by.into()) => {
-                    // The server has expired the request: collect what it sent before.
-                    if let Err(e) = self.client.flush().await {
-                        tracing::warn!(%topic, partition, error = %e, "flush after a pull failed");
-                    }
-                    while let Some(Some(next)) = batch.next().now_or_never() {
-                        match next {
-                            Ok(message) => self.take(message, highest).await,
-                            Err(_) => break,
-                        }
-                    }
-                    return true;
-                }
-            };
-            match next {
-                Some(Ok(message)) => self.take(message, highest).await,
-                Some(Err(e)) => {
-                    tracing::warn!(%topic, partition, error = %e, "JetStream pull ended with an error");
-                    return false;
-                }
-                None => return true,
+    /// Takes a message from the inbox: a repeat of one handed over already (the server
+    /// redelivered it after a late progress ack) refreshes or repeats its ack; while the
+    /// previous owner's messages are being recovered it is held back; otherwise it goes to
+    /// the engine.
+    async fn take(&self, message: async_nats::Message, seen: &mut Seen) {
+        let message = Message {
+            message,
+            context: self.jetstream.clone(),
+        };
+        let Ok(info) = message.info() else { return };
+        let sequence = info.stream_sequence;
+        let Some(reply) = message.reply.clone() else {
+            return;
+        };
+        let refreshed = {
+            let mut pending = self.pending.lock().expect("pending lock");
+            let stored = pending
+                .get_mut(&self.unit)
+                .and_then(|m| m.get_mut(&sequence));
+            stored.map(|stored| *stored = reply.clone()).is_some()
+        };
+        if refreshed {
+            return;
+        }
+        let previous_owners = sequence <= self.resume_floor;
+        if previous_owners {
+            if !seen.previous_owner.insert(sequence) {
+                self.ack_again(reply).await;
+                return;
             }
+        } else if sequence <= seen.highest {
+            // Ours, done and acked, but the ack was lost.
+            self.ack_again(reply).await;
+            return;
+        }
+        if let Some(recovery) = &mut seen.recovery {
+            // Kept in sequence order until every message the previous owner left has come
+            // back (the server's redelivery order is not sequence order).
+            recovery.held.insert(sequence, message);
+            if previous_owners {
+                recovery.recovered += 1;
+            }
+            if recovery.recovered >= recovery.expected {
+                self.end_recovery(seen).await;
+            }
+            return;
+        }
+        if previous_owners && sequence < seen.highest {
+            tracing::warn!(topic = %self.unit.0, partition = self.unit.1, sequence, "a message left unacked by the previous owner came back late, after newer ones");
+        }
+        self.hand_over(message, seen).await;
+    }
+
+    /// Hands what recovery held back to the engine, in sequence order.
+    async fn end_recovery(&self, seen: &mut Seen) {
+        let Some(recovery) = seen.recovery.take() else {
+            return;
+        };
+        tracing::info!(topic = %self.unit.0, partition = self.unit.1, recovered = recovery.recovered, expected = recovery.expected, "the previous owner's unacked messages are back");
+        for (_, message) in recovery.held {
+            self.hand_over(message, seen).await;
         }
     }
 
-    /// Hands a message to the engine, or, if it was handed over already (the server
-    /// redelivered it after a late progress ack), refreshes or repeats its ack.
-    async fn take(&self, message: Message, highest: &mut u64) {
+    async fn hand_over(&self, message: Message, seen: &mut Seen) {
         let Ok(info) = message.info() else { return };
         let (sequence, published) = (info.stream_sequence, info.published);
         let Some(reply) = message.reply.clone() else {
             return;
         };
-        if sequence <= *highest {
-            let refreshed = {
-                let mut pending = self.pending.lock().expect("pending lock");
-                let stored = pending
-                    .get_mut(&self.unit)
-                    .and_then(|m| m.get_mut(&sequence));
-                stored.map(|stored| *stored = reply.clone()).is_some()
-            };
-            if !refreshed {
-                // Done and acked, but the ack was lost: ack it again.
-                let _ = self
-                    .client
-                    .publish(reply, Bytes::from_static(b"+ACK"))
-                    .await;
-            }
-            return;
-        }
-        *highest = sequence;
+        seen.highest = seen.highest.max(sequence);
         let (topic, partition) = (self.unit.0.clone(), self.unit.1);
         let headers: Vec<RecordHeader> = message
             .headers
@@ -204,9 +303,45 @@ impl Reader {
     }
 }
 
-enum Pull {
+enum May {
     Go,
     /// Not now: the tenure is about to run out unless it is renewed.
     Wait,
     Stop,
+}
+
+/// What the reader has handed to the engine.
+struct Seen {
+    /// The highest sequence handed over.
+    highest: u64,
+    /// The previous owner's messages taken so far.
+    previous_owner: HashSet<u64>,
+    /// While the previous owner's messages are coming back.
+    recovery: Option<Recovery>,
+}
+
+struct Recovery {
+    /// How many the previous owner left unacked.
+    expected: usize,
+    recovered: usize,
+    /// Given up waiting for the rest then (some may have been acked after all).
+    deadline: Instant,
+    /// Everything taken meanwhile, by sequence.
+    held: BTreeMap<u64, Message>,
+}
+
+impl Reader {
+    async fn ack_again(&self, reply: Subject) {
+        let _ = self
+            .client
+            .publish(reply, Bytes::from_static(b"+ACK"))
+            .await;
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
