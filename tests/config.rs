@@ -156,3 +156,40 @@ fn shipped_configs_are_valid() {
     );
     assert!(String::from_utf8_lossy(&output.stdout).contains("built-in"));
 }
+
+/// The commented GitHub route of the shipped config, uncommented as it says, is valid: the
+/// contract's own `verify: { kind: github, secret: ${GITHUB_SECRET} }`, unquoted in a flow
+/// mapping.
+#[test]
+fn the_shipped_github_route_uncommented_is_valid() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let shipped = std::fs::read_to_string(format!("{root}/config/hookbridge.yaml")).unwrap();
+    let mut in_github_route = false;
+    let uncommented: String = shipped
+        .lines()
+        .map(|line| {
+            let rest = line.strip_prefix("  # ").unwrap_or_default();
+            in_github_route =
+                rest.starts_with("- name: github") || (in_github_route && rest.starts_with("  "));
+            if in_github_route {
+                format!("  {rest}")
+            } else {
+                line.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(uncommented.contains("  - name: github\n"));
+    assert!(uncommented.contains("verify: { kind: github, secret: ${GITHUB_SECRET} }"));
+    let (ok, message) = check(
+        &uncommented,
+        &[("GITHUB_SECRET", "s3cret: with # odd {chars}")],
+    );
+    assert!(ok, "{message}");
+    let (ok, message) = check(&uncommented, &[]);
+    assert!(!ok);
+    assert!(
+        message.contains("verify.secret") && message.contains("GITHUB_SECRET is not set"),
+        "{message}"
+    );
+}

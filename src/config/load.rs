@@ -3,7 +3,10 @@
 //!
 //! Environment variables are substituted in the parsed tree rather than in the text, so a
 //! secret containing `#` or `: ` cannot change the document's structure, and an unset
-//! variable is reported with the key that uses it.
+//! variable is reported with the key that uses it. So that `${VAR}` may stand anywhere a
+//! scalar can, unquoted and inside a flow mapping (`{ secret: ${SECRET} }`, where `{` and
+//! `}` would end a plain scalar), each reference is first swapped for a plain token, the
+//! text parsed, and the tokens swapped back in the tree before substitution.
 
 use std::fmt;
 use std::path::Path;
@@ -89,12 +92,17 @@ pub fn load_str(
         problems,
     };
 
-    let mut tree: Value = serde_norway::from_str(text).map_err(|e| {
+    let references = References::take_out(text);
+    let mut tree: Value = serde_norway::from_str(&references.text).map_err(|e| {
         invalid(vec![Problem::new(
             "(document)",
-            format!("invalid YAML: {e}"),
+            format!(
+                "invalid YAML: {}; a value holding `: `, ` #` or, inside `{{ }}` or `[ ]`, any of `,{{}}[]` must be quoted",
+                references.put_back(&e.to_string())
+            ),
         )])
     })?;
+    references.restore_tree(&mut tree);
     if tree.is_null() {
         // An empty file is a config of all defaults.
         tree = Value::Mapping(Default::default());
@@ -121,6 +129,87 @@ pub fn load_str(
         Ok(config)
     } else {
         Err(invalid(problems))
+    }
+}
+
+/// The `${...}` references of a config text, swapped for plain tokens while it is parsed.
+struct References {
+    /// The text with every reference replaced by `<prefix><n>_`.
+    text: String,
+    prefix: String,
+    originals: Vec<String>,
+}
+
+impl References {
+    fn take_out(text: &str) -> References {
+        // A prefix the text does not hold, so a token is never mistaken for user text.
+        let mut prefix = "hbref_".to_string();
+        while text.contains(&prefix) {
+            prefix.insert(0, 'x');
+        }
+        let (mut out, mut originals) = (String::with_capacity(text.len()), Vec::new());
+        let mut rest = text;
+        while let Some(start) = rest.find('$') {
+            out.push_str(&rest[..start]);
+            let tail = &rest[start..];
+            if let Some(after) = tail.strip_prefix("$${") {
+                // An escaped `${`: left to the substitution, which reads it as literal.
+                out.push_str("$${");
+                rest = after;
+            } else if let Some(end) = tail.starts_with("${").then(|| tail.find('}')).flatten()
+                && !tail[..end].contains('\n')
+            {
+                out.push_str(&format!("{prefix}{}_", originals.len()));
+                originals.push(tail[..=end].to_string());
+                rest = &tail[end + 1..];
+            } else {
+                out.push('$');
+                rest = &tail[1..];
+            }
+        }
+        out.push_str(rest);
+        References {
+            text: out,
+            prefix,
+            originals,
+        }
+    }
+
+    /// `text` with every token swapped back for its reference.
+    fn put_back(&self, text: &str) -> String {
+        if self.originals.is_empty() || !text.contains(&self.prefix) {
+            return text.to_string();
+        }
+        // Highest numbers first, so token 1 is not swapped inside token 10.
+        let mut out = text.to_string();
+        for (n, original) in self.originals.iter().enumerate().rev() {
+            out = out.replace(&format!("{}{n}_", self.prefix), original);
+        }
+        out
+    }
+
+    fn restore_tree(&self, node: &mut Value) {
+        if self.originals.is_empty() {
+            return;
+        }
+        match node {
+            Value::String(text) => {
+                if text.contains(&self.prefix) {
+                    *text = self.put_back(text);
+                }
+            }
+            Value::Sequence(items) => items.iter_mut().for_each(|i| self.restore_tree(i)),
+            Value::Mapping(map) => {
+                let entries = std::mem::take(map);
+                for (mut key, mut value) in entries {
+                    self.restore_tree(&mut key);
+                    self.restore_tree(&mut value);
+                    map.insert(key, value);
+                }
+            }
+            Value::Tagged(tagged) => self.restore_tree(&mut tagged.value),
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
     }
 }
 
@@ -270,6 +359,39 @@ mod tests {
             err.to_string()
                 .starts_with("f.yaml: routes[0].verify.secret: environment variable NOPE")
         );
+    }
+
+    #[test]
+    fn references_stand_unquoted_anywhere_a_scalar_can() {
+        let env = |name: &str| match name {
+            // A secret that would break the YAML if it were substituted in the text.
+            "SECRET" => Some("a: b # {c}, [d]".to_string()),
+            _ => None,
+        };
+        let text = "routes:\n  - name: gh\n    topic: t\n    verify: { kind: github, secret: ${SECRET} }\n  - name: s\n    topic: ${TOPIC:-orders}\n    verify: { kind: stripe, secret: '${SECRET}', tolerance: ${TOL:-5m} }\nbroker: { embedded: { partitions: ${P:-3} } }\n";
+        let config = load_str("f.yaml", text, &env).unwrap();
+        let secret = |i: usize| match &config.routes[i].verify {
+            crate::config::VerifyConfig::Github { secret } => secret.clone(),
+            crate::config::VerifyConfig::Stripe { secret, .. } => secret.clone(),
+            _ => unreachable!(),
+        };
+        assert_eq!(secret(0), "a: b # {c}, [d]");
+        assert_eq!(secret(1), "a: b # {c}, [d]");
+        assert_eq!(config.routes[1].topic, "orders");
+        assert_eq!(config.broker.embedded.partitions, 3);
+
+        // An unset one is still named, with its key.
+        let err = load_str(
+            "f.yaml",
+            "routes:\n  - { name: gh, topic: t, verify: { kind: github, secret: ${NOPE} } }\n",
+            &env,
+        )
+        .unwrap_err();
+        assert_eq!(err.problems()[0].path, "routes[0].verify.secret");
+        // A broken document says where quoting helps, and shows references as written.
+        let err = load_str("f.yaml", "routes: [ ${X}: y: z ]\n", &env).unwrap_err();
+        assert!(err.to_string().contains("must be quoted"), "{err}");
+        assert!(!err.to_string().contains("hbref_"), "{err}");
     }
 
     #[test]
