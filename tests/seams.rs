@@ -395,3 +395,96 @@ async fn nats_line_breaks_in_extracted_values_are_refused() {
 async fn kafka_line_breaks_in_extracted_values_are_refused() {
     line_breaks_in_extracted_values_are_refused(Backend::kafka()).await;
 }
+
+/// A replica whose connection to NATS stalls cannot renew its leases: it stops delivering
+/// before they expire, so the replica that takes its partitions never overlaps with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_replica_that_cannot_renew_its_leases_fences_itself() {
+    use hookbridge::broker::nats::stream_name;
+    use hookbridge::broker::partitioner::partition_for_key;
+    const KEYS: u64 = 40;
+    const EVENTS: u64 = 1_200;
+    let nats = NatsServer::start();
+    let proxy = StallableProxy::start(nats.port).await;
+    let topic = unique("fence");
+    let receiver = Receiver::start().await;
+    receiver.answer(|_, _| Reply {
+        status: 200,
+        delay: Duration::from_millis(100),
+        retry_after: None,
+    });
+    let subs = format!(
+        "  - name: {topic}\n    topics: [{topic}]\n    url: {}\n    max_in_flight: 16\n",
+        receiver.url
+    );
+    let broker = |url: String| {
+        format!("  kind: nats\n  nats: {{ url: \"{url}\", partitions: 4, lease: 2s }}\n")
+    };
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Replica A reaches NATS through the proxy.
+    let mut a = Hookbridge::start(
+        dir_a.path(),
+        &events_config(&broker(proxy.url()), &topic, &subs),
+    );
+    wait_assigned(&a, 4, "the first replica owns every partition").await;
+
+    // A backlog of foreign messages, published straight to the partitions' subjects.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while js.get_stream(stream_name(&topic)).await.is_err() {
+        assert!(Instant::now() < deadline, "the stream exists");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut acks = Vec::new();
+    for seq in 0..EVENTS {
+        let key = format!("k{}", seq % KEYS);
+        let partition = partition_for_key(key.as_bytes(), 4);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Hb-Key", key.as_str());
+        let body = serde_json::json!({"key": key, "seq": seq}).to_string();
+        acks.push(
+            js.publish_with_headers(format!("{topic}.{partition}"), headers, body.into())
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    receiver
+        .wait_for("A delivering", Duration::from_secs(30), |r| r.len() >= 100)
+        .await;
+
+    // A's NATS connection stalls; B joins and takes the partitions once A's leases expire.
+    proxy.stall(true);
+    let stalled_at = Instant::now();
+    let b = Hookbridge::start(
+        dir_b.path(),
+        &events_config(&broker(nats.url()), &topic, &subs),
+    );
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !all_delivered(&receiver.received(), 0..EVENTS) {
+        assert!(
+            Instant::now() < deadline,
+            "every event delivered after the takeover; B's log:\n{}",
+            b.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let received = receiver.received();
+    assert_no_overlap_per_key(&received);
+    assert_first_deliveries_in_order(&received);
+    let fenced = a.log_text().matches("stopped delivering it").count();
+    assert!(
+        fenced >= 1,
+        "A says it fenced itself; its log:\n{}",
+        a.log_text()
+    );
+    eprintln!(
+        "A fenced {fenced} partitions; every event delivered {:?} after the stall, {} requests",
+        stalled_at.elapsed(),
+        received.len()
+    );
+    a.kill();
+}
