@@ -483,11 +483,21 @@ async fn failures_are_dead_lettered_and_the_commit_moves_past_them() {
 async fn kill_9_mid_delivery_redelivers_everything_in_order() {
     const EVENTS: u64 = 2_000;
     let receiver = Receiver::start().await;
-    // About 200 deliveries a second: slow enough to kill the process mid-delivery.
-    receiver.answer(|_, _| Reply {
-        status: 200,
-        delay: Duration::from_millis(20),
-        retry_after: None,
+    // The receiver answers the first quarter, then holds every request: the process is
+    // killed mid-delivery however fast or slow the machine is.
+    let answered = Arc::new(AtomicUsize::new(0));
+    let counter = answered.clone();
+    receiver.answer(move |_, _| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        Reply {
+            status: 200,
+            delay: if n < EVENTS as usize / 4 {
+                Duration::from_millis(5)
+            } else {
+                Duration::from_secs(600)
+            },
+            retry_after: None,
+        }
     });
     let dir = tempfile::tempdir().unwrap();
     let subs = format!(
@@ -516,6 +526,7 @@ async fn kill_9_mid_delivery_redelivers_everything_in_order() {
         before_restart < EVENTS as usize * 3 / 4,
         "killed mid-delivery"
     );
+    receiver.answer(|_, _| Reply::status(200));
 
     let _server = Hookbridge::start(dir.path(), &config(dir.path(), &subs));
     receiver
