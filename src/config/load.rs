@@ -371,8 +371,8 @@ mod tests {
         let text = "routes:\n  - name: gh\n    topic: t\n    verify: { kind: github, secret: ${SECRET} }\n  - name: s\n    topic: ${TOPIC:-orders}\n    verify: { kind: stripe, secret: '${SECRET}', tolerance: ${TOL:-5m} }\nbroker: { embedded: { partitions: ${P:-3} } }\n";
         let config = load_str("f.yaml", text, &env).unwrap();
         let secret = |i: usize| match &config.routes[i].verify {
-            crate::config::VerifyConfig::Github { secret } => secret.clone(),
-            crate::config::VerifyConfig::Stripe { secret, .. } => secret.clone(),
+            crate::config::VerifyConfig::Github { secret } => secret.expose().to_string(),
+            crate::config::VerifyConfig::Stripe { secret, .. } => secret.expose().to_string(),
             _ => unreachable!(),
         };
         assert_eq!(secret(0), "a: b # {c}, [d]");

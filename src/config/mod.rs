@@ -7,6 +7,7 @@
 //! never hold on to the YAML.
 
 mod load;
+mod secret;
 pub mod units;
 mod validate;
 
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 pub use load::{ConfigError, Problem, load_file, load_str};
+pub use secret::{CredentialedUrl, Secret, redact_url};
 pub use units::{ByteSize, ConfigDuration};
 
 /// The default configuration: the embedded broker and a `demo` route. `hookbridge serve`
@@ -95,9 +97,10 @@ pub struct KafkaConfig {
         deserialize_with = "units::number"
     )]
     pub replication_factor: i16,
-    /// Passed through to librdkafka as they are (SASL, TLS, tuning).
+    /// Passed through to librdkafka as they are (SASL, TLS, tuning). Values are redacted
+    /// in `Debug` output: many are passwords and keys.
     #[serde(default)]
-    pub properties: BTreeMap<String, String>,
+    pub properties: BTreeMap<String, Secret>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -124,7 +127,7 @@ pub struct ServerConfig {
     pub max_body: ByteSize,
     /// Bearer token for the `/v1/*` admin routes; empty means none is required.
     #[serde(default)]
-    pub admin_token: String,
+    pub admin_token: Secret,
     /// How long a graceful shutdown waits for in-flight work before it gives up.
     #[serde(default = "defaults::shutdown_timeout")]
     pub shutdown_timeout: ConfigDuration,
@@ -158,10 +161,10 @@ pub enum VerifyConfig {
     /// Anyone may post. For internal senders behind other protection, and demos.
     None,
     /// A shared token in a header, compared in constant time.
-    Token { header: String, value: String },
+    Token { header: String, value: Secret },
     /// HMAC-SHA256 of the body in a header (Shopify and many others).
     HmacSha256 {
-        secret: String,
+        secret: Secret,
         header: String,
         #[serde(default)]
         prefix: String,
@@ -169,22 +172,22 @@ pub enum VerifyConfig {
         encoding: SignatureEncoding,
     },
     /// GitHub's `X-Hub-Signature-256: sha256=<hex>`.
-    Github { secret: String },
+    Github { secret: Secret },
     /// Stripe's `Stripe-Signature: t=...,v1=...`.
     Stripe {
-        secret: String,
+        secret: Secret,
         #[serde(default = "defaults::tolerance")]
         tolerance: ConfigDuration,
     },
     /// Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature`.
     StandardWebhooks {
-        secret: String,
+        secret: Secret,
         #[serde(default = "defaults::tolerance")]
         tolerance: ConfigDuration,
     },
     /// Slack's `X-Slack-Signature: v0=<hex>` over `v0:<timestamp>:<body>`.
     Slack {
-        secret: String,
+        secret: Secret,
         #[serde(default = "defaults::tolerance")]
         tolerance: ConfigDuration,
     },
@@ -246,7 +249,7 @@ pub struct IdempotencyConfig {
 pub struct SubscriptionConfig {
     pub name: String,
     pub topics: Vec<String>,
-    pub url: String,
+    pub url: CredentialedUrl,
     #[serde(default)]
     pub filter: Option<FilterConfig>,
     #[serde(default)]
@@ -317,15 +320,15 @@ pub struct FilterConfig {
 #[serde(deny_unknown_fields)]
 pub struct SigningConfig {
     #[serde(default)]
-    pub secret: Option<String>,
+    pub secret: Option<Secret>,
     /// Several secrets while rotating: every one signs, the receiver accepts any.
     #[serde(default)]
-    pub secrets: Option<Vec<String>>,
+    pub secrets: Option<Vec<Secret>>,
 }
 
 impl SigningConfig {
-    pub fn all_secrets(&self) -> Vec<String> {
-        let mut all: Vec<String> = self.secret.iter().cloned().collect();
+    pub fn all_secrets(&self) -> Vec<Secret> {
+        let mut all: Vec<Secret> = self.secret.iter().cloned().collect();
         all.extend(self.secrets.iter().flatten().cloned());
         all
     }
@@ -432,7 +435,7 @@ impl Default for ServerConfig {
             listen: defaults::listen(),
             admin_listen: defaults::admin_listen(),
             max_body: defaults::max_body(),
-            admin_token: String::new(),
+            admin_token: Secret::default(),
             shutdown_timeout: defaults::shutdown_timeout(),
         }
     }

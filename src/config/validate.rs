@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use super::{Config, ExtractorConfig, Problem, SubscriptionConfig, VerifyConfig};
+use super::{Config, ExtractorConfig, Problem, Secret, SubscriptionConfig, VerifyConfig};
 use crate::standard_webhooks;
 
 pub fn check(config: &Config) -> Vec<Problem> {
@@ -113,19 +113,21 @@ fn check_verify(path: &str, verify: &VerifyConfig, problems: &mut Problems) {
         VerifyConfig::None => {}
         VerifyConfig::Token { header, value } => {
             problems.header(&format!("{path}.header"), header);
-            problems.secret(&format!("{path}.value"), value);
+            problems.secret(&format!("{path}.value"), value.expose());
         }
         VerifyConfig::HmacSha256 { secret, header, .. } => {
-            problems.secret(&format!("{path}.secret"), secret);
+            problems.secret(&format!("{path}.secret"), secret.expose());
             problems.header(&format!("{path}.header"), header);
         }
-        VerifyConfig::Github { secret } => problems.secret(&format!("{path}.secret"), secret),
+        VerifyConfig::Github { secret } => {
+            problems.secret(&format!("{path}.secret"), secret.expose())
+        }
         VerifyConfig::Stripe { secret, tolerance } | VerifyConfig::Slack { secret, tolerance } => {
-            problems.secret(&format!("{path}.secret"), secret);
+            problems.secret(&format!("{path}.secret"), secret.expose());
             problems.positive(&format!("{path}.tolerance"), tolerance.0);
         }
         VerifyConfig::StandardWebhooks { secret, tolerance } => {
-            problems.webhook_secret(&format!("{path}.secret"), secret);
+            problems.webhook_secret(&format!("{path}.secret"), secret.expose());
             problems.positive(&format!("{path}.tolerance"), tolerance.0);
         }
     }
@@ -154,7 +156,7 @@ fn check_subscription(at: &str, sub: &SubscriptionConfig, problems: &mut Problem
     for (j, topic) in sub.topics.iter().enumerate() {
         problems.topic(&format!("{at}.topics[{j}]"), topic);
     }
-    match sub.url.parse::<http::Uri>() {
+    match sub.url.expose().parse::<http::Uri>() {
         Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {}
         _ => problems.add(
             format!("{at}.url"),
@@ -182,11 +184,11 @@ fn check_subscription(at: &str, sub: &SubscriptionConfig, problems: &mut Problem
         if signing.secret.is_some() {
             problems.webhook_secret(
                 &format!("{at}.signing.secret"),
-                signing.secret.as_deref().unwrap_or(""),
+                signing.secret.as_ref().map_or("", Secret::expose),
             );
         }
         for (j, secret) in signing.secrets.iter().flatten().enumerate() {
-            problems.webhook_secret(&format!("{at}.signing.secrets[{j}]"), secret);
+            problems.webhook_secret(&format!("{at}.signing.secrets[{j}]"), secret.expose());
         }
     }
     for (j, header) in sub.forward_headers.iter().enumerate() {

@@ -53,12 +53,15 @@ impl SubscriptionRuntime {
     ) -> Result<SubscriptionRuntime, DeliveryError> {
         // An endpoint that redirects is misconfigured: the client does not follow, since
         // following would send signed payloads somewhere nobody configured.
-        let client =
-            WebhookClient::new(&config.url, config.timeout.0, config.max_in_flight as usize)
-                .map_err(|e| DeliveryError::Client {
-                    subscription: config.name.clone(),
-                    reason: e.to_string(),
-                })?;
+        let client = WebhookClient::new(
+            config.url.expose(),
+            config.timeout.0,
+            config.max_in_flight as usize,
+        )
+        .map_err(|e| DeliveryError::Client {
+            subscription: config.name.clone(),
+            reason: e.to_string(),
+        })?;
         let rate_limit = config.rate_limit.as_ref().map(|rate| {
             let period = Duration::from_secs_f64(1.0 / rate.per_second);
             let burst = rate
@@ -82,7 +85,7 @@ impl SubscriptionRuntime {
             timeout: config.timeout.0,
             secrets: signing
                 .iter()
-                .map(|s| standard_webhooks::Secret::parse(s).expect("validated secret"))
+                .map(|s| standard_webhooks::Secret::parse(s.expose()).expect("validated secret"))
                 .collect(),
             payload: config.payload,
             decode: if config.payload == PayloadMode::EnvelopeJson

@@ -30,7 +30,7 @@ pub enum VerifyError {
     BadToken,
 }
 
-#[derive(Debug)]
+/// Holds secrets: its `Debug` shows the kind only.
 pub enum Verifier {
     None,
     Token {
@@ -60,6 +60,23 @@ pub enum Verifier {
     },
 }
 
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            Verifier::None => "none",
+            Verifier::Token { .. } => "token",
+            Verifier::HmacSha256 { .. } => "hmac_sha256",
+            Verifier::Github { .. } => "github",
+            Verifier::Stripe { .. } => "stripe",
+            Verifier::StandardWebhooks { .. } => "standard_webhooks",
+            Verifier::Slack { .. } => "slack",
+        };
+        f.debug_struct("Verifier")
+            .field("kind", &kind)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Verifier {
     /// Builds a verifier from a validated config.
     pub fn from_config(config: &VerifyConfig) -> Verifier {
@@ -72,7 +89,7 @@ impl Verifier {
                 value,
             } => Verifier::Token {
                 header: header(name),
-                value: value.as_bytes().to_vec(),
+                value: value.expose().as_bytes().to_vec(),
             },
             VerifyConfig::HmacSha256 {
                 secret,
@@ -80,24 +97,25 @@ impl Verifier {
                 prefix,
                 encoding,
             } => Verifier::HmacSha256 {
-                secret: secret.as_bytes().to_vec(),
+                secret: secret.expose().as_bytes().to_vec(),
                 header: header(name),
                 prefix: prefix.clone(),
                 encoding: *encoding,
             },
             VerifyConfig::Github { secret } => Verifier::Github {
-                secret: secret.as_bytes().to_vec(),
+                secret: secret.expose().as_bytes().to_vec(),
             },
             VerifyConfig::Stripe { secret, tolerance } => Verifier::Stripe {
-                secret: secret.as_bytes().to_vec(),
+                secret: secret.expose().as_bytes().to_vec(),
                 tolerance_secs: tolerance.0.as_secs() as i64,
             },
             VerifyConfig::StandardWebhooks { secret, tolerance } => Verifier::StandardWebhooks {
-                secret: standard_webhooks::Secret::parse(secret).expect("validated webhook secret"),
+                secret: standard_webhooks::Secret::parse(secret.expose())
+                    .expect("validated webhook secret"),
                 tolerance_secs: tolerance.0.as_secs() as i64,
             },
             VerifyConfig::Slack { secret, tolerance } => Verifier::Slack {
-                secret: secret.as_bytes().to_vec(),
+                secret: secret.expose().as_bytes().to_vec(),
                 tolerance_secs: tolerance.0.as_secs() as i64,
             },
         }

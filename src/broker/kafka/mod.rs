@@ -47,7 +47,7 @@ fn base_config(config: &KafkaConfig) -> ClientConfig {
 /// Applies `broker.kafka.properties` over the defaults.
 fn with_properties(mut client: ClientConfig, config: &KafkaConfig) -> ClientConfig {
     for (key, value) in &config.properties {
-        client.set(key, value);
+        client.set(key, value.expose());
     }
     client
 }
