@@ -197,3 +197,31 @@ mod tests {
         assert_eq!(ByteSize(1 << 20).to_string(), "1MiB");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Any text is a duration or an error naming it, never a panic.
+        #[test]
+        fn any_duration_text(text in prop_oneof![
+            "\\PC{0,30}",
+            "[0-9.]{0,40}(ms|s|m|h|d)?",
+        ]) {
+            if let Ok(duration) = parse_duration(&text) {
+                prop_assert!(duration <= MAX_DURATION);
+            }
+        }
+
+        #[test]
+        fn any_size_text(text in prop_oneof![
+            "\\PC{0,30}",
+            "[0-9]{0,30}(B|KB|MB|GB|KiB|MiB|GiB)?",
+        ]) {
+            let _ = parse_size(&text);
+        }
+    }
+}

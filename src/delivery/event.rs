@@ -61,10 +61,14 @@ impl Event {
         });
         match decoded {
             Some(Ok((head, envelope))) => Event {
+                // Checked: the envelope is input, and a time past the clock's range must
+                // not bring the partition down.
                 received_at: head
                     .received_at
-                    .map(|t| {
-                        UNIX_EPOCH + Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32)
+                    .and_then(|t| {
+                        let since_epoch = Duration::from_secs(t.seconds.max(0) as u64)
+                            .checked_add(Duration::from_nanos(t.nanos.max(0) as u64))?;
+                        UNIX_EPOCH.checked_add(since_epoch)
                     })
                     .unwrap_or_else(|| record_time(&record)),
                 id: head.id,
@@ -107,5 +111,74 @@ impl Event {
 }
 
 fn record_time(record: &ConsumedRecord) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(record.timestamp_ms.max(0) as u64)
+    UNIX_EPOCH
+        .checked_add(Duration::from_millis(record.timestamp_ms.max(0) as u64))
+        .unwrap_or(UNIX_EPOCH)
+}
+
+#[cfg(test)]
+mod properties {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use proptest::prelude::*;
+    use prost::Message;
+
+    use super::*;
+    use crate::broker::RecordHeader;
+    use crate::envelope::{HEADER_CONTENT_TYPE, RECORD_CONTENT_TYPE};
+
+    fn record(value: Vec<u8>, envelope: bool, timestamp_ms: i64) -> ConsumedRecord {
+        ConsumedRecord {
+            topic: Arc::from("t"),
+            partition: 0,
+            offset: 7,
+            timestamp_ms,
+            key: None,
+            headers: envelope
+                .then(|| RecordHeader {
+                    name: HEADER_CONTENT_TYPE.into(),
+                    value: Bytes::from_static(RECORD_CONTENT_TYPE.as_bytes()),
+                })
+                .into_iter()
+                .collect(),
+            value: Bytes::from(value),
+        }
+    }
+
+    proptest! {
+        /// Any bytes under the envelope's content type, or as a foreign record, make an
+        /// event (perhaps an undeliverable one), never a panic.
+        #[test]
+        fn any_record_value_makes_an_event(
+            value in proptest::collection::vec(any::<u8>(), 0..512),
+            envelope in any::<bool>(),
+            timestamp_ms in any::<i64>(),
+            full in any::<bool>(),
+        ) {
+            let decode = if full { Decode::Full } else { Decode::Head };
+            let _ = Event::from_record(record(value, envelope, timestamp_ms), decode);
+        }
+
+        /// Envelopes with any times, ids and types, however out of range.
+        #[test]
+        fn any_envelope_makes_an_event(
+            seconds in any::<i64>(),
+            nanos in any::<i32>(),
+            id in ".{0,40}",
+            kind in ".{0,40}",
+        ) {
+            let envelope = crate::envelope::Envelope {
+                id,
+                r#type: kind,
+                received_at: Some(prost_types::Timestamp { seconds, nanos }),
+                ..Default::default()
+            };
+            let event = Event::from_record(
+                record(envelope.encode_to_vec(), true, 0),
+                Decode::Full,
+            );
+            prop_assert!(event.undeliverable.is_none());
+        }
+    }
 }

@@ -128,3 +128,24 @@ mod tests {
         assert_eq!(parse_retry_after("soon"), None);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// A receiver's `Retry-After`, whatever it says, gives a delay or none.
+        #[test]
+        fn any_retry_after(text in prop_oneof!["\\PC{0,40}", "[0-9]{0,30}"]) {
+            let policy = RetryPolicy {
+                initial_backoff: Duration::from_millis(10),
+                max_backoff: Duration::from_secs(1),
+                max_attempts: 3,
+                max_age: Duration::from_secs(60),
+            };
+            let _ = policy.next_delay(1, SystemTime::now(), parse_retry_after(&text));
+        }
+    }
+}

@@ -173,3 +173,65 @@ impl<'a> JsonBody<'a> {
             .map_err(Clone::clone)
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::ExtractorConfig;
+
+    fn extractor(json: Option<&str>, header: Option<&str>) -> Extractor {
+        Extractor::from_config(
+            "key",
+            &ExtractorConfig {
+                header: header.map(str::to_string),
+                json: json.map(str::to_string),
+                value: None,
+                default: None,
+            },
+        )
+    }
+
+    proptest! {
+        /// Any body, JSON or not, under any content type, through a JSON pointer: a value
+        /// or a problem, never a panic; and no accepted value holds a control character.
+        #[test]
+        fn any_body_through_a_pointer(
+            body in proptest::collection::vec(any::<u8>(), 0..256),
+            content_type in proptest::option::of(".{0,30}"),
+            pointer in "(/[a-z0-9~]{0,6}){1,3}",
+        ) {
+            let extractor = extractor(Some(&pointer), None);
+            let json = JsonBody::new(&body, content_type.as_deref());
+            if let Ok(Some(value)) = extractor.extract(&HeaderMap::new(), &json) {
+                prop_assert!(!value.chars().any(char::is_control));
+            }
+        }
+
+        /// JSON documents with arbitrary strings at the pointer, control characters
+        /// included.
+        #[test]
+        fn any_string_at_the_pointer(text in "\\PC{0,20}[\\x00-\\x1f\\x7f]?\\PC{0,20}") {
+            let body = serde_json::json!({ "k": text }).to_string();
+            let extractor = extractor(Some("/k"), None);
+            let json = JsonBody::new(body.as_bytes(), Some("application/json"));
+            match extractor.extract(&HeaderMap::new(), &json) {
+                Ok(Some(value)) => prop_assert_eq!(&value, &text),
+                Ok(None) => prop_assert!(false, "a present value"),
+                Err(problem) => prop_assert!(text.chars().any(char::is_control), "{problem:?}"),
+            }
+        }
+
+        /// Any header value bytes.
+        #[test]
+        fn any_header_value(value in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut headers = HeaderMap::new();
+            if let Ok(value) = http::HeaderValue::from_bytes(&value) {
+                headers.insert("x-key", value);
+            }
+            let extractor = extractor(None, Some("X-Key"));
+            let _ = extractor.extract(&headers, &JsonBody::new(b"", None));
+        }
+    }
+}

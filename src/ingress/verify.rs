@@ -308,7 +308,7 @@ fn check_timestamp(
         why: "not a Unix timestamp",
     })?;
     let skew = now.saturating_sub(timestamp);
-    if skew.abs() > tolerance_secs {
+    if skew.unsigned_abs() > tolerance_secs.unsigned_abs() {
         Err(VerifyError::Stale(skew))
     } else {
         Ok(())
@@ -438,5 +438,95 @@ mod tests {
             token.verify(&headers(&[("x-token", "abd")]), b"", 0),
             Err(VerifyError::BadToken)
         );
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::{ConfigDuration, SignatureEncoding};
+
+    fn verifiers() -> Vec<Verifier> {
+        let tolerance = ConfigDuration(std::time::Duration::from_secs(300));
+        [
+            VerifyConfig::Token {
+                header: "X-Token".into(),
+                value: "t0ken".into(),
+            },
+            VerifyConfig::HmacSha256 {
+                secret: "s".into(),
+                header: "X-Sig".into(),
+                prefix: "sha256=".into(),
+                encoding: SignatureEncoding::Hex,
+            },
+            VerifyConfig::HmacSha256 {
+                secret: "s".into(),
+                header: "X-Sig".into(),
+                prefix: String::new(),
+                encoding: SignatureEncoding::Base64,
+            },
+            VerifyConfig::Github { secret: "s".into() },
+            VerifyConfig::Stripe {
+                secret: "s".into(),
+                tolerance,
+            },
+            VerifyConfig::StandardWebhooks {
+                secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+                tolerance,
+            },
+            VerifyConfig::Slack {
+                secret: "s".into(),
+                tolerance,
+            },
+        ]
+        .iter()
+        .map(Verifier::from_config)
+        .collect()
+    }
+
+    const HEADERS: [&str; 9] = [
+        "x-token",
+        "x-sig",
+        "x-hub-signature-256",
+        "stripe-signature",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        "x-slack-signature",
+        "x-slack-request-timestamp",
+    ];
+
+    proptest! {
+        /// Every verifier, any header values (timestamps of any size included), any body,
+        /// any clock: accepted or refused, never a panic, and never accepted by chance.
+        #[test]
+        fn any_request_is_verified_without_a_panic(
+            values in proptest::collection::vec(
+                prop_oneof![
+                    "[ -~]{0,80}",
+                    any::<i64>().prop_map(|n| n.to_string()),
+                    "t=-?[0-9]{1,20},v1=[0-9a-f]{0,64}",
+                    "v[01],[A-Za-z0-9+/=]{0,50}",
+                ],
+                HEADERS.len(),
+            ),
+            body in proptest::collection::vec(any::<u8>(), 0..128),
+            now in any::<i64>(),
+        ) {
+            let mut headers = HeaderMap::new();
+            for (name, value) in HEADERS.iter().zip(&values) {
+                if let Ok(value) = http::HeaderValue::from_str(value) {
+                    headers.insert(*name, value);
+                }
+            }
+            for verifier in verifiers() {
+                let accepted = verifier.verify(&headers, &body, now).is_ok();
+                // Only the token verifier can be satisfied without the secret's HMAC.
+                let is_token = matches!(verifier, Verifier::Token { .. });
+                prop_assert!(!accepted || is_token, "accepted by chance: {:?}", verifier);
+            }
+        }
     }
 }
