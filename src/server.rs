@@ -149,30 +149,23 @@ pub async fn serve(
             .with_graceful_shutdown(stopped(stop_rx.clone()))
             .into_future(),
     );
-    let ingress_server = axum::serve(
-        listener,
-        ingress
-            .router()
-            .into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stopped(stop_rx));
-
     let grace = config.server.shutdown_timeout.0;
-    let mut ingress_task = tokio::spawn(ingress_server.into_future());
-    tokio::select! {
-        // The server only ends by itself if it failed.
-        finished = &mut ingress_task => {
-            let _ = stop_tx.send(true);
-            finished.expect("ingress server task").map_err(|source| ServeError::Serve { what: "ingress", source })?;
-        }
-        () = shutdown => {
-            tracing::info!(grace = ?grace, "shutting down: no new connections, finishing in-flight requests");
-            let _ = stop_tx.send(true);
-            if tokio::time::timeout(grace, ingress_task).await.is_err() {
-                tracing::warn!("in-flight requests did not finish within server.shutdown_timeout");
-            }
-        }
-    }
+    let limits = crate::ingress::listener::Limits {
+        read_timeout: config.server.read_timeout.0,
+        max_connections: config.server.max_connections as usize,
+    };
+    let ingress_stopped = stopped(stop_rx);
+    let ingress_task = tokio::spawn(crate::ingress::listener::serve(
+        listener,
+        ingress.router(),
+        limits,
+        ingress_stopped,
+        grace,
+    ));
+    shutdown.await;
+    tracing::info!(grace = ?grace, "shutting down: no new connections, finishing in-flight requests");
+    let _ = stop_tx.send(true);
+    let _ = ingress_task.await;
     let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
     delivery.shutdown(grace).await;
     match tokio::time::timeout(grace, publisher.close()).await {

@@ -131,6 +131,17 @@ pub struct ServerConfig {
     /// How long a graceful shutdown waits for in-flight work before it gives up.
     #[serde(default = "defaults::shutdown_timeout")]
     pub shutdown_timeout: ConfigDuration,
+    /// A request's head and its body must each arrive within this: a slow sender gets a
+    /// 408 (or, before its head is complete, a closed connection) instead of holding the
+    /// ingress.
+    #[serde(default = "defaults::read_timeout")]
+    pub read_timeout: ConfigDuration,
+    /// Ingress connections open at once; past it new senders wait to be accepted.
+    #[serde(
+        default = "defaults::max_connections",
+        deserialize_with = "units::number"
+    )]
+    pub max_connections: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -437,6 +448,8 @@ impl Default for ServerConfig {
             max_body: defaults::max_body(),
             admin_token: Secret::default(),
             shutdown_timeout: defaults::shutdown_timeout(),
+            read_timeout: defaults::read_timeout(),
+            max_connections: defaults::max_connections(),
         }
     }
 }
@@ -480,6 +493,12 @@ mod defaults {
     }
     pub fn shutdown_timeout() -> ConfigDuration {
         ConfigDuration(Duration::from_secs(30))
+    }
+    pub fn read_timeout() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(10))
+    }
+    pub fn max_connections() -> u32 {
+        4096
     }
     pub fn publish_timeout() -> ConfigDuration {
         ConfigDuration(Duration::from_secs(5))

@@ -106,6 +106,10 @@ fn check_server(config: &Config, problems: &mut Problems) {
         problems.add("server.max_body", "must be more than 0");
     }
     problems.positive("server.shutdown_timeout", server.shutdown_timeout.0);
+    problems.positive("server.read_timeout", server.read_timeout.0);
+    if server.max_connections == 0 {
+        problems.add("server.max_connections", "must be at least 1");
+    }
 }
 
 fn check_verify(path: &str, verify: &VerifyConfig, problems: &mut Problems) {

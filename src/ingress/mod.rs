@@ -9,6 +9,7 @@
 #![allow(clippy::result_large_err)]
 
 mod extract;
+pub mod listener;
 pub mod problem;
 pub mod route;
 mod verify;
@@ -41,6 +42,7 @@ pub struct Ingress {
     routes: HashMap<String, Route>,
     publisher: Arc<dyn Publisher>,
     max_body: usize,
+    read_timeout: std::time::Duration,
 }
 
 impl Ingress {
@@ -54,6 +56,7 @@ impl Ingress {
             routes,
             publisher,
             max_body: config.server.max_body.0 as usize,
+            read_timeout: config.server.read_timeout.0,
         })
     }
 
@@ -102,9 +105,28 @@ async fn receive(
         );
     }
 
-    let body = match read_body(&headers, body, ingress.max_body).await {
-        Ok(body) => body,
-        Err(problem) => return reject(problem),
+    let body = match tokio::time::timeout(
+        ingress.read_timeout,
+        read_body(&headers, body, ingress.max_body),
+    )
+    .await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(problem)) => return reject(problem),
+        Err(_) => {
+            return reject(
+                Problem::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request-timeout",
+                    "Request timeout",
+                    format!(
+                        "the body did not arrive within {:?} (server.read_timeout)",
+                        ingress.read_timeout
+                    ),
+                )
+                .closing(),
+            );
+        }
     };
 
     let now = SystemTime::now();
