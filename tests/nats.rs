@@ -457,3 +457,91 @@ async fn two_subscriptions_dead_lettering_one_envelope_store_two_dead_letters() 
         HashSet::from(["first".to_string(), "second".to_string()])
     );
 }
+
+/// Ordinary steady load: ~300 webhooks a second for 30 s over 8 partitions and 500 keys.
+/// No event waits more than a second between its 202 and its delivery (the goal is
+/// milliseconds; the bound leaves room for a busy machine). A partition's reader used to
+/// leave some events waiting five seconds, for the client's give-up timer on a pull.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steady_load_is_delivered_without_stalls() {
+    const RATE: u64 = 300;
+    const SECONDS: u64 = 30;
+    let nats = NatsServer::start();
+    let receiver = Receiver::start().await;
+    let subs = format!(
+        "  - name: steady\n    topics: [steady]\n    url: {}\n",
+        receiver.url
+    );
+    let broker = format!(
+        "  kind: nats\n  nats: {{ url: \"{}\", partitions: 8, lease: 2s }}\n",
+        nats.url()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = Hookbridge::start(dir.path(), &events_config(&broker, "steady", &subs));
+    // Every partition owned and every connection open before the clock starts.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.log_text().matches("partition assigned").count() < 8 {
+        assert!(Instant::now() < deadline, "all partitions owned");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let client = http_client();
+    for seq in 0..50u64 {
+        let body = serde_json::json!({"key": format!("warm{seq}"), "seq": 1_000_000 + seq});
+        client
+            .post(server.hook_url("events"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+    }
+    receiver
+        .wait_for("the warm-up", Duration::from_secs(30), |r| r.len() >= 50)
+        .await;
+
+    // Open loop: each request leaves on its schedule, whatever the others are doing.
+    let accepted: Arc<std::sync::Mutex<Vec<(u64, Instant)>>> = Arc::default();
+    let start = tokio::time::Instant::now();
+    let mut sends = tokio::task::JoinSet::new();
+    for seq in 0..RATE * SECONDS {
+        tokio::time::sleep_until(start + Duration::from_micros(seq * 1_000_000 / RATE)).await;
+        let (client, url, accepted) = (client.clone(), server.hook_url("events"), accepted.clone());
+        sends.spawn(async move {
+            let body = serde_json::json!({"key": format!("k{}", seq % 500), "seq": seq});
+            let response = client.post(url).json(&body).send().await.unwrap();
+            assert_eq!(response.status(), 202);
+            accepted.lock().unwrap().push((seq, Instant::now()));
+        });
+    }
+    while sends.join_next().await.is_some() {}
+    receiver
+        .wait_for("every event", Duration::from_secs(60), |r| {
+            r.iter().filter(|r| seq_of(r).1 < RATE * SECONDS).count() >= (RATE * SECONDS) as usize
+        })
+        .await;
+    let delivered: std::collections::HashMap<u64, Instant> = receiver
+        .received()
+        .iter()
+        .map(|r| (seq_of(r).1, r.at))
+        .collect();
+    let mut waits: Vec<Duration> = accepted
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(seq, at)| delivered[seq].saturating_duration_since(*at))
+        .collect();
+    waits.sort();
+    let p = |q: f64| waits[((waits.len() as f64 * q) as usize).min(waits.len() - 1)];
+    eprintln!(
+        "{} events at {RATE}/s: 202 to delivery p50 {:?}, p99 {:?}, max {:?}",
+        waits.len(),
+        p(0.5),
+        p(0.99),
+        waits.last().unwrap()
+    );
+    assert!(
+        *waits.last().unwrap() < Duration::from_secs(1),
+        "no event waits a second: p99 {:?}, max {:?}",
+        p(0.99),
+        waits.last().unwrap()
+    );
+}
