@@ -545,3 +545,75 @@ async fn steady_load_is_delivered_without_stalls() {
         waits.last().unwrap()
     );
 }
+
+/// G8 on NATS: completion outlives the process. One partition, key A failing; 2,000 events
+/// of other keys are delivered past it; `kill -9`; a new replica delivers none of them
+/// again (each was acked on its own), then A once it recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_redelivers_nothing_already_delivered_behind_a_failing_key() {
+    const OTHERS: u64 = 2_000;
+    let nats = NatsServer::start();
+    let receiver = Receiver::start().await;
+    let a_fails = Arc::new(AtomicBool::new(true));
+    let failing = a_fails.clone();
+    receiver.answer(move |_, body| {
+        let body: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        if body["key"] == "A" && failing.load(Ordering::SeqCst) {
+            Reply::status(500)
+        } else {
+            Reply::status(200)
+        }
+    });
+    let subs = format!(
+        "  - name: completion\n    topics: [orders]\n    url: {}\n    breaker: {{ failures: 1000000 }}\n    retry: {{ initial_backoff: 50ms, max_backoff: 200ms, max_attempts: 1000000, max_age: 1h }}\n",
+        receiver.url
+    );
+    let broker = format!(
+        "  kind: nats\n  nats: {{ url: \"{}\", partitions: 1, lease: 2s }}\n",
+        nats.url()
+    );
+    let config = events_config(&broker, "orders", &subs);
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Hookbridge::start(dir.path(), &config);
+    let ingresses = Arc::new(std::sync::Mutex::new(vec![server.ingress.clone()]));
+    post_events(ingresses.clone(), vec![("A".into(), 0)], 1, Duration::ZERO).await;
+    let others: Vec<(String, u64)> = (1..=OTHERS).map(|s| (format!("k{}", s % 50), s)).collect();
+    post_events(ingresses, others, 8, Duration::ZERO).await;
+    receiver
+        .wait_for("every other event", Duration::from_secs(120), |r| {
+            common::receiver::all_delivered(r, 1..=OTHERS)
+        })
+        .await;
+    // The acks of the last deliveries go out with the next commit tick.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    server.kill();
+    let before = receiver.count();
+
+    let _restarted = Hookbridge::start(tempfile::tempdir().unwrap().path(), &config);
+    // The dead replica's lease expires (2 s), the new owner waits for the unacked
+    // messages (1.25 s) and retries A: long enough for any redelivery to show.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let again: Vec<u64> = receiver.received()[before..]
+        .iter()
+        .map(|r| seq_of(r).1)
+        .filter(|seq| *seq != 0)
+        .collect();
+    assert!(
+        again.is_empty(),
+        "{} of {OTHERS} delivered again after kill -9, e.g. {:?}",
+        again.len(),
+        &again[..again.len().min(10)]
+    );
+    assert!(
+        receiver.received()[before..]
+            .iter()
+            .any(|r| seq_of(r).1 == 0),
+        "A is being retried by the new owner"
+    );
+    a_fails.store(false, Ordering::SeqCst);
+    receiver
+        .wait_for("A, once it recovers", Duration::from_secs(30), |r| {
+            r.iter().any(|r| r.ok() && seq_of(r).1 == 0)
+        })
+        .await;
+}
