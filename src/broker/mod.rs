@@ -202,6 +202,25 @@ pub enum Tenure {
     Revoked,
 }
 
+impl Tenure {
+    /// Until when the partition is surely held, if that is bounded (and it is held).
+    pub fn held_until(self) -> Option<Instant> {
+        match self {
+            Tenure::Held { until } => until,
+            Tenure::Revoked => None,
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever without one: a deadline that may not be set, for a
+/// `select!` arm.
+pub(crate) async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The backend's side of an assigned partition: it renews or revokes the tenure and learns
 /// when the worker has let go.
 pub struct PartitionHandle {

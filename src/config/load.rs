@@ -180,9 +180,9 @@ impl References {
         if self.originals.is_empty() || !text.contains(&self.prefix) {
             return text.to_string();
         }
-        // Highest numbers first, so token 1 is not swapped inside token 10.
+        // The trailing `_` keeps tokens apart: `<prefix>1_` is not inside `<prefix>10_`.
         let mut out = text.to_string();
-        for (n, original) in self.originals.iter().enumerate().rev() {
+        for (n, original) in self.originals.iter().enumerate() {
             out = out.replace(&format!("{}{n}_", self.prefix), original);
         }
         out

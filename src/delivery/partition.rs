@@ -28,7 +28,7 @@ use super::commit::CommitTracker;
 use super::event::Event;
 use super::lane::{self, Outcome};
 use super::subscription::SubscriptionRuntime;
-use crate::broker::{PartitionStream, Progress, Tenure};
+use crate::broker::{PartitionStream, Progress, Tenure, sleep_until};
 use crate::config::OrderingMode;
 
 /// How often a partition commits its progress while it runs.
@@ -91,7 +91,7 @@ pub async fn run(
     };
 
     let ending = loop {
-        let fence = held_until(&tenure);
+        let fence = tenure.borrow().held_until();
         tokio::select! {
             biased;
             _ = super::stopped(&mut stop) => break Ending::Shutdown,
@@ -159,7 +159,7 @@ pub async fn run(
         _ => sub.timeout + Duration::from_secs(1),
     };
     let mut deadline = Instant::now() + grace;
-    if let Some(fence) = held_until(&tenure) {
+    if let Some(fence) = tenure.borrow().held_until() {
         deadline = deadline.min(fence);
     }
     let mut active = lanes.queued.len();
@@ -212,19 +212,4 @@ async fn commit(
         .await?;
     tracker.accepted(&pending);
     Ok(())
-}
-
-/// Until when the partition is surely held, if that is bounded.
-fn held_until(tenure: &watch::Receiver<Tenure>) -> Option<Instant> {
-    match *tenure.borrow() {
-        Tenure::Held { until } => until,
-        Tenure::Revoked => None,
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
 }

@@ -47,21 +47,21 @@ pub async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.read_timeout);
     tokio::pin!(shutdown);
-    let mut full_since: Option<tokio::time::Instant> = None;
+    // Said once each time the cap is reached, not once per connection.
+    let mut at_capacity = false;
     loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => permit.expect("never closed"),
             () = &mut shutdown => break,
         };
-        if permits.available_permits() == 0 && full_since.is_none() {
-            full_since = Some(tokio::time::Instant::now());
+        let full = permits.available_permits() == 0;
+        if full && !at_capacity {
             tracing::warn!(
                 max_connections = limits.max_connections,
                 "the ingress is at server.max_connections; new senders wait"
             );
-        } else if permits.available_permits() > 0 {
-            full_since = None;
         }
+        at_capacity = full;
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,

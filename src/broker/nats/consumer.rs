@@ -386,19 +386,16 @@ async fn start_reader(
         consumer,
         resume_floor,
         unacked,
-        recovery_wait: ctx.ack_wait() * 2,
+        ack_wait: ctx.ack_wait(),
         unit: unit.clone(),
         records: tx,
         pending: ctx.pending.clone(),
         tenure: stream.tenure(),
         pull_expires: ctx.lease / 5,
     };
-    // Messages delivered to an earlier owner and not acked come back once their ack wait
-    // has run out; waiting for that before the first pull makes them come first, in order.
-    let first_pull_after = (unacked > 0).then(|| ctx.ack_wait() + ctx.ack_wait() / 4);
     let _ = ctx.events.send(PartitionEvent::Assigned(stream)).await;
     tracing::info!(group = %ctx.group, %topic, partition, unacked, "partition lease taken");
-    Ok((handle, tokio::spawn(reader.run(first_pull_after))))
+    Ok((handle, tokio::spawn(reader.run())))
 }
 
 /// Acks each finished message on its own (see the module's comment).

@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::KEY_HEADER;
 use super::consumer::{Pending, Unit};
-use crate::broker::{ConsumedRecord, RecordHeader, Tenure};
+use crate::broker::{ConsumedRecord, RecordHeader, Tenure, sleep_until};
 
 /// Messages one pull request asks for.
 const PULL_BATCH: usize = 256;
@@ -58,8 +58,8 @@ pub struct Reader {
     pub resume_floor: u64,
     /// How many messages the previous owner left unacked.
     pub unacked: usize,
-    /// How long to wait for all of them to come back before going on without the rest.
-    pub recovery_wait: Duration,
+    /// The consumer's ack wait: how long the server waits before it redelivers them.
+    pub ack_wait: Duration,
 }
 
 /// The pull currently open, if any.
@@ -71,10 +71,13 @@ struct Pull {
 }
 
 impl Reader {
-    pub async fn run(mut self, first_pull_after: Option<Duration>) {
+    pub async fn run(mut self) {
         let (topic, partition) = (self.unit.0.clone(), self.unit.1);
-        if let Some(wait) = first_pull_after {
-            tracing::info!(%topic, partition, ?wait, "waiting for the previous owner's unacked messages to come back");
+        if self.unacked > 0 {
+            // The previous owner's unacked messages come back once their ack wait has run
+            // out; pulling after that makes them come first.
+            let wait = self.ack_wait + self.ack_wait / 4;
+            tracing::info!(%topic, partition, ?wait, unacked = self.unacked, "waiting for the previous owner's unacked messages to come back");
             tokio::time::sleep(wait).await;
         }
         let inbox = Subject::from(self.client.new_inbox());
@@ -93,7 +96,8 @@ impl Reader {
             recovery: (self.unacked > 0).then(|| Recovery {
                 expected: self.unacked,
                 recovered: 0,
-                deadline: Instant::now() + self.recovery_wait,
+                // Past it, go on without the rest (some may have been acked after all).
+                deadline: Instant::now() + self.ack_wait * 2,
                 held: BTreeMap::new(),
             }),
         };
@@ -191,45 +195,66 @@ impl Reader {
         }
     }
 
-    /// Takes a message from the inbox: a repeat of one handed over already (the server
-    /// redelivered it after a late progress ack) refreshes or repeats its ack; while the
-    /// previous owner's messages are being recovered it is held back; otherwise it goes to
-    /// the engine.
+    /// Takes a message from the inbox: a repeat of one taken already (the server
+    /// redelivered it after a late progress ack) refreshes or repeats its ack; a new one is
+    /// remembered as pending (so it gets progress acks) and, while the previous owner's
+    /// messages are being recovered, held back; otherwise it goes to the engine.
     async fn take(&self, message: async_nats::Message, seen: &mut Seen) {
         let message = Message {
             message,
             context: self.jetstream.clone(),
         };
         let Ok(info) = message.info() else { return };
-        let sequence = info.stream_sequence;
+        let (sequence, published) = (info.stream_sequence, info.published);
         let Some(reply) = message.reply.clone() else {
             return;
         };
-        let refreshed = {
-            let mut pending = self.pending.lock().expect("pending lock");
-            let stored = pending
-                .get_mut(&self.unit)
-                .and_then(|m| m.get_mut(&sequence));
-            stored.map(|stored| *stored = reply.clone()).is_some()
-        };
-        if refreshed {
-            return;
-        }
         let previous_owners = sequence <= self.resume_floor;
-        if previous_owners {
-            if !seen.previous_owner.insert(sequence) {
+        // Taken before and not yet acked: the server sent it again; only its reply subject
+        // is new. Otherwise remember it, unless it was acked already.
+        let repeat = {
+            let mut pending = self.pending.lock().expect("pending lock");
+            match pending.get_mut(&self.unit) {
+                // Let go already: nothing more goes to the engine.
+                None => Repeat::Pending,
+                Some(messages) => {
+                    if let Some(stored) = messages.get_mut(&sequence) {
+                        *stored = reply.clone();
+                        Repeat::Pending
+                    } else {
+                        let first_time = if previous_owners {
+                            seen.previous_owner.insert(sequence)
+                        } else {
+                            sequence > seen.highest
+                        };
+                        if first_time {
+                            messages.insert(sequence, reply.clone());
+                            Repeat::No
+                        } else {
+                            Repeat::Acked
+                        }
+                    }
+                }
+            }
+        };
+        match repeat {
+            Repeat::Pending => return,
+            // Done and acked, but the ack was lost.
+            Repeat::Acked => {
                 self.ack_again(reply).await;
                 return;
             }
-        } else if sequence <= seen.highest {
-            // Ours, done and acked, but the ack was lost.
-            self.ack_again(reply).await;
-            return;
+            Repeat::No => {}
         }
+        let taken = Taken {
+            message,
+            sequence,
+            timestamp_ms: (published.unix_timestamp_nanos() / 1_000_000) as i64,
+        };
         if let Some(recovery) = &mut seen.recovery {
             // Kept in sequence order until every message the previous owner left has come
             // back (the server's redelivery order is not sequence order).
-            recovery.held.insert(sequence, message);
+            recovery.held.insert(sequence, taken);
             if previous_owners {
                 recovery.recovered += 1;
             }
@@ -241,7 +266,7 @@ impl Reader {
         if previous_owners && sequence < seen.highest {
             tracing::warn!(topic = %self.unit.0, partition = self.unit.1, sequence, "a message left unacked by the previous owner came back late, after newer ones");
         }
-        self.hand_over(message, seen).await;
+        self.hand_over(taken, seen).await;
     }
 
     /// Hands what recovery held back to the engine, in sequence order.
@@ -250,17 +275,18 @@ impl Reader {
             return;
         };
         tracing::info!(topic = %self.unit.0, partition = self.unit.1, recovered = recovery.recovered, expected = recovery.expected, "the previous owner's unacked messages are back");
-        for (_, message) in recovery.held {
-            self.hand_over(message, seen).await;
+        for (_, taken) in recovery.held {
+            self.hand_over(taken, seen).await;
         }
     }
 
-    async fn hand_over(&self, message: Message, seen: &mut Seen) {
-        let Ok(info) = message.info() else { return };
-        let (sequence, published) = (info.stream_sequence, info.published);
-        let Some(reply) = message.reply.clone() else {
-            return;
-        };
+    /// Sends a taken message to the engine as a record.
+    async fn hand_over(&self, taken: Taken, seen: &mut Seen) {
+        let Taken {
+            message,
+            sequence,
+            timestamp_ms,
+        } = taken;
         seen.highest = seen.highest.max(sequence);
         let (topic, partition) = (self.unit.0.clone(), self.unit.1);
         let headers: Vec<RecordHeader> = message
@@ -284,19 +310,11 @@ impl Reader {
             topic,
             partition,
             offset: sequence,
-            timestamp_ms: (published.unix_timestamp_nanos() / 1_000_000) as i64,
+            timestamp_ms,
             key,
             headers,
             value: message.payload.clone(),
         };
-        if let Some(messages) = self
-            .pending
-            .lock()
-            .expect("pending lock")
-            .get_mut(&self.unit)
-        {
-            messages.insert(sequence, reply);
-        }
         // A stream dropped by its worker takes nothing more: the message stays unacked and
         // goes to the next owner.
         let _ = self.records.send(record).await;
@@ -324,10 +342,26 @@ struct Recovery {
     /// How many the previous owner left unacked.
     expected: usize,
     recovered: usize,
-    /// Given up waiting for the rest then (some may have been acked after all).
+    /// Given up waiting for the rest then.
     deadline: Instant,
     /// Everything taken meanwhile, by sequence.
-    held: BTreeMap<u64, Message>,
+    held: BTreeMap<u64, Taken>,
+}
+
+/// A message taken from the inbox, with what was read from its reply subject.
+struct Taken {
+    message: Message,
+    sequence: u64,
+    timestamp_ms: i64,
+}
+
+/// Whether a message was taken before.
+enum Repeat {
+    No,
+    /// Taken and not yet acked (or the partition was let go).
+    Pending,
+    /// Taken, finished and acked.
+    Acked,
 }
 
 impl Reader {
@@ -336,12 +370,5 @@ impl Reader {
             .client
             .publish(reply, Bytes::from_static(b"+ACK"))
             .await;
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
     }
 }
