@@ -18,11 +18,7 @@ use hookbridge::broker::partitioner::partition_for_key;
 use hookbridge::envelope::Envelope;
 
 fn config(nats: &NatsServer, topic: &str, subs: &str) -> String {
-    let broker = format!(
-        "  kind: nats\n  nats: {{ url: \"{}\", partitions: 4, lease: 2s }}\n",
-        nats.url()
-    );
-    events_config(&broker, topic, subs)
+    events_config(&nats_broker(&nats.url(), 4), topic, subs)
 }
 
 /// A JetStream client, once hookbridge has created the topic's stream.
@@ -472,10 +468,7 @@ async fn steady_load_is_delivered_without_stalls() {
         "  - name: steady\n    topics: [steady]\n    url: {}\n",
         receiver.url
     );
-    let broker = format!(
-        "  kind: nats\n  nats: {{ url: \"{}\", partitions: 8, lease: 2s }}\n",
-        nats.url()
-    );
+    let broker = nats_broker(&nats.url(), 8);
     let dir = tempfile::tempdir().unwrap();
     let server = Hookbridge::start(dir.path(), &events_config(&broker, "steady", &subs));
     // Every partition owned and every connection open before the clock starts.
@@ -565,13 +558,10 @@ async fn a_restart_redelivers_nothing_already_delivered_behind_a_failing_key() {
         }
     });
     let subs = format!(
-        "  - name: completion\n    topics: [orders]\n    url: {}\n    breaker: {{ failures: 1000000 }}\n    retry: {{ initial_backoff: 50ms, max_backoff: 200ms, max_attempts: 1000000, max_age: 1h }}\n",
+        "  - name: completion\n    topics: [orders]\n    url: {}\n{RETRY_WITHOUT_END}",
         receiver.url
     );
-    let broker = format!(
-        "  kind: nats\n  nats: {{ url: \"{}\", partitions: 1, lease: 2s }}\n",
-        nats.url()
-    );
+    let broker = nats_broker(&nats.url(), 1);
     let config = events_config(&broker, "orders", &subs);
     let dir = tempfile::tempdir().unwrap();
     let mut server = Hookbridge::start(dir.path(), &config);

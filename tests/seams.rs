@@ -55,10 +55,7 @@ impl Backend {
                 "  kind: embedded\n  embedded: {{ dir: '{}', partitions: {partitions} }}\n",
                 dir.path().join("data").display()
             ),
-            Backend::Nats(nats) => format!(
-                "  kind: nats\n  nats: {{ url: \"{}\", partitions: {partitions}, lease: 2s }}\n",
-                nats.url()
-            ),
+            Backend::Nats(nats) => nats_broker(&nats.url(), partitions),
             // Two faults of Tansu 0.6.0, the Kafka-protocol broker these tests run on, are
             // kept out of the picture (see README, "Kafka"): a fetch from an offset inside a
             // record batch skips the rest of that batch, so every record gets a batch of its
@@ -106,7 +103,7 @@ async fn a_failing_key_holds_only_its_own_events(backend: Backend) {
         )
     });
     let subs = format!(
-        "  - name: {topic}\n    topics: [{topic}]\n    url: {}\n    max_in_flight: 32\n    breaker: {{ failures: 1000000 }}\n    retry: {{ initial_backoff: 50ms, max_backoff: 200ms, max_attempts: 1000000, max_age: 1h }}\n",
+        "  - name: {topic}\n    topics: [{topic}]\n    url: {}\n    max_in_flight: 32\n{RETRY_WITHOUT_END}",
         receiver.url
     );
     let dir = tempfile::tempdir().unwrap();
@@ -417,14 +414,11 @@ async fn nats_a_replica_that_cannot_renew_its_leases_fences_itself() {
         "  - name: {topic}\n    topics: [{topic}]\n    url: {}\n    max_in_flight: 16\n",
         receiver.url
     );
-    let broker = |url: String| {
-        format!("  kind: nats\n  nats: {{ url: \"{url}\", partitions: 4, lease: 2s }}\n")
-    };
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     // Replica A reaches NATS through the proxy.
     let mut a = Hookbridge::start(
         dir_a.path(),
-        &events_config(&broker(proxy.url()), &topic, &subs),
+        &events_config(&nats_broker(&proxy.url(), 4), &topic, &subs),
     );
     wait_assigned(&a, 4, "the first replica owns every partition").await;
 
@@ -461,7 +455,7 @@ async fn nats_a_replica_that_cannot_renew_its_leases_fences_itself() {
     let stalled_at = Instant::now();
     let b = Hookbridge::start(
         dir_b.path(),
-        &events_config(&broker(nats.url()), &topic, &subs),
+        &events_config(&nats_broker(&nats.url(), 4), &topic, &subs),
     );
     let deadline = Instant::now() + Duration::from_secs(180);
     while !all_delivered(&receiver.received(), 0..EVENTS) {

@@ -170,6 +170,16 @@ subscriptions:
     )
 }
 
+/// The body of a `broker:` section for NATS at `url`: `partitions` partitions and a 2 s
+/// lease, so partitions move within seconds when a replica dies.
+pub fn nats_broker(url: &str, partitions: u32) -> String {
+    format!("  kind: nats\n  nats: {{ url: \"{url}\", partitions: {partitions}, lease: 2s }}\n")
+}
+
+/// Subscription keys that keep retrying a failing event for the whole test, quickly and
+/// without the breaker ever opening: for tests where one key fails on purpose.
+pub const RETRY_WITHOUT_END: &str = "    breaker: { failures: 1000000 }\n    retry: { initial_backoff: 50ms, max_backoff: 200ms, max_attempts: 1000000, max_age: 1h }\n";
+
 /// Opens a stopped server's data dir. A handle dropped just before may still be closing its
 /// files, so opening is retried for a moment.
 pub fn open_log(dir: &Path) -> Arc<hookbridge::broker::embedded::EmbeddedBroker> {
