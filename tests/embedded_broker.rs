@@ -11,8 +11,8 @@ use bytes::Bytes;
 use hookbridge::broker::embedded::EmbeddedBroker;
 use hookbridge::broker::partitioner::partition_for_key;
 use hookbridge::broker::{
-    BrokerError, PartitionEvent, PartitionStream, Progress, Publisher, Record, StartFrom,
-    Subscriber,
+    BrokerError, Completion, PartitionEvent, PartitionStream, Progress, Publisher, Record,
+    StartFrom, Subscriber,
 };
 use hookbridge::config::{EmbeddedConfig, RetentionConfig};
 
@@ -121,7 +121,7 @@ async fn partitions_stream_in_order_and_resume_from_the_commit() {
         per_partition.insert(stream.partition, records.len());
         stream
             .commit(Progress {
-                next_offset: 10,
+                completion: &Completion::at(10),
                 done: &[],
             })
             .await

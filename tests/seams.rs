@@ -10,67 +10,12 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::backend::Backend;
 use common::receiver::{
     Receiver, Reply, all_delivered, assert_first_deliveries_in_order, assert_no_overlap_per_key,
     seq_of,
 };
 use common::*;
-
-/// The `broker:` section for a backend, with `partitions` partitions.
-enum Backend {
-    Embedded(tempfile::TempDir),
-    Nats(NatsServer),
-    Kafka(String),
-    /// librdkafka's mock cluster, in this process: a real group coordinator over sockets.
-    KafkaMock(rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>),
-}
-
-impl Backend {
-    fn embedded() -> Backend {
-        Backend::Embedded(tempfile::tempdir().unwrap())
-    }
-    fn nats() -> Backend {
-        Backend::Nats(NatsServer::start())
-    }
-    fn kafka() -> Backend {
-        Backend::Kafka(kafka_bootstrap())
-    }
-    fn kafka_mock() -> Backend {
-        Backend::KafkaMock(rdkafka::mocking::MockCluster::new(3).unwrap())
-    }
-
-    /// Creates the topics a subscription named after its topic needs, where the broker
-    /// does not let hookbridge create them (the mock cluster).
-    fn create_topics(&self, topic: &str, partitions: i32) {
-        if let Backend::KafkaMock(mock) = self {
-            mock.create_topic(topic, partitions, 1).unwrap();
-            mock.create_topic(&format!("hookbridge.dlq.{topic}"), 1, 1)
-                .unwrap();
-        }
-    }
-
-    fn broker(&self, partitions: u32) -> String {
-        match self {
-            Backend::Embedded(dir) => format!(
-                "  kind: embedded\n  embedded: {{ dir: '{}', partitions: {partitions} }}\n",
-                dir.path().join("data").display()
-            ),
-            Backend::Nats(nats) => nats_broker(&nats.url(), partitions),
-            // Two faults of Tansu 0.6.0, the Kafka-protocol broker these tests run on, are
-            // kept out of the picture (see README, "Kafka"): a fetch from an offset inside a
-            // record batch skips the rest of that batch, so every record gets a batch of its
-            // own; and its cooperative rebalance hands a partition to a new member before the
-            // old one has revoked it, so the eager protocol is used.
-            Backend::Kafka(bootstrap) => format!(
-                "  kind: kafka\n  kafka:\n    bootstrap_servers: \"{bootstrap}\"\n    partitions: {partitions}\n    properties: {{ partition.assignment.strategy: range, batch.num.messages: \"1\" }}\n"
-            ),
-            Backend::KafkaMock(mock) => format!(
-                "  kind: kafka\n  kafka: {{ bootstrap_servers: \"{}\", partitions: {partitions} }}\n",
-                mock.bootstrap_servers()
-            ),
-        }
-    }
-}
 
 fn rss_mib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

@@ -9,8 +9,11 @@
 //!   partition assigned to this process arrives as an ordered [`PartitionStream`] (a Kafka
 //!   assignment; a NATS partition lease), and leaves again as a revocation.
 //! - Commits are by offset, as Kafka's are: a commit at `n` means every record below `n` is
-//!   done. It also lists the records done since the last commit, for backends that remember
-//!   completion per record (JetStream acks each one).
+//!   done. It also says what is done above `n` (a [`Completion`], which Kafka and the
+//!   embedded log store with the offset and hand back to the partition's next worker) and
+//!   lists the records done since the last commit, for backends that remember completion
+//!   per record (JetStream acks each one). Either way a restart redelivers only what was not
+//!   done (G8).
 //! - A partition is handed over, never just dropped: the backend tells the worker through
 //!   its [`Tenure`] that the partition is going (or until when it is surely held), and waits
 //!   on the [`PartitionHandle`] for the worker to stop and commit before it lets the
@@ -18,6 +21,7 @@
 //! - Backpressure is pull-based: a backend buffers only a bounded number of records ahead of
 //!   [`PartitionStream::next`]; a consumer that stops pulling stops the fetching.
 
+pub mod completion;
 pub mod embedded;
 pub mod kafka;
 pub mod nats;
@@ -29,6 +33,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
+
+pub use completion::Completion;
 
 /// A header of a broker record. Values are bytes: Kafka headers are, and foreign producers
 /// put anything there.
@@ -135,11 +141,18 @@ pub trait Subscriber: Send + Sync + 'static {
 /// What a commit says about one partition.
 #[derive(Debug, Clone, Copy)]
 pub struct Progress<'a> {
-    /// Every record below this offset is done.
-    pub next_offset: u64,
+    /// The commit point, and what is done above it.
+    pub completion: &'a Completion,
     /// Offsets finished since the last accepted commit (ascending, some may be at or above
-    /// `next_offset`).
+    /// the commit point); empty unless the committer is [`Committer::per_record`].
     pub done: &'a [u64],
+}
+
+impl Progress<'_> {
+    /// Every record below this offset is done.
+    pub fn next_offset(&self) -> u64 {
+        self.completion.next_offset
+    }
 }
 
 /// Commits consumed offsets for one consumer group.
@@ -158,6 +171,17 @@ pub trait Committer: Send + Sync + 'static {
     /// [`Progress::done`] filled in; otherwise it stays empty.
     fn per_record(&self) -> bool {
         false
+    }
+
+    /// What the partition's last accepted commit said, for a worker starting on it; `None`
+    /// when the broker keeps no such thing (JetStream: its acks are the memory, and it does
+    /// not redeliver what was acked).
+    async fn resumed(
+        &self,
+        _topic: &str,
+        _partition: u32,
+    ) -> Result<Option<Completion>, BrokerError> {
+        Ok(None)
     }
 }
 
@@ -313,6 +337,11 @@ impl PartitionStream {
     /// Whether the broker wants every finished record in [`Progress::done`].
     pub fn per_record(&self) -> bool {
         self.committer.per_record()
+    }
+
+    /// What the partition's last accepted commit said was done.
+    pub async fn resumed(&self) -> Result<Option<Completion>, BrokerError> {
+        self.committer.resumed(&self.topic, self.partition).await
     }
 
     /// The partition's tenure, to watch for renewal and revocation.

@@ -8,6 +8,10 @@
 //! that keeps failing holds only its own records: the others go on through their lanes and
 //! are committed past it, until its queued records fill the buffer.
 //!
+//! Resumption: a worker starts from what the partition's last commit said was done (see
+//! [`super::commit`]), so records finished behind a failing key before a crash or a move
+//! are skipped, not sent again (G8).
+//!
 //! Handover: when the partition is revoked (or the process stops), the worker stops taking
 //! records and starting attempts, lets the attempts on the wire finish within the
 //! subscription's grace, commits what is done (retried until the broker accepts it, for a
@@ -28,7 +32,7 @@ use super::commit::CommitTracker;
 use super::event::Event;
 use super::lane::{self, Outcome};
 use super::subscription::SubscriptionRuntime;
-use crate::broker::{PartitionStream, Progress, Tenure, sleep_until};
+use crate::broker::{Completion, PartitionStream, Progress, Tenure, sleep_until};
 use crate::config::OrderingMode;
 
 /// How often a partition commits its progress while it runs.
@@ -70,7 +74,8 @@ pub async fn run(
     let (topic, partition) = (stream.topic.clone(), stream.partition);
     tracing::info!(subscription = %sub.name, %topic, partition, "partition assigned");
     let mut tenure = stream.tenure();
-    let mut tracker = CommitTracker::new(stream.per_record());
+    let resumed = resumed(&sub, &stream).await;
+    let mut tracker = CommitTracker::new(stream.per_record(), resumed);
     let mut lanes = Lanes {
         queued: HashMap::new(),
     };
@@ -121,7 +126,10 @@ pub async fn run(
                 if tracker.is_empty() {
                     tracing::debug!(subscription = %sub.name, %topic, partition, offset = record.offset, "first record");
                 }
-                tracker.track(record.offset);
+                if !tracker.track(record.offset) {
+                    // Done before this worker started (G8): not sent again.
+                    continue;
+                }
                 let event = Event::from_record(record, sub.decode);
                 if !sub.wants(&event) {
                     tracker.done(event.record.offset);
@@ -190,9 +198,31 @@ pub async fn run(
             Err(_) => tokio::time::sleep(COMMIT_INTERVAL).await,
         }
     }
-    tracing::info!(subscription = %sub.name, %topic, partition, ?ending, pending = tracker.pending(), "partition released");
+    tracing::info!(subscription = %sub.name, %topic, partition, ?ending, pending = tracker.pending(), skipped_as_done = tracker.skipped(), "partition released");
     // Dropping the stream tells the backend that this worker has let go.
     drop(stream);
+}
+
+/// What the partition's last commit said was done, so that it is not delivered again.
+/// Retried for a while; without it the partition is delivered from its commit point (which
+/// is safe, only not as economical).
+async fn resumed(sub: &SubscriptionRuntime, stream: &PartitionStream) -> Option<Completion> {
+    let give_up = Instant::now() + FINAL_COMMIT_FOR;
+    loop {
+        match stream.resumed().await {
+            Ok(resumed) => {
+                if let Some(known) = resumed.as_ref().filter(|c| c.knows_more()) {
+                    tracing::info!(subscription = %sub.name, topic = %stream.topic, partition = stream.partition, next_offset = known.next_offset, known_until = known.known_until, open = known.open.len(), "resuming: records done above the commit point are skipped");
+                }
+                return resumed;
+            }
+            Err(e) if Instant::now() >= give_up => {
+                tracing::warn!(subscription = %sub.name, topic = %stream.topic, partition = stream.partition, error = %e, "cannot read what the last commit said was done; delivering from the commit point");
+                return None;
+            }
+            Err(_) => tokio::time::sleep(COMMIT_INTERVAL).await,
+        }
+    }
 }
 
 /// Commits what the tracker has to commit, if anything; counted only once accepted.
@@ -203,10 +233,10 @@ async fn commit(
     let Some(pending) = tracker.take() else {
         return Ok(());
     };
-    tracing::debug!(topic = %stream.topic, partition = stream.partition, next_offset = pending.next_offset, done = pending.done.len(), "commit");
+    tracing::debug!(topic = %stream.topic, partition = stream.partition, next_offset = pending.next_offset(), open = pending.completion.open.len(), done = pending.done.len(), "commit");
     stream
         .commit(Progress {
-            next_offset: pending.next_offset,
+            completion: &pending.completion,
             done: &pending.done,
         })
         .await?;

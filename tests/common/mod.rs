@@ -15,6 +15,7 @@ use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
+pub mod backend;
 pub mod receiver;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_hookbridge");

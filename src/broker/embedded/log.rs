@@ -17,7 +17,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 
-use crate::broker::{BrokerError, ConsumedRecord, RecordHeader};
+use crate::broker::{BrokerError, Completion, ConsumedRecord, RecordHeader};
 
 /// A record as stored: everything but its position, which the key holds.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -156,11 +156,23 @@ impl Log {
         topic: &str,
         partition: u32,
     ) -> Result<Option<u64>, BrokerError> {
+        Ok(self
+            .cursor(group, topic, partition)?
+            .map(|cursor| cursor.next_offset))
+    }
+
+    /// A consumer group's cursor on a partition: its commit point and what is done above it.
+    pub fn cursor(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<Completion>, BrokerError> {
         let value = self
             .offsets
             .get(offset_key(group, topic, partition))
             .map_err(storage_error)?;
-        Ok(value.map(|v| read_u64(&v)))
+        Ok(value.map(|v| decode_cursor(&v)))
     }
 
     /// Up to `max` records of a partition from `from` on, in offset order.
@@ -233,6 +245,26 @@ pub fn encode_stats(stats: PartitionStats) -> [u8; 16] {
     out[..8].copy_from_slice(&stats.first_offset.to_be_bytes());
     out[8..].copy_from_slice(&stats.bytes.to_be_bytes());
     out
+}
+
+/// A cursor is stored as its commit point (8 bytes, big-endian) followed by the varint form
+/// of what is done above it; cursors written before completion was kept are the 8 bytes
+/// alone.
+pub fn encode_cursor(completion: &Completion) -> Vec<u8> {
+    let mut value = completion.next_offset.to_be_bytes().to_vec();
+    value.extend(completion.encode(usize::MAX));
+    value
+}
+
+fn decode_cursor(value: &[u8]) -> Completion {
+    let next_offset = read_u64(value);
+    Completion::decode(next_offset, &value[8..]).unwrap_or_else(|| {
+        tracing::warn!(
+            next_offset,
+            "unreadable cursor; delivering from its commit point"
+        );
+        Completion::at(next_offset)
+    })
 }
 
 fn read_u64(bytes: &[u8]) -> u64 {

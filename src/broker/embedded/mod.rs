@@ -26,8 +26,8 @@ use tokio::sync::{mpsc, oneshot};
 use self::log::Log;
 use self::writer::{Op, Topics, Writer};
 use super::{
-    BrokerError, Committer, ConsumedRecord, Progress, Publisher, Receipt, Record, StartFrom,
-    Subscriber, Subscription,
+    BrokerError, Committer, Completion, ConsumedRecord, Progress, Publisher, Receipt, Record,
+    StartFrom, Subscriber, Subscription,
 };
 use crate::config::EmbeddedConfig;
 
@@ -251,6 +251,7 @@ impl Subscriber for EmbeddedBroker {
         let committer: Arc<dyn Committer> = Arc::new(GroupCommitter {
             group: group.to_string(),
             ops: self.ops.clone(),
+            log: self.log.clone(),
         });
         let handles: Vec<(String, Arc<writer::TopicHandle>)> = {
             let known = self.topics.read().expect("topics lock");
@@ -263,10 +264,11 @@ impl Subscriber for EmbeddedBroker {
     }
 }
 
-/// Commits a consumer group's offsets through the writer, batched with its appends.
+/// Commits a consumer group's cursors through the writer, batched with its appends.
 struct GroupCommitter {
     group: String,
     ops: mpsc::Sender<Op>,
+    log: Log,
 }
 
 #[async_trait]
@@ -277,16 +279,23 @@ impl Committer for GroupCommitter {
         partition: u32,
         progress: Progress<'_>,
     ) -> Result<(), BrokerError> {
-        let next_offset = progress.next_offset;
         let (reply, answer) = oneshot::channel();
         let op = Op::Commit {
             group: self.group.clone(),
             topic: topic.to_string(),
             partition,
-            next_offset,
+            cursor: log::encode_cursor(progress.completion),
             reply,
         };
         self.ops.send(op).await.map_err(|_| BrokerError::Closed)?;
         answer.await.map_err(|_| BrokerError::Closed)?
+    }
+
+    async fn resumed(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<Completion>, BrokerError> {
+        self.log.cursor(&self.group, topic, partition)
     }
 }

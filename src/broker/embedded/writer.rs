@@ -32,7 +32,8 @@ pub enum Op {
         group: String,
         topic: String,
         partition: u32,
-        next_offset: u64,
+        /// See `log::encode_cursor`.
+        cursor: Vec<u8>,
         reply: oneshot::Sender<Result<(), BrokerError>>,
     },
     EnsureTopics {
@@ -195,13 +196,13 @@ impl Writer {
                     group,
                     topic,
                     partition,
-                    next_offset,
+                    cursor,
                     ..
                 } => {
                     write.insert(
                         &self.log.offsets,
                         log::offset_key(group, topic, *partition),
-                        next_offset.to_be_bytes(),
+                        cursor.as_slice(),
                     );
                     Ok(None)
                 }
@@ -228,8 +229,10 @@ impl Writer {
             );
         }
 
-        // Appends must be on disk before anyone is told so; offset commits and retention may
-        // ride along unsynced (losing one only means re-reading or re-deleting).
+        // Appends must be on disk before anyone is told so. Cursor commits and retention ride
+        // along handed to the OS but not synced: they survive a crash of this process; a
+        // power loss may lose the last ones, which means delivering again what they recorded
+        // (or deleting again).
         let mode = if appended || !created.is_empty() {
             PersistMode::SyncAll
         } else {

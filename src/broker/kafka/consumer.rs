@@ -25,6 +25,10 @@
 //! driver (it is the thread waiting in the callback): each is a synchronous commit on a
 //! blocking thread, its result checked, and refused by the group coordinator when this
 //! member's generation is stale.
+//!
+//! Completion (G8): each commit carries, in its metadata, what is done above the commit
+//! point (`broker::completion`), and a partition's next worker reads it back with the
+//! committed offset, so what was delivered behind a failing key is not delivered again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -44,13 +48,19 @@ use tokio::task::AbortHandle;
 
 use super::{base_config, kafka_error, with_properties};
 use crate::broker::{
-    BrokerError, Committer, ConsumedRecord, PartitionEvent, PartitionHandle, PartitionStream,
-    Progress, RecordHeader, StartFrom, Subscription,
+    BrokerError, Committer, Completion, ConsumedRecord, PartitionEvent, PartitionHandle,
+    PartitionStream, Progress, RecordHeader, StartFrom, Subscription,
 };
 use crate::config::KafkaConfig;
 
 /// Records buffered ahead of the engine, per partition, on top of librdkafka's own queue.
 const READ_AHEAD: usize = 256;
+/// Kafka brokers refuse commit metadata longer than `offset.metadata.max.bytes` (4096 by
+/// default); past this the completion stored with a commit is cut short (see
+/// `broker::completion`).
+const COMMIT_METADATA_MAX: usize = 3072;
+/// How long reading a partition's committed offset may take.
+const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a revocation waits for the partitions' workers to stop and commit. Past it the
 /// partitions go anyway (the group cannot wait forever) and the next owner redelivers.
 const REVOKE_WAIT: Duration = Duration::from_secs(30);
@@ -255,17 +265,48 @@ impl Committer for DirectCommitter {
             .and_then(Weak::upgrade)
             .ok_or(BrokerError::Closed)?;
         let mut offsets = TopicPartitionList::new();
-        offsets
-            .add_partition_offset(
-                topic,
-                partition as i32,
-                Offset::Offset(progress.next_offset as i64),
-            )
-            .map_err(kafka_error)?;
+        {
+            let mut element = offsets.add_partition(topic, partition as i32);
+            element
+                .set_offset(Offset::Offset(progress.next_offset() as i64))
+                .map_err(kafka_error)?;
+            element.set_metadata(progress.completion.to_text(COMMIT_METADATA_MAX));
+        }
         tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync))
             .await
             .map_err(|_| BrokerError::Closed)?
             .map_err(kafka_error)
+    }
+
+    async fn resumed(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<Completion>, BrokerError> {
+        let consumer = self
+            .consumer
+            .get()
+            .and_then(Weak::upgrade)
+            .ok_or(BrokerError::Closed)?;
+        let mut wanted = TopicPartitionList::new();
+        wanted.add_partition(topic, partition as i32);
+        let committed = tokio::task::spawn_blocking(move || {
+            consumer.committed_offsets(wanted, COMMITTED_TIMEOUT)
+        })
+        .await
+        .map_err(|_| BrokerError::Closed)?
+        .map_err(kafka_error)?;
+        let Some(element) = committed.find_partition(topic, partition as i32) else {
+            return Ok(None);
+        };
+        element.error().map_err(kafka_error)?;
+        Ok(match element.offset() {
+            Offset::Offset(next_offset) if next_offset >= 0 => Some(Completion::from_text(
+                next_offset as u64,
+                element.metadata(),
+            )),
+            _ => None,
+        })
     }
 }
 

@@ -1,0 +1,270 @@
+//! What is done in a partition beyond its commit point, in a form a broker can store (G8).
+//!
+//! A commit offset alone says "everything below `n` is done". Behind a key that keeps
+//! failing, `n` stays at that key's first event while thousands of later events are
+//! delivered; if only `n` survived a crash, all of them would be sent again. A
+//! [`Completion`] adds what the engine knows above `n`: up to `known_until`, every record is
+//! done except the few still `open` (queued or in flight). The open ones are bounded by the
+//! partition's buffer, so the whole thing stays small however long the key fails: it is
+//! stored with the commit (Kafka's commit metadata, the embedded log's cursor), and the next
+//! owner skips every record it says is done.
+//!
+//! The encoding is a version tag and varints: the length of the known range, then
+//! alternating runs of done and open offsets. Records that do not exist (gaps after
+//! compaction, transaction markers) simply count as done. When a size limit applies (Kafka
+//! brokers cap commit metadata, 4 KiB by default) the known range is cut short so the
+//! encoding fits: what lies past the cut is redelivered after a crash, never skipped.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// The textual form starts with this, so other tools' metadata is not misread.
+const TEXT_TAG: &str = "hb1:";
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Completion {
+    /// Every record below this offset is done (the commit point).
+    pub next_offset: u64,
+    /// Records in `next_offset..known_until` are done unless listed in `open`; nothing is
+    /// known from here on.
+    pub known_until: u64,
+    /// Records in the known range that are not done, ascending.
+    pub open: Vec<u64>,
+}
+
+impl Completion {
+    /// Only a commit point: nothing known above it.
+    pub fn at(next_offset: u64) -> Completion {
+        Completion {
+            next_offset,
+            known_until: next_offset,
+            open: Vec::new(),
+        }
+    }
+
+    /// Whether the record at `offset` was done.
+    pub fn is_done(&self, offset: u64) -> bool {
+        offset < self.next_offset
+            || (offset < self.known_until && self.open.binary_search(&offset).is_err())
+    }
+
+    /// Whether anything above the commit point is known.
+    pub fn knows_more(&self) -> bool {
+        self.known_until > self.next_offset
+    }
+
+    /// The varint form, at most `max_len` bytes (the known range is cut to fit; a commit
+    /// point alone encodes as nothing).
+    pub fn encode(&self, max_len: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        if !self.knows_more() {
+            return out;
+        }
+        // Runs of (done, open) lengths from the commit point on.
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        let mut at = self.next_offset;
+        for &offset in &self.open {
+            debug_assert!(offset >= at && offset < self.known_until);
+            match runs.last_mut() {
+                Some((_, open)) if offset == at => *open += 1,
+                _ => runs.push((offset - at, 1)),
+            }
+            at = offset + 1;
+        }
+        // Cut at the first run that does not fit: everything from its open records on is
+        // unknown (the done records before them are still worth keeping).
+        let mut body = Vec::new();
+        let mut known_until = self.known_until;
+        let mut position = self.next_offset;
+        for (done, open) in runs {
+            let mut run = Vec::new();
+            put_varint(&mut run, done);
+            put_varint(&mut run, open);
+            // Room for the header (at most 10 bytes) and this run.
+            if 10 + body.len() + run.len() > max_len {
+                known_until = position + done;
+                break;
+            }
+            body.extend_from_slice(&run);
+            position += done + open;
+        }
+        // The done records after the last open one need no run: the range's length covers
+        // them.
+        if known_until == self.next_offset {
+            return out;
+        }
+        put_varint(&mut out, known_until - self.next_offset);
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Reads the varint form stored with commit point `next_offset`; `None` if it is not
+    /// one this version wrote.
+    pub fn decode(next_offset: u64, bytes: &[u8]) -> Option<Completion> {
+        if bytes.is_empty() {
+            return Some(Completion::at(next_offset));
+        }
+        let mut input = bytes;
+        let length = take_varint(&mut input)?;
+        let known_until = next_offset.checked_add(length)?;
+        let mut open = Vec::new();
+        let mut at = next_offset;
+        while !input.is_empty() {
+            let done = take_varint(&mut input)?;
+            let count = take_varint(&mut input)?;
+            let start = at.checked_add(done)?;
+            let end = start.checked_add(count)?;
+            if end > known_until || count == 0 {
+                return None;
+            }
+            // Bounded by the input: each varint is at least one byte, and a run longer than
+            // the buffer it describes would have to come from a corrupt or foreign value.
+            if open.len() as u64 + count > MAX_OPEN {
+                return None;
+            }
+            open.extend(start..end);
+            at = end;
+        }
+        Some(Completion {
+            next_offset,
+            known_until,
+            open,
+        })
+    }
+
+    /// The textual form (for Kafka's commit metadata), at most `max_len` characters; empty
+    /// when only the commit point is known.
+    pub fn to_text(&self, max_len: usize) -> String {
+        // Base64 makes 4 characters of every 3 bytes.
+        let budget = max_len.saturating_sub(TEXT_TAG.len()) / 4 * 3;
+        let bytes = self.encode(budget);
+        if bytes.is_empty() {
+            return String::new();
+        }
+        format!("{TEXT_TAG}{}", URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    /// Reads the textual form stored with commit point `next_offset`. Metadata this version
+    /// did not write (empty, another tool's, corrupt) means only the commit point is known.
+    pub fn from_text(next_offset: u64, text: &str) -> Completion {
+        text.strip_prefix(TEXT_TAG)
+            .and_then(|encoded| URL_SAFE_NO_PAD.decode(encoded).ok())
+            .and_then(|bytes| Completion::decode(next_offset, &bytes))
+            .unwrap_or_else(|| Completion::at(next_offset))
+    }
+}
+
+/// More open records than any partition buffer holds: a value claiming so is not ours.
+const MAX_OPEN: u64 = 1 << 20;
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+fn take_varint(input: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = input.split_first()?;
+        *input = rest;
+        value |= u64::from(byte & 0x7f).checked_shl(shift)?;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_failing_key_behind_thousands_of_done_records_encodes_in_a_few_bytes() {
+        let completion = Completion {
+            next_offset: 1_000,
+            known_until: 3_001,
+            open: vec![1_000, 1_500, 3_000],
+        };
+        let bytes = completion.encode(usize::MAX);
+        assert!(bytes.len() <= 10, "{} bytes", bytes.len());
+        assert_eq!(Completion::decode(1_000, &bytes), Some(completion.clone()));
+        let text = completion.to_text(4096);
+        assert!(text.starts_with("hb1:"));
+        assert_eq!(Completion::from_text(1_000, &text), completion);
+        for offset in [0, 999, 1_001, 1_499, 1_501, 2_999] {
+            assert!(completion.is_done(offset), "{offset}");
+        }
+        for offset in [1_000, 1_500, 3_000, 3_001, 5_000] {
+            assert!(!completion.is_done(offset), "{offset}");
+        }
+    }
+
+    #[test]
+    fn a_commit_point_alone_is_empty_and_foreign_metadata_means_a_commit_point() {
+        assert_eq!(Completion::at(7).to_text(4096), "");
+        assert_eq!(Completion::from_text(7, ""), Completion::at(7));
+        assert_eq!(
+            Completion::from_text(7, "written by another tool"),
+            Completion::at(7)
+        );
+        assert_eq!(Completion::from_text(7, "hb1:!!"), Completion::at(7));
+    }
+
+    #[test]
+    fn past_the_size_limit_the_known_range_is_cut_never_widened() {
+        // Every other record open: the worst case for run lengths.
+        let open: Vec<u64> = (0..10_000).map(|i| 100 + 2 * i).collect();
+        let completion = Completion {
+            next_offset: 100,
+            known_until: 20_100,
+            open,
+        };
+        let text = completion.to_text(4096);
+        assert!(text.len() <= 4096, "{}", text.len());
+        let read = Completion::from_text(100, &text);
+        assert!(read.knows_more());
+        assert!(read.known_until < completion.known_until);
+        for offset in 100..20_100 {
+            if read.is_done(offset) {
+                assert!(completion.is_done(offset), "{offset} was open");
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn what_is_read_back_never_calls_an_open_record_done(
+            next_offset in 0u64..1_000_000,
+            steps in prop::collection::vec((0u64..300, any::<bool>()), 0..400),
+            tail in 0u64..50,
+            max_len in 12usize..600,
+        ) {
+            let mut open = Vec::new();
+            let mut at = next_offset;
+            for (gap, is_open) in steps {
+                at += gap;
+                if is_open {
+                    open.push(at);
+                }
+                at += 1;
+            }
+            let completion = Completion { next_offset, known_until: at + tail, open };
+            let full = Completion::decode(next_offset, &completion.encode(usize::MAX));
+            prop_assert_eq!(full.as_ref(), Some(&completion));
+            let text = completion.to_text(max_len);
+            prop_assert!(text.len() <= max_len);
+            let cut = Completion::from_text(next_offset, &text);
+            prop_assert!(cut.known_until <= completion.known_until);
+            for offset in next_offset..completion.known_until + 1 {
+                if cut.is_done(offset) {
+                    prop_assert!(completion.is_done(offset), "open record {} read as done", offset);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! The brokers a test can run hookbridge on, each a real one: the embedded log in a
+//! temporary directory, a private nats-server, the Kafka-protocol broker scripts/test starts,
+//! and librdkafka's mock cluster (for group faults).
+
+use super::{NatsServer, kafka_bootstrap, nats_broker};
+
+/// The `broker:` section for a backend, with `partitions` partitions.
+pub enum Backend {
+    Embedded(tempfile::TempDir),
+    Nats(NatsServer),
+    Kafka(String),
+    /// librdkafka's mock cluster, in this process: a real group coordinator over sockets.
+    KafkaMock(rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>),
+}
+
+impl Backend {
+    pub fn embedded() -> Backend {
+        Backend::Embedded(tempfile::tempdir().unwrap())
+    }
+    pub fn nats() -> Backend {
+        Backend::Nats(NatsServer::start())
+    }
+    pub fn kafka() -> Backend {
+        Backend::Kafka(kafka_bootstrap())
+    }
+    pub fn kafka_mock() -> Backend {
+        Backend::KafkaMock(rdkafka::mocking::MockCluster::new(3).unwrap())
+    }
+
+    /// Creates the topics a subscription named after its topic needs, where the broker
+    /// does not let hookbridge create them (the mock cluster).
+    pub fn create_topics(&self, topic: &str, partitions: i32) {
+        if let Backend::KafkaMock(mock) = self {
+            mock.create_topic(topic, partitions, 1).unwrap();
+            mock.create_topic(&format!("hookbridge.dlq.{topic}"), 1, 1)
+                .unwrap();
+        }
+    }
+
+    pub fn broker(&self, partitions: u32) -> String {
+        match self {
+            Backend::Embedded(dir) => format!(
+                "  kind: embedded\n  embedded: {{ dir: '{}', partitions: {partitions} }}\n",
+                dir.path().join("data").display()
+            ),
+            Backend::Nats(nats) => nats_broker(&nats.url(), partitions),
+            // Two faults of Tansu 0.6.0, the Kafka-protocol broker these tests run on, are
+            // kept out of the picture (see README, "Kafka"): a fetch from an offset inside a
+            // record batch skips the rest of that batch, so every record gets a batch of its
+            // own; and its cooperative rebalance hands a partition to a new member before the
+            // old one has revoked it, so the eager protocol is used.
+            Backend::Kafka(bootstrap) => format!(
+                "  kind: kafka\n  kafka:\n    bootstrap_servers: \"{bootstrap}\"\n    partitions: {partitions}\n    properties: {{ partition.assignment.strategy: range, batch.num.messages: \"1\" }}\n"
+            ),
+            Backend::KafkaMock(mock) => format!(
+                "  kind: kafka\n  kafka: {{ bootstrap_servers: \"{}\", partitions: {partitions} }}\n",
+                mock.bootstrap_servers()
+            ),
+        }
+    }
+}

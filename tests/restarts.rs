@@ -1,0 +1,130 @@
+//! G8: a crash, a restart or a partition moving to another replica redelivers only what was
+//! not done yet, on every backend, whatever key keeps failing in front of it.
+//!
+//! JetStream remembers completion by its per-message acks; Kafka by the completion stored in
+//! each commit's metadata; the embedded log by its cursor. Kafka runs on librdkafka's mock
+//! cluster here: the Kafka-protocol broker of the rest of the suite (Tansu 0.6.0) answers
+//! every offset fetch with empty metadata, which makes a restart there deliver again from
+//! the commit point (safe, and what every broker did before G8; see README, "Kafka").
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::backend::Backend;
+use common::receiver::{Receiver, Reply, all_delivered, assert_first_deliveries_in_order, seq_of};
+use common::*;
+
+/// Events of other keys published behind the failing key's first one.
+const OTHERS: u64 = 2_000;
+/// The failing key's events: its first, before all the others, and three after them.
+const FAILING: [u64; 4] = [0, OTHERS + 1, OTHERS + 2, OTHERS + 3];
+
+/// One partition; key A answered 500 until the test lets it recover; 2,000 events of 50
+/// other keys delivered past it; `kill -9`; a new process delivers none of the 2,000 again,
+/// then A's events in order once A recovers.
+async fn a_restart_redelivers_nothing_delivered_behind_a_failing_key(backend: Backend) {
+    let topic = unique("orders");
+    backend.create_topics(&topic, 1);
+    let receiver = Receiver::start().await;
+    let a_fails = Arc::new(AtomicBool::new(true));
+    let failing = a_fails.clone();
+    receiver.answer(move |_, body| {
+        let body: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        if body["key"] == "A" && failing.load(Ordering::SeqCst) {
+            Reply::status(500)
+        } else {
+            Reply::status(200)
+        }
+    });
+    let subs = format!(
+        "  - name: {topic}\n    topics: [{topic}]\n    url: {}\n{RETRY_WITHOUT_END}",
+        receiver.url
+    );
+    let config = events_config(&backend.broker(1), &topic, &subs);
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Hookbridge::start(dir.path(), &config);
+    let ingresses = Arc::new(std::sync::Mutex::new(vec![server.ingress.clone()]));
+    post_events(ingresses.clone(), vec![("A".into(), 0)], 1, Duration::ZERO).await;
+    let others: Vec<(String, u64)> = (1..=OTHERS).map(|s| (format!("k{}", s % 50), s)).collect();
+    post_events(ingresses.clone(), others, 8, Duration::ZERO).await;
+    let later_a: Vec<(String, u64)> = FAILING[1..].iter().map(|&s| ("A".into(), s)).collect();
+    post_events(ingresses, later_a, 1, Duration::ZERO).await;
+    receiver
+        .wait_for("every other event", Duration::from_secs(120), |r| {
+            all_delivered(r, 1..=OTHERS)
+        })
+        .await;
+    // What finished goes out with the next commit tick (200 ms).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    server.kill();
+    let before = receiver.count();
+
+    let restarted_dir = tempfile::tempdir().unwrap();
+    let mut restarted = Hookbridge::start(restarted_dir.path(), &config);
+    // The new process owns the partition once it retries A (after a lease expiry on NATS,
+    // the dead member's session timeout on Kafka); any redelivery would come with it.
+    receiver
+        .wait_for(
+            "A retried by the new process",
+            Duration::from_secs(90),
+            |r| r[before..].iter().any(|r| seq_of(r).1 == 0),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let again: Vec<u64> = receiver.received()[before..]
+        .iter()
+        .map(|r| seq_of(r).1)
+        .filter(|seq| !FAILING.contains(seq))
+        .collect();
+    // Nothing of the 2,000 was in flight at the kill: every one had been answered and
+    // committed a second before, so none may come again.
+    assert!(
+        again.is_empty(),
+        "{} of {OTHERS} delivered again after kill -9, e.g. {:?}\n{}",
+        again.len(),
+        &again[..again.len().min(10)],
+        restarted.log_text()
+    );
+
+    a_fails.store(false, Ordering::SeqCst);
+    receiver
+        .wait_for(
+            "A's events, once A recovers",
+            Duration::from_secs(60),
+            |r| all_delivered(r, FAILING),
+        )
+        .await;
+    assert_first_deliveries_in_order(&receiver.received());
+    let a_order: Vec<u64> = receiver
+        .received()
+        .iter()
+        .filter(|r| r.ok() && seq_of(r).0 == "A")
+        .map(|r| seq_of(r).1)
+        .collect();
+    assert_eq!(
+        a_order, FAILING,
+        "A's events, each answered 2xx once, in order"
+    );
+    eprintln!(
+        "kill -9 behind a failing key: 0 of {OTHERS} delivered again; A delivered in order after it recovered"
+    );
+    restarted.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_a_restart_redelivers_nothing_delivered_behind_a_failing_key() {
+    a_restart_redelivers_nothing_delivered_behind_a_failing_key(Backend::embedded()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_restart_redelivers_nothing_delivered_behind_a_failing_key() {
+    a_restart_redelivers_nothing_delivered_behind_a_failing_key(Backend::nats()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_a_restart_redelivers_nothing_delivered_behind_a_failing_key() {
+    a_restart_redelivers_nothing_delivered_behind_a_failing_key(Backend::kafka_mock()).await;
+}
