@@ -285,6 +285,10 @@ pub struct SubscriptionConfig {
     /// Default: `hookbridge.dlq.<name>`.
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
+    /// Where a key failing longer than `retry.park_after` goes on retrying (G8). Default:
+    /// `hookbridge.park.<name>`.
+    #[serde(default)]
+    pub parking_topic: Option<String>,
     #[serde(default)]
     pub breaker: BreakerConfig,
 }
@@ -317,6 +321,12 @@ impl SubscriptionConfig {
         self.dead_letter_topic
             .clone()
             .unwrap_or_else(|| format!("hookbridge.dlq.{}", self.name))
+    }
+
+    pub fn parking_topic(&self) -> String {
+        self.parking_topic
+            .clone()
+            .unwrap_or_else(|| format!("hookbridge.park.{}", self.name))
     }
 }
 
@@ -387,6 +397,9 @@ pub struct RetryConfig {
     pub max_attempts: u32,
     #[serde(default = "defaults::max_age")]
     pub max_age: ConfigDuration,
+    /// A key still failing this long is parked (G8).
+    #[serde(default = "defaults::park_after")]
+    pub park_after: ConfigDuration,
 }
 
 impl Default for RetryConfig {
@@ -396,6 +409,7 @@ impl Default for RetryConfig {
             max_backoff: defaults::max_backoff(),
             max_attempts: defaults::max_attempts(),
             max_age: defaults::max_age(),
+            park_after: defaults::park_after(),
         }
     }
 }
@@ -529,5 +543,9 @@ mod defaults {
     }
     pub fn max_age() -> ConfigDuration {
         ConfigDuration(Duration::from_secs(86_400))
+    }
+
+    pub fn park_after() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(60))
     }
 }

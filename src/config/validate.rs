@@ -219,6 +219,7 @@ fn check_subscription(at: &str, sub: &SubscriptionConfig, problems: &mut Problem
         retry.initial_backoff.0,
     );
     problems.positive(&format!("{at}.retry.max_age"), retry.max_age.0);
+    problems.positive(&format!("{at}.retry.park_after"), retry.park_after.0);
     if retry.initial_backoff > retry.max_backoff {
         problems.add(
             format!("{at}.retry.max_backoff"),
@@ -236,6 +237,16 @@ fn check_subscription(at: &str, sub: &SubscriptionConfig, problems: &mut Problem
             format!("{at}.dead_letter_topic"),
             format!(
                 "`{dead_letter}` is also a topic of this subscription; dead letters would loop"
+            ),
+        );
+    }
+    let parking = sub.parking_topic();
+    problems.topic(&format!("{at}.parking_topic"), &parking);
+    if sub.topics.contains(&parking) || parking == dead_letter {
+        problems.add(
+            format!("{at}.parking_topic"),
+            format!(
+                "`{parking}` is also a topic or the dead-letter topic of this subscription; parked events would be delivered twice"
             ),
         );
     }
