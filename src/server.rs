@@ -175,12 +175,13 @@ pub async fn serve(
     Ok(())
 }
 
-/// Every topic the config names: routes', subscriptions' and dead-letter topics.
+/// Every topic the config names: routes', subscriptions', dead-letter and parking topics.
 pub fn configured_topics(config: &Config) -> Vec<String> {
     let mut topics: Vec<String> = config.routes.iter().map(|r| r.topic.clone()).collect();
     for sub in &config.subscriptions {
         topics.extend(sub.topics.iter().cloned());
         topics.push(sub.dead_letter_topic());
+        topics.push(sub.parking_topic());
     }
     topics.sort();
     topics.dedup();

@@ -9,8 +9,13 @@
 //! stored with the commit (Kafka's commit metadata, the embedded log's cursor), and the next
 //! owner skips every record it says is done.
 //!
-//! The encoding is a version tag and varints: the length of the known range, then
-//! alternating runs of done and open offsets. Records that do not exist (gaps after
+//! It also carries the partition's parked keys (G8): a key that kept failing moved to the
+//! parking topic, and its later events follow it there until everything it parked is done.
+//! Which keys those are must outlive the process too, or a restart would deliver a parked
+//! key's new events before its parked ones.
+//!
+//! The encoding is a version tag and varints: the parked keys, the length of the known
+//! range, then alternating runs of done and open offsets. Records that do not exist (gaps after
 //! compaction, transaction markers) simply count as done. When a size limit applies (Kafka
 //! brokers cap commit metadata, 4 KiB by default) the known range is cut short so the
 //! encoding fits: what lies past the cut is redelivered after a crash, never skipped.
@@ -30,6 +35,28 @@ pub struct Completion {
     pub known_until: u64,
     /// Records in the known range that are not done, ascending.
     pub open: Vec<u64>,
+    /// Keys parked, with where their last parked event went.
+    pub parked: Vec<ParkedKey>,
+}
+
+/// A key of the partition whose events go to the parking topic until `last` is done there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParkedKey {
+    /// [`key_hash`] of the key: fixed size, however long keys are.
+    pub key: u64,
+    /// The parking topic's partition (a key's events all land on one).
+    pub partition: u32,
+    /// The offset of the key's last event sent there.
+    pub last: u64,
+}
+
+/// A 64-bit digest of a partition key (the first 8 bytes of its SHA-256): what parked keys
+/// are known by. Two keys of one partition sharing it is a 1-in-2^64 chance per pair; the
+/// cost would be that one is routed through the parking topic with the other.
+pub fn key_hash(key: &[u8]) -> u64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(key);
+    u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
 impl Completion {
@@ -39,6 +66,7 @@ impl Completion {
             next_offset,
             known_until: next_offset,
             open: Vec::new(),
+            parked: Vec::new(),
         }
     }
 
@@ -53,13 +81,25 @@ impl Completion {
         self.known_until > self.next_offset
     }
 
-    /// The varint form, at most `max_len` bytes (the known range is cut to fit; a commit
-    /// point alone encodes as nothing).
+    /// Whether there is more to it than the commit point.
+    pub fn is_bare(&self) -> bool {
+        !self.knows_more() && self.parked.is_empty()
+    }
+
+    /// The varint form, at most `max_len` bytes (the known range is cut to fit; the parked
+    /// keys always fit, see `MAX_PARKED`; a commit point alone encodes as nothing).
     pub fn encode(&self, max_len: usize) -> Vec<u8> {
         let mut out = Vec::new();
-        if !self.knows_more() {
+        if self.is_bare() {
             return out;
         }
+        put_varint(&mut out, self.parked.len() as u64);
+        for parked in &self.parked {
+            out.extend_from_slice(&parked.key.to_be_bytes());
+            put_varint(&mut out, u64::from(parked.partition));
+            put_varint(&mut out, parked.last);
+        }
+        let max_len = max_len.saturating_sub(out.len());
         // Runs of (done, open) lengths from the commit point on.
         let mut runs: Vec<(u64, u64)> = Vec::new();
         let mut at = self.next_offset;
@@ -90,10 +130,10 @@ impl Completion {
         }
         // The done records after the last open one need no run: the range's length covers
         // them.
+        put_varint(&mut out, known_until - self.next_offset);
         if known_until == self.next_offset {
             return out;
         }
-        put_varint(&mut out, known_until - self.next_offset);
         out.extend_from_slice(&body);
         out
     }
@@ -105,6 +145,20 @@ impl Completion {
             return Some(Completion::at(next_offset));
         }
         let mut input = bytes;
+        let parked_count = take_varint(&mut input)?;
+        if parked_count > MAX_PARKED as u64 {
+            return None;
+        }
+        let mut parked = Vec::with_capacity(parked_count as usize);
+        for _ in 0..parked_count {
+            let (key, rest) = input.split_first_chunk::<8>()?;
+            input = rest;
+            parked.push(ParkedKey {
+                key: u64::from_be_bytes(*key),
+                partition: u32::try_from(take_varint(&mut input)?).ok()?,
+                last: take_varint(&mut input)?,
+            });
+        }
         let length = take_varint(&mut input)?;
         let known_until = next_offset.checked_add(length)?;
         let mut open = Vec::new();
@@ -129,6 +183,7 @@ impl Completion {
             next_offset,
             known_until,
             open,
+            parked,
         })
     }
 
@@ -156,6 +211,10 @@ impl Completion {
 
 /// More open records than any partition buffer holds: a value claiming so is not ours.
 const MAX_OPEN: u64 = 1 << 20;
+/// At most this many keys of one partition are parked at once; a key failing while this
+/// many are parked keeps retrying in place (holding only its own events, as before G8).
+/// Bounded so the parked keys always fit in a Kafka commit's metadata (about 20 bytes each).
+pub const MAX_PARKED: usize = 64;
 
 fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
@@ -189,9 +248,10 @@ mod tests {
             next_offset: 1_000,
             known_until: 3_001,
             open: vec![1_000, 1_500, 3_000],
+            parked: Vec::new(),
         };
         let bytes = completion.encode(usize::MAX);
-        assert!(bytes.len() <= 10, "{} bytes", bytes.len());
+        assert!(bytes.len() <= 12, "{} bytes", bytes.len());
         assert_eq!(Completion::decode(1_000, &bytes), Some(completion.clone()));
         let text = completion.to_text(4096);
         assert!(text.starts_with("hb1:"));
@@ -223,11 +283,20 @@ mod tests {
             next_offset: 100,
             known_until: 20_100,
             open,
+            parked: vec![
+                ParkedKey {
+                    key: 1,
+                    partition: 3,
+                    last: 99
+                };
+                MAX_PARKED
+            ],
         };
         let text = completion.to_text(4096);
         assert!(text.len() <= 4096, "{}", text.len());
         let read = Completion::from_text(100, &text);
         assert!(read.knows_more());
+        assert_eq!(read.parked, completion.parked, "parked keys always fit");
         assert!(read.known_until < completion.known_until);
         for offset in 100..20_100 {
             if read.is_done(offset) {
@@ -242,8 +311,13 @@ mod tests {
             next_offset in 0u64..1_000_000,
             steps in prop::collection::vec((0u64..300, any::<bool>()), 0..400),
             tail in 0u64..50,
-            max_len in 12usize..600,
+            max_len in 200usize..900,
+            parked in prop::collection::vec((any::<u64>(), 0u32..64, any::<u64>()), 0..4),
         ) {
+            let parked: Vec<ParkedKey> = parked
+                .into_iter()
+                .map(|(key, partition, last)| ParkedKey { key, partition, last })
+                .collect();
             let mut open = Vec::new();
             let mut at = next_offset;
             for (gap, is_open) in steps {
@@ -253,12 +327,13 @@ mod tests {
                 }
                 at += 1;
             }
-            let completion = Completion { next_offset, known_until: at + tail, open };
+            let completion = Completion { next_offset, known_until: at + tail, open, parked };
             let full = Completion::decode(next_offset, &completion.encode(usize::MAX));
             prop_assert_eq!(full.as_ref(), Some(&completion));
             let text = completion.to_text(max_len);
             prop_assert!(text.len() <= max_len);
             let cut = Completion::from_text(next_offset, &text);
+            prop_assert_eq!(&cut.parked, &completion.parked);
             prop_assert!(cut.known_until <= completion.known_until);
             for offset in next_offset..completion.known_until + 1 {
                 if cut.is_done(offset) {

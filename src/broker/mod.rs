@@ -173,10 +173,10 @@ pub trait Committer: Send + Sync + 'static {
         false
     }
 
-    /// What the partition's last accepted commit said, for a worker starting on it; `None`
-    /// when the broker keeps no such thing (JetStream: its acks are the memory, and it does
-    /// not redeliver what was acked).
-    async fn resumed(
+    /// What the group's last accepted commit of a partition said: for a worker starting on
+    /// it, and for the parking topic's partitions, to learn when a parked key's events are
+    /// done. `None` when the broker keeps no such thing.
+    async fn stored(
         &self,
         _topic: &str,
         _partition: u32,
@@ -341,7 +341,16 @@ impl PartitionStream {
 
     /// What the partition's last accepted commit said was done.
     pub async fn resumed(&self) -> Result<Option<Completion>, BrokerError> {
-        self.committer.resumed(&self.topic, self.partition).await
+        self.committer.stored(&self.topic, self.partition).await
+    }
+
+    /// What the group's last accepted commit of another partition said was done.
+    pub async fn stored(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<Completion>, BrokerError> {
+        self.committer.stored(topic, partition).await
     }
 
     /// The partition's tenure, to watch for renewal and revocation.

@@ -20,7 +20,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::broker::Completion;
+use crate::broker::completion::{Completion, ParkedKey};
 
 #[derive(Debug, Default)]
 pub struct CommitTracker {
@@ -35,12 +35,17 @@ pub struct CommitTracker {
     done: Vec<u64>,
     /// How many records finished, ever: a commit is due when this moved.
     finished: u64,
-    /// What the broker last accepted: the commit point and `finished` at the time.
-    committed: Option<(u64, u64)>,
+    /// What the broker last accepted: the commit point, and `finished` and
+    /// `parked_changes` at the time.
+    committed: Option<(u64, u64, u64)>,
     /// The previous owner's completion, while records it knew of are still to be read.
     resumed: Option<Completion>,
     /// Records skipped because the previous owner had finished them.
     skipped: u64,
+    /// The partition's parked keys, stored with each commit.
+    parked: Vec<ParkedKey>,
+    /// How often they changed: a commit is due when this moved too.
+    parked_changes: u64,
 }
 
 /// A commit to make: the offset below which everything is done, what is done above it, and
@@ -50,6 +55,7 @@ pub struct Pending {
     pub completion: Completion,
     pub done: Vec<u64>,
     finished: u64,
+    parked_changes: u64,
 }
 
 impl Pending {
@@ -111,6 +117,7 @@ impl CommitTracker {
             next_offset: self.pending.first().copied().unwrap_or(next_taken),
             known_until: next_taken,
             open: self.pending.iter().copied().collect(),
+            parked: self.parked.clone(),
         };
         if let Some(resumed) = &self.resumed {
             completion.known_until = resumed.known_until;
@@ -125,7 +132,8 @@ impl CommitTracker {
     /// Stays the same (growing with what finishes) until [`CommitTracker::accepted`].
     pub fn take(&mut self) -> Option<Pending> {
         let completion = self.completion()?;
-        if self.committed == Some((completion.next_offset, self.finished)) && self.done.is_empty() {
+        let news = (completion.next_offset, self.finished, self.parked_changes);
+        if self.committed == Some(news) && self.done.is_empty() {
             return None;
         }
         self.done.sort_unstable();
@@ -133,14 +141,21 @@ impl CommitTracker {
             completion,
             done: self.done.clone(),
             finished: self.finished,
+            parked_changes: self.parked_changes,
         })
     }
 
     /// The broker accepted `commit`.
     pub fn accepted(&mut self, commit: &Pending) {
-        self.committed = Some((commit.next_offset(), commit.finished));
+        self.committed = Some((commit.next_offset(), commit.finished, commit.parked_changes));
         // Only what the commit carried: records may have finished while it was on its way.
         self.done.retain(|o| commit.done.binary_search(o).is_err());
+    }
+
+    /// The partition's parked keys changed: they go with the next commit.
+    pub fn set_parked(&mut self, parked: Vec<ParkedKey>) {
+        self.parked = parked;
+        self.parked_changes += 1;
     }
 
     /// Whether no record was taken yet.
@@ -259,6 +274,7 @@ mod tests {
             next_offset: 10,
             known_until: 2_001,
             open: vec![10, 1_500],
+            parked: Vec::new(),
         };
         let mut t = CommitTracker::new(false, Some(stored.clone()));
         assert!(t.track(10), "open: delivered again");

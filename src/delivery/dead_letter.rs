@@ -11,7 +11,7 @@ use bytes::Bytes;
 use super::event::Event;
 use super::payload::rfc3339;
 use super::subscription::SubscriptionRuntime;
-use crate::broker::{Record, RecordHeader};
+use crate::broker::{Receipt, Record, RecordHeader};
 use crate::envelope;
 
 /// Why an event was given up on.
@@ -70,23 +70,33 @@ pub async fn publish(
     failure: &Failure,
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> bool {
-    let record = record(sub, event, failure);
+    let Some(receipt) = publish_until_taken(sub, record(sub, event, failure), stop).await else {
+        return false;
+    };
+    tracing::warn!(
+        subscription = %sub.name, id = %event.id, attempts = failure.attempts,
+        last_error = %failure.last_error, dead_letter_topic = %sub.dead_letter_topic,
+        partition = receipt.partition, offset = receipt.offset, "event dead-lettered"
+    );
+    true
+}
+
+/// Publishes a record the delivery engine writes (a dead letter, a parked event), retrying
+/// with backoff until the broker takes it; `None` if asked to stop first.
+pub async fn publish_until_taken(
+    sub: &SubscriptionRuntime,
+    record: Record,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<Receipt> {
     let mut wait = Duration::from_millis(100);
     loop {
         match sub.publisher.publish(record.clone()).await {
-            Ok(receipt) => {
-                tracing::warn!(
-                    subscription = %sub.name, id = %event.id, attempts = failure.attempts,
-                    last_error = %failure.last_error, dead_letter_topic = %sub.dead_letter_topic,
-                    partition = receipt.partition, offset = receipt.offset, "event dead-lettered"
-                );
-                return true;
-            }
+            Ok(receipt) => return Some(receipt),
             Err(e) => {
-                tracing::error!(subscription = %sub.name, id = %event.id, error = %e, "dead-letter publish failed; retrying");
+                tracing::error!(subscription = %sub.name, topic = %record.topic, error = %e, "publish failed; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = super::stopped(stop) => return false,
+                    _ = super::stopped(stop) => return None,
                 }
                 wait = (wait * 2).min(Duration::from_secs(10));
             }

@@ -28,6 +28,8 @@ pub struct Event {
     /// Set when the record claims to be an envelope but does not decode: it cannot be
     /// delivered and goes straight to the dead-letter topic.
     pub undeliverable: Option<String>,
+    /// Attempts made before the event was parked (see `parking`).
+    pub prior_attempts: u32,
 }
 
 /// Namespace of ids derived for foreign records.
@@ -79,6 +81,7 @@ impl Event {
                 traceparent: head.traceparent,
                 envelope,
                 undeliverable: None,
+                prior_attempts: 0,
                 record,
             },
             decoded => {
@@ -98,6 +101,7 @@ impl Event {
                     envelope: None,
                     undeliverable: decoded
                         .map(|e| format!("the envelope does not decode: {}", e.unwrap_err())),
+                    prior_attempts: 0,
                     record,
                 }
             }

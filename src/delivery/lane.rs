@@ -1,28 +1,34 @@
 //! A lane delivers one event at a time and retries it in place: the next event of the lane
-//! waits until this one is delivered or dead-lettered (G3). This is that retry loop.
+//! waits until this one is delivered, dead-lettered or parked (G3). This is that retry loop.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use super::attempt::{AttemptResult, attempt};
 use super::dead_letter::{self, Failure};
 use super::event::Event;
-use super::payload;
 use super::subscription::SubscriptionRuntime;
+use super::{parking, payload};
+use crate::broker::Receipt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Delivered,
     DeadLettered,
+    /// Sent to the parking topic, where it landed at this receipt.
+    Parked(Receipt),
     /// Stopped before the event was done (shutdown, revocation): it must not be committed.
     Abandoned,
 }
 
+/// Delivers `event`, retrying it in place. With `park_after`, an event still failing that
+/// long after its first failure is parked instead of retried further here.
 pub async fn deliver(
     sub: &SubscriptionRuntime,
     event: &Event,
     stop: &mut watch::Receiver<bool>,
+    park_after: Option<Duration>,
 ) -> Outcome {
     if let Some(reason) = &event.undeliverable {
         let failure = Failure {
@@ -33,7 +39,8 @@ pub async fn deliver(
         return dead_letter_or_abandon(sub, event, &failure, stop).await;
     }
     let payload = payload::build(sub.payload, event, &sub.forward_headers);
-    let mut attempts = 0;
+    let mut attempts = event.prior_attempts;
+    let mut first_failure: Option<Instant> = None;
     loop {
         // Waiting on the breaker and the rate limit is not an attempt, and holds no
         // in-flight slot: only requests on the wire count against max_in_flight.
@@ -84,10 +91,15 @@ pub async fn deliver(
                 retry_after,
             ),
         };
+        let failing_for = first_failure.get_or_insert_with(Instant::now).elapsed();
         match sub
             .retry
             .next_delay(attempts, event.received_at, retry_after)
         {
+            Some(_) if park_after.is_some_and(|after| failing_for >= after) => {
+                tracing::info!(subscription = %sub.name, id = %event.id, attempts, ?failing_for, "key still failing; parking it");
+                return park(sub, event, attempts, stop).await;
+            }
             Some(delay) => {
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -96,6 +108,19 @@ pub async fn deliver(
             }
             None => return dead_letter_or_abandon(sub, event, &failure, stop).await,
         }
+    }
+}
+
+/// Sends `event` to the parking topic: its key is parked (see `parking`).
+pub async fn park(
+    sub: &SubscriptionRuntime,
+    event: &Event,
+    attempts: u32,
+    stop: &mut watch::Receiver<bool>,
+) -> Outcome {
+    match parking::publish(sub, event, attempts, stop).await {
+        Some(receipt) => Outcome::Parked(receipt),
+        None => Outcome::Abandoned,
     }
 }
 

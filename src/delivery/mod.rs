@@ -4,7 +4,8 @@
 //! [`subscription`] joins a consumer group and gets partition streams →
 //! [`partition`] fans records out into lanes and tracks commits ([`commit`]) →
 //! [`lane`] delivers one event at a time, retrying in place ([`retry`], [`breaker`]) →
-//! [`attempt`] signs and POSTs the request [`payload`] built → done, or [`dead_letter`].
+//! [`attempt`] signs and POSTs the request [`payload`] built → done, or [`dead_letter`], or,
+//! for a key failing too long, [`parking`].
 //!
 //! One engine serves every broker: it only sees the `Subscriber` and `Publisher` traits.
 
@@ -16,6 +17,7 @@ mod dead_letter;
 mod event;
 mod filter;
 mod lane;
+mod parking;
 mod partition;
 mod payload;
 mod retry;

@@ -8,6 +8,9 @@
 //! that keeps failing holds only its own records: the others go on through their lanes and
 //! are committed past it, until its queued records fill the buffer.
 //!
+//! Parking: a key failing longer than `retry.park_after` moves to the parking topic with
+//! its queued and later events, so the commit point moves on (see [`super::parking`]).
+//!
 //! Resumption: a worker starts from what the partition's last commit said was done (see
 //! [`super::commit`]), so records finished behind a failing key before a crash or a move
 //! are skipped, not sent again (G8).
@@ -31,12 +34,15 @@ use tokio::task::JoinSet;
 use super::commit::CommitTracker;
 use super::event::Event;
 use super::lane::{self, Outcome};
+use super::parking::{self, ParkedKeys, Review};
 use super::subscription::SubscriptionRuntime;
 use crate::broker::{Completion, PartitionStream, Progress, Tenure, sleep_until};
 use crate::config::OrderingMode;
 
 /// How often a partition commits its progress while it runs.
 const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
+/// How often a partition with parked keys looks whether their parked events are done.
+const UNPARK_INTERVAL: Duration = Duration::from_secs(1);
 /// How long the last commit of a partition is retried before the partition is let go
 /// anyway (the next owner then redelivers what it could not record).
 const FINAL_COMMIT_FOR: Duration = Duration::from_secs(5);
@@ -64,6 +70,8 @@ enum LaneKey {
 /// Lanes with an event in flight, each with the events waiting behind it.
 struct Lanes {
     queued: HashMap<LaneKey, VecDeque<Event>>,
+    /// Events of draining parked keys, waiting for the key's parked events to be done.
+    draining: HashMap<Bytes, VecDeque<Event>>,
 }
 
 pub async fn run(
@@ -75,25 +83,54 @@ pub async fn run(
     tracing::info!(subscription = %sub.name, %topic, partition, "partition assigned");
     let mut tenure = stream.tenure();
     let resumed = resumed(&sub, &stream).await;
+    // Keys of this partition park (see `parking`) unless it is a parking partition itself,
+    // or the subscription orders by partition or not at all.
+    let is_parking = *topic == *sub.parking_topic;
+    let parks = sub.ordering == OrderingMode::Key && !is_parking;
+    let mut parked = match &resumed {
+        Some(resumed) if parks => ParkedKeys::resumed(&resumed.parked),
+        _ => ParkedKeys::default(),
+    };
     let mut tracker = CommitTracker::new(stream.per_record(), resumed);
+    if !parked.is_empty() {
+        tracing::info!(subscription = %sub.name, %topic, partition, parked = parked.len(), "parked keys resumed");
+        tracker.set_parked(parked.snapshot());
+    }
     let mut lanes = Lanes {
         queued: HashMap::new(),
+        draining: HashMap::new(),
     };
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(LaneKey, u64, Outcome)>();
     let mut running: JoinSet<()> = JoinSet::new();
     let mut held = 0usize;
     let mut commit_tick = tokio::time::interval(COMMIT_INTERVAL);
     commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut unpark_tick = tokio::time::interval(UNPARK_INTERVAL);
+    unpark_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Lanes stop on shutdown and on revocation alike, so they get their own signal.
     let (release, released) = watch::channel(false);
 
-    let start = |lane: LaneKey, event: Event, running: &mut JoinSet<()>| {
-        let (sub, done, mut stop) = (sub.clone(), done_tx.clone(), released.clone());
-        running.spawn(async move {
-            let outcome = lane::deliver(&sub, &event, &mut stop).await;
-            let _ = done.send((lane, event.record.offset, outcome));
-        });
-    };
+    // Starts the lane's next event: to the subscriber, or to the parking topic when its key
+    // is parked.
+    let start =
+        |lane: LaneKey, event: Event, running: &mut JoinSet<()>, parked: &mut ParkedKeys| {
+            let (sub, done, mut stop) = (sub.clone(), done_tx.clone(), released.clone());
+            let key = match &lane {
+                LaneKey::Key(key) if parks => Some(key),
+                _ => None,
+            };
+            // A draining key's events wait in `draining`, so a parked one started here forwards.
+            let forward = key.is_some_and(|key| parked.contains(key));
+            let park_after = (key.is_some() && parked.has_room()).then_some(sub.park_after);
+            running.spawn(async move {
+                let outcome = if forward {
+                    lane::park(&sub, &event, event.prior_attempts, &mut stop).await
+                } else {
+                    lane::deliver(&sub, &event, &mut stop, park_after).await
+                };
+                let _ = done.send((lane, event.record.offset, outcome));
+            });
+        };
 
     let ending = loop {
         let fence = tenure.borrow().held_until();
@@ -113,11 +150,15 @@ pub async fn run(
                 if outcome == Outcome::Abandoned {
                     continue;
                 }
+                if let (Outcome::Parked(receipt), LaneKey::Key(key)) = (outcome, &lane) {
+                    parked.sent(key, receipt);
+                    tracker.set_parked(parked.snapshot());
+                }
                 tracker.done(offset);
                 // The lane's next event starts only now: per-key order.
                 let queue = lanes.queued.get_mut(&lane).expect("a finished event's lane exists");
                 match queue.pop_front() {
-                    Some(next) => start(lane, next, &mut running),
+                    Some(next) => start(lane, next, &mut running, &mut parked),
                     None => { lanes.queued.remove(&lane); }
                 }
             }
@@ -130,7 +171,10 @@ pub async fn run(
                     // Done before this worker started (G8): not sent again.
                     continue;
                 }
-                let event = Event::from_record(record, sub.decode);
+                let mut event = Event::from_record(record, sub.decode);
+                if is_parking {
+                    parking::restore(&mut event);
+                }
                 if !sub.wants(&event) {
                     tracker.done(event.record.offset);
                     continue;
@@ -141,13 +185,36 @@ pub async fn run(
                     (OrderingMode::Partition, _) => LaneKey::Partition,
                     _ => LaneKey::Record(event.record.offset),
                 };
+                if let LaneKey::Key(key) = &lane
+                    && parks
+                    && parked.is_draining(key)
+                {
+                    // Waits until the key's parked events are done (see `parking`).
+                    lanes.draining.entry(key.clone()).or_default().push_back(event);
+                    continue;
+                }
                 match lanes.queued.get_mut(&lane) {
                     // The lane is busy: the event waits its turn.
                     Some(queue) => queue.push_back(event),
                     None => {
                         lanes.queued.insert(lane.clone(), VecDeque::new());
-                        start(lane, event, &mut running);
+                        start(lane, event, &mut running, &mut parked);
                     }
+                }
+            }
+            _ = unpark_tick.tick(), if !parked.is_empty() => {
+                let review = review_parked(&sub, &stream, &mut parked, &lanes).await;
+                if !review.unparked.is_empty() {
+                    tracker.set_parked(parked.snapshot());
+                }
+                // Events that waited for their key to drain start now: directly if it was
+                // unparked, to the parking topic if it drained too long.
+                for key in review.unparked.into_iter().chain(review.forward_again) {
+                    let Some(mut waiting) = lanes.draining.remove(&key) else { continue };
+                    let Some(first) = waiting.pop_front() else { continue };
+                    let lane = LaneKey::Key(key);
+                    lanes.queued.insert(lane.clone(), waiting);
+                    start(lane, first, &mut running, &mut parked);
                 }
             }
             _ = commit_tick.tick() => {
@@ -201,6 +268,33 @@ pub async fn run(
     tracing::info!(subscription = %sub.name, %topic, partition, ?ending, pending = tracker.pending(), skipped_as_done = tracker.skipped(), "partition released");
     // Dropping the stream tells the backend that this worker has let go.
     drop(stream);
+}
+
+/// Looks at the parked keys' parking partitions (see `ParkedKeys::review`).
+async fn review_parked(
+    sub: &SubscriptionRuntime,
+    stream: &PartitionStream,
+    parked: &mut ParkedKeys,
+    lanes: &Lanes,
+) -> Review {
+    let busy = |key: &Bytes| lanes.queued.contains_key(&LaneKey::Key(key.clone()));
+    let mut review = Review::default();
+    for partition in parked.idle_partitions(busy) {
+        let stored = tokio::time::timeout(
+            UNPARK_INTERVAL,
+            stream.stored(&sub.parking_topic, partition),
+        )
+        .await;
+        if let Ok(Ok(Some(done))) = stored {
+            let one = parked.review(partition, &done, busy, sub.park_after);
+            review.unparked.extend(one.unparked);
+            review.forward_again.extend(one.forward_again);
+        }
+    }
+    if !review.unparked.is_empty() {
+        tracing::info!(subscription = %sub.name, topic = %stream.topic, partition = stream.partition, unparked = review.unparked.len(), still_parked = parked.len(), "parked keys recovered; their new events go to the subscriber directly");
+    }
+    review
 }
 
 /// What the partition's last commit said was done, so that it is not delivered again.

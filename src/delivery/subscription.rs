@@ -43,6 +43,9 @@ pub struct SubscriptionRuntime {
     pub breaker: Breaker,
     pub retry: RetryPolicy,
     pub dead_letter_topic: String,
+    /// Where keys failing longer than `park_after` go on retrying (see `parking`).
+    pub parking_topic: String,
+    pub park_after: Duration,
     pub publisher: Arc<dyn Publisher>,
 }
 
@@ -108,6 +111,8 @@ impl SubscriptionRuntime {
             breaker: Breaker::new(config.breaker.failures, config.breaker.cool_down.0),
             retry: RetryPolicy::from_config(&config.retry),
             dead_letter_topic: config.dead_letter_topic(),
+            parking_topic: config.parking_topic(),
+            park_after: config.retry.park_after.0,
             publisher,
         })
     }
@@ -122,6 +127,14 @@ impl SubscriptionRuntime {
     pub fn group(&self) -> String {
         format!("hookbridge.{}", self.name)
     }
+
+    /// The topics the group reads: the subscription's, and its parking topic, whose parked
+    /// events it delivers like any others.
+    pub fn group_topics(&self) -> Vec<String> {
+        let mut topics = self.topics.clone();
+        topics.push(self.parking_topic.clone());
+        topics
+    }
 }
 
 /// Joins the subscription's group and runs a worker per assigned partition until `stop`.
@@ -133,7 +146,7 @@ pub async fn run(
     let group = sub.group();
     let mut subscription = loop {
         match subscriber
-            .subscribe(&group, &sub.topics, StartFrom::Earliest)
+            .subscribe(&group, &sub.group_topics(), StartFrom::Earliest)
             .await
         {
             Ok(subscription) => break subscription,

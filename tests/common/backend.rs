@@ -27,12 +27,15 @@ impl Backend {
         Backend::KafkaMock(rdkafka::mocking::MockCluster::new(3).unwrap())
     }
 
-    /// Creates the topics a subscription named after its topic needs, where the broker
-    /// does not let hookbridge create them (the mock cluster).
+    /// Creates the topics a subscription named after its topic needs (its own, its
+    /// dead-letter and parking topics), where the broker does not let hookbridge create them
+    /// (the mock cluster).
     pub fn create_topics(&self, topic: &str, partitions: i32) {
         if let Backend::KafkaMock(mock) = self {
             mock.create_topic(topic, partitions, 1).unwrap();
             mock.create_topic(&format!("hookbridge.dlq.{topic}"), 1, 1)
+                .unwrap();
+            mock.create_topic(&format!("hookbridge.park.{topic}"), partitions, 1)
                 .unwrap();
         }
     }

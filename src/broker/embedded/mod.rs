@@ -291,11 +291,7 @@ impl Committer for GroupCommitter {
         answer.await.map_err(|_| BrokerError::Closed)?
     }
 
-    async fn resumed(
-        &self,
-        topic: &str,
-        partition: u32,
-    ) -> Result<Option<Completion>, BrokerError> {
+    async fn stored(&self, topic: &str, partition: u32) -> Result<Option<Completion>, BrokerError> {
         self.log.cursor(&self.group, topic, partition)
     }
 }

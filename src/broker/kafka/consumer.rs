@@ -278,11 +278,7 @@ impl Committer for DirectCommitter {
             .map_err(kafka_error)
     }
 
-    async fn resumed(
-        &self,
-        topic: &str,
-        partition: u32,
-    ) -> Result<Option<Completion>, BrokerError> {
+    async fn stored(&self, topic: &str, partition: u32) -> Result<Option<Completion>, BrokerError> {
         let consumer = self
             .consumer
             .get()

@@ -36,9 +36,10 @@ use tokio::task::JoinHandle;
 
 use super::reader::Reader;
 use super::{leases, stream_name, subject};
+use crate::broker::completion::ParkedKey;
 use crate::broker::{
-    BrokerError, Committer, PartitionEvent, PartitionHandle, PartitionStream, Progress, StartFrom,
-    Subscription,
+    BrokerError, Committer, Completion, PartitionEvent, PartitionHandle, PartitionStream, Progress,
+    StartFrom, Subscription,
 };
 
 /// Records buffered ahead of the engine, per partition.
@@ -111,6 +112,7 @@ pub fn subscribe(
     client: async_nats::Client,
     jetstream: jetstream::Context,
     store: kv::Store,
+    parked: kv::Store,
     group: &str,
     topics: &[String],
     partitions: u32,
@@ -122,7 +124,11 @@ pub fn subscribe(
     let context = Context {
         committer: Arc::new(AckCommitter {
             client: client.clone(),
+            jetstream: jetstream.clone(),
+            group: group.to_string(),
             pending: pending.clone(),
+            parked,
+            parked_written: Mutex::default(),
         }),
         client,
         jetstream,
@@ -320,11 +326,7 @@ async fn start_reader(
         .get_stream(stream_name(&topic))
         .await
         .map_err(|e| unavailable(&e))?;
-    let name = format!(
-        "{}-{}-p{partition}",
-        stream_name(&ctx.group),
-        stream_name(&topic)
-    );
+    let name = consumer_name(&ctx.group, &topic, partition);
     let mut deliver_policy = match ctx.start {
         StartFrom::Earliest => DeliverPolicy::All,
         StartFrom::Latest => DeliverPolicy::New,
@@ -398,10 +400,53 @@ async fn start_reader(
     Ok((handle, tokio::spawn(reader.run())))
 }
 
-/// Acks each finished message on its own (see the module's comment).
+/// The durable consumer of a group on one partition.
+fn consumer_name(group: &str, topic: &str, partition: u32) -> String {
+    format!("{}-{}-p{partition}", stream_name(group), stream_name(topic))
+}
+
+/// Acks each finished message on its own (see the module's comment), and keeps each
+/// partition's parked keys in a KV bucket (the acks cannot carry them).
 struct AckCommitter {
     client: async_nats::Client,
+    jetstream: jetstream::Context,
+    group: String,
     pending: Pending,
+    parked: kv::Store,
+    /// The parked keys last written per partition, so unchanged ones are not written again.
+    parked_written: Mutex<HashMap<Unit, Vec<ParkedKey>>>,
+}
+
+impl AckCommitter {
+    /// Writes the partition's parked keys if they changed since last written.
+    async fn write_parked(&self, unit: &Unit, parked: &[ParkedKey]) -> Result<(), BrokerError> {
+        let unchanged = self
+            .parked_written
+            .lock()
+            .expect("parked lock")
+            .get(unit)
+            .map_or(parked.is_empty(), |written| written == parked);
+        if unchanged {
+            return Ok(());
+        }
+        let text = Completion {
+            parked: parked.to_vec(),
+            ..Completion::at(0)
+        }
+        .to_text(usize::MAX);
+        self.parked
+            .put(
+                leases::parked_key(&self.group, &unit.0, unit.1),
+                Bytes::from(text),
+            )
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("cannot store parked keys: {e}")))?;
+        self.parked_written
+            .lock()
+            .expect("parked lock")
+            .insert(unit.clone(), parked.to_vec());
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -430,10 +475,46 @@ impl Committer for AckCommitter {
                 .await
                 .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         }
-        Ok(())
+        self.write_parked(&(Arc::from(topic), partition), &progress.completion.parked)
+            .await
     }
 
     fn per_record(&self) -> bool {
         true
+    }
+
+    /// The consumer's ack floor (everything at or below it is acked) and the partition's
+    /// parked keys.
+    async fn stored(&self, topic: &str, partition: u32) -> Result<Option<Completion>, BrokerError> {
+        let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
+        let stream = self
+            .jetstream
+            .get_stream(stream_name(topic))
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let floor = match stream
+            .consumer_info(consumer_name(&self.group, topic, partition))
+            .await
+        {
+            Ok(info) => info.ack_floor.stream_sequence,
+            // Never read yet: nothing is done.
+            Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => 0,
+            Err(e) => return Err(unavailable(&e)),
+        };
+        let parked = match self
+            .parked
+            .get(leases::parked_key(&self.group, topic, partition))
+            .await
+            .map_err(|e| unavailable(&e))?
+        {
+            Some(text) => {
+                Completion::from_text(0, std::str::from_utf8(&text).unwrap_or_default()).parked
+            }
+            None => Vec::new(),
+        };
+        Ok(Some(Completion {
+            parked,
+            ..Completion::at(floor + 1)
+        }))
     }
 }

@@ -17,15 +17,23 @@ use futures_util::StreamExt;
 use crate::broker::BrokerError;
 
 pub const BUCKET: &str = "hookbridge_leases";
+/// The parked keys of each partition (see `delivery::parking`): kept until changed, so
+/// without the leases' expiry.
+pub const PARKED_BUCKET: &str = "hookbridge_parked";
 
-/// Opens the lease bucket, creating its stream directly: `create_key_value` cannot parse the
+/// Opens a KV bucket, creating its stream directly: `create_key_value` cannot parse the
 /// answer of NATS servers before 2.10, while a plain stream in the KV layout works on all.
-pub async fn bucket(js: &jetstream::Context, lease: Duration) -> Result<kv::Store, BrokerError> {
+/// `max_age`: how long a key lives unless written again (zero: for ever).
+pub async fn bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    max_age: Duration,
+) -> Result<kv::Store, BrokerError> {
     let config = stream::Config {
-        name: format!("KV_{BUCKET}"),
-        subjects: vec![format!("$KV.{BUCKET}.>")],
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
         max_messages_per_subject: 1,
-        max_age: lease,
+        max_age,
         storage: stream::StorageType::File,
         allow_rollup: true,
         deny_delete: true,
@@ -35,10 +43,10 @@ pub async fn bucket(js: &jetstream::Context, lease: Duration) -> Result<kv::Stor
     };
     js.get_or_create_stream(config)
         .await
-        .map_err(|e| BrokerError::Unavailable(format!("cannot create the lease bucket: {e}")))?;
-    js.get_key_value(BUCKET)
+        .map_err(|e| BrokerError::Unavailable(format!("cannot create the {bucket} bucket: {e}")))?;
+    js.get_key_value(bucket)
         .await
-        .map_err(|e| BrokerError::Unavailable(format!("cannot open the lease bucket: {e}")))
+        .map_err(|e| BrokerError::Unavailable(format!("cannot open the {bucket} bucket: {e}")))
 }
 
 /// KV keys allow letters, digits and `-/_=.`; group names are already restricted to
@@ -49,6 +57,14 @@ fn token(text: &str) -> String {
 
 pub fn member_key(group: &str, member: &str) -> String {
     format!("m.{}.{member}", token(group))
+}
+
+pub fn parked_key(group: &str, topic: &str, partition: u32) -> String {
+    format!(
+        "p.{}.{}.{partition}",
+        token(group),
+        super::stream_name(topic)
+    )
 }
 
 pub fn lease_key(group: &str, topic: &str, partition: u32) -> String {

@@ -170,11 +170,13 @@ impl Subscriber for NatsBroker {
         start: StartFrom,
     ) -> Result<Subscription, BrokerError> {
         self.ensure_topics(topics).await?;
-        let store = leases::bucket(&self.jetstream, self.config.lease.0).await?;
+        let store = leases::bucket(&self.jetstream, leases::BUCKET, self.config.lease.0).await?;
+        let parked = leases::bucket(&self.jetstream, leases::PARKED_BUCKET, Duration::ZERO).await?;
         Ok(consumer::subscribe(
             self.client.clone(),
             self.jetstream.clone(),
             store,
+            parked,
             group,
             topics,
             self.config.partitions,

@@ -1,0 +1,243 @@
+//! Parked keys (G8): a key failing longer than `retry.park_after` moves to the parking topic
+//! with its later events, the partition's other keys and its commit point move on, and once
+//! the key recovers its events flow on the normal path again, never out of order.
+//!
+//! Kafka runs on librdkafka's mock cluster (see tests/restarts.rs for why).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::backend::Backend;
+use common::receiver::{Receiver, Reply, all_delivered, seq_of};
+use common::*;
+
+/// Retries quickly and without end, and parks a key after one second of failing.
+const PARK_QUICKLY: &str = "    breaker: { failures: 1000000 }\n    retry: { initial_backoff: 50ms, max_backoff: 200ms, max_attempts: 1000000, max_age: 1h, park_after: 1s }\n";
+
+/// One partition; key A fails for a while, is parked, recovers; its events keep arriving
+/// throughout, among events of other keys.
+async fn a_parked_key_recovers_in_order_while_its_events_keep_arriving(backend: Backend) {
+    const EVENTS: u64 = 1_000;
+    let topic = unique("orders");
+    backend.create_topics(&topic, 1);
+    let receiver = Receiver::start().await;
+    // A fails for its first 3 seconds of attempts, then recovers.
+    let first_failure = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let failing_since = first_failure.clone();
+    receiver.answer(move |_, body| {
+        let body: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        if body["key"] != "A" {
+            return Reply::status(200);
+        }
+        let since = *failing_since
+            .lock()
+            .unwrap()
+            .get_or_insert_with(Instant::now);
+        if since.elapsed() < Duration::from_secs(3) {
+            Reply::status(500)
+        } else {
+            Reply::status(200)
+        }
+    });
+    let subs = format!(
+        "  - name: {topic}\n    topics: [{topic}]\n    url: {}\n{PARK_QUICKLY}",
+        receiver.url
+    );
+    let config = events_config(&backend.broker(1), &topic, &subs);
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Hookbridge::start(dir.path(), &config);
+    let ingresses = Arc::new(std::sync::Mutex::new(vec![server.ingress.clone()]));
+
+    // Every fifth event is A's, about 100 events a second.
+    let key = |seq: u64| {
+        if seq.is_multiple_of(5) {
+            "A".to_string()
+        } else {
+            format!("k{}", seq % 7)
+        }
+    };
+    let events: Vec<(String, u64)> = (0..EVENTS).map(|s| (key(s), s)).collect();
+    post_events(ingresses, events, 1, Duration::from_millis(10)).await;
+    receiver
+        .wait_for("every event", Duration::from_secs(90), |r| {
+            all_delivered(r, 0..EVENTS)
+        })
+        .await;
+    let log = server.log_text();
+    assert!(log.contains("parking it"), "A was parked:\n{log}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !server.log_text().contains("parked keys recovered") {
+        assert!(
+            Instant::now() < deadline,
+            "A went back to the normal path:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let received = receiver.received();
+    // A's events answered 2xx exactly once each, in publish order.
+    let a_delivered: Vec<u64> = received
+        .iter()
+        .filter(|r| r.ok() && seq_of(r).0 == "A")
+        .map(|r| seq_of(r).1)
+        .collect();
+    let a_published: Vec<u64> = (0..EVENTS).filter(|s| s % 5 == 0).collect();
+    assert_eq!(a_delivered, a_published, "A's events, once each, in order");
+    // No request of A started before the previous one was answered.
+    common::receiver::assert_no_overlap_per_key(&received);
+    // The other keys never waited for A: each was delivered at its first attempt.
+    let others_late = received
+        .iter()
+        .filter(|r| seq_of(r).0 != "A" && !r.ok())
+        .count();
+    assert_eq!(others_late, 0, "other keys never failed");
+    server.terminate();
+    let failed = received.iter().filter(|r| !r.ok()).count();
+    eprintln!(
+        "A parked after failing, recovered, {} events of A delivered in order ({failed} failed attempts)",
+        a_delivered.len()
+    );
+}
+
+/// Key A fails at a high rate for the whole first run: it is parked and every event of
+/// the partition is done (delivered or parked), so the commit point is at the end; the
+/// parked key survives a restart (its new events still follow it to the parking topic);
+/// when A recovers, its events arrive exactly in publish order.
+async fn a_parked_key_stays_parked_across_a_restart(backend: Backend) {
+    const FIRST: u64 = 1_000;
+    const SECOND: u64 = 200;
+    let topic = unique("orders");
+    backend.create_topics(&topic, 1);
+    let receiver = Receiver::start().await;
+    let a_fails = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let failing = a_fails.clone();
+    receiver.answer(move |_, body| {
+        let body: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        if body["key"] == "A" && failing.load(std::sync::atomic::Ordering::SeqCst) {
+            Reply::status(500)
+        } else {
+            Reply::status(200)
+        }
+    });
+    let subs = format!(
+        "  - name: {topic}\n    topics: [{topic}]\n    url: {}\n{PARK_QUICKLY}",
+        receiver.url
+    );
+    let config = events_config(&backend.broker(1), &topic, &subs);
+    let key = |seq: u64| {
+        if seq.is_multiple_of(2) {
+            "A".to_string()
+        } else {
+            format!("k{}", seq % 9)
+        }
+    };
+    let others_delivered = |r: &[common::receiver::Received], seqs: std::ops::Range<u64>| {
+        all_delivered(r, seqs.filter(|s| s % 2 == 1))
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Hookbridge::start(dir.path(), &config);
+    let ingresses = Arc::new(std::sync::Mutex::new(vec![server.ingress.clone()]));
+    // A's first event fails until A is parked; then the rest at full speed.
+    post_events(ingresses.clone(), vec![(key(0), 0)], 1, Duration::ZERO).await;
+    receiver
+        .wait_for("A failing", Duration::from_secs(60), |r| {
+            r.iter().any(|r| !r.ok())
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // One at a time: publish order is seq order, which the receiver checks.
+    let events: Vec<(String, u64)> = (1..FIRST).map(|s| (key(s), s)).collect();
+    post_events(ingresses, events, 1, Duration::ZERO).await;
+    receiver
+        .wait_for("the other keys' events", Duration::from_secs(120), |r| {
+            others_delivered(r, 0..FIRST)
+        })
+        .await;
+    // Every event of the partition is delivered or parked: the commit point reaches the end.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.terminate();
+    let log = server.log_text();
+    assert!(log.contains("parking it"), "A was parked:\n{log}");
+    if let Backend::Embedded(data) = &backend {
+        let log = open_log(data.path());
+        let group = format!("hookbridge.{topic}");
+        assert_eq!(
+            log.committed(&group, &topic, 0).unwrap(),
+            Some(FIRST),
+            "the commit point moved past A's events"
+        );
+        let parked = log.read_topic(&format!("hookbridge.park.{topic}")).unwrap();
+        assert!(
+            parked.len() as u64 >= FIRST / 2,
+            "the parking topic holds A's backlog: {}",
+            parked.len()
+        );
+    }
+
+    let restarted_dir = tempfile::tempdir().unwrap();
+    let mut restarted = Hookbridge::start(restarted_dir.path(), &config);
+    let ingresses = Arc::new(std::sync::Mutex::new(vec![restarted.ingress.clone()]));
+    let events: Vec<(String, u64)> = (FIRST..FIRST + SECOND).map(|s| (key(s), s)).collect();
+    post_events(ingresses, events, 1, Duration::ZERO).await;
+    receiver
+        .wait_for(
+            "the other keys' events after the restart",
+            Duration::from_secs(120),
+            |r| others_delivered(r, FIRST..FIRST + SECOND),
+        )
+        .await;
+    a_fails.store(false, std::sync::atomic::Ordering::SeqCst);
+    receiver
+        .wait_for(
+            "A's events, once A recovers",
+            Duration::from_secs(120),
+            |r| all_delivered(r, 0..FIRST + SECOND),
+        )
+        .await;
+    let a_delivered: Vec<u64> = receiver
+        .received()
+        .iter()
+        .filter(|r| r.ok() && seq_of(r).0 == "A")
+        .map(|r| seq_of(r).1)
+        .collect();
+    let a_published: Vec<u64> = (0..FIRST + SECOND).filter(|s| s % 2 == 0).collect();
+    assert_eq!(
+        a_delivered, a_published,
+        "A's events, once each, in publish order across the restart"
+    );
+    restarted.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_a_parked_key_stays_parked_across_a_restart() {
+    a_parked_key_stays_parked_across_a_restart(Backend::embedded()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_parked_key_stays_parked_across_a_restart() {
+    a_parked_key_stays_parked_across_a_restart(Backend::nats()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_a_parked_key_stays_parked_across_a_restart() {
+    a_parked_key_stays_parked_across_a_restart(Backend::kafka_mock()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_a_parked_key_recovers_in_order_while_its_events_keep_arriving() {
+    a_parked_key_recovers_in_order_while_its_events_keep_arriving(Backend::embedded()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_parked_key_recovers_in_order_while_its_events_keep_arriving() {
+    a_parked_key_recovers_in_order_while_its_events_keep_arriving(Backend::nats()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_a_parked_key_recovers_in_order_while_its_events_keep_arriving() {
+    a_parked_key_recovers_in_order_while_its_events_keep_arriving(Backend::kafka_mock()).await;
+}
