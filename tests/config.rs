@@ -61,6 +61,8 @@ fn bad_configs_name_the_key_and_the_problem() {
         ("zero in flight", format!("{SUB}    max_in_flight: 0\n"), vec!["subscriptions[0].max_in_flight", "at least 1"]),
         ("backoff inverted", format!("{SUB}    retry: {{ initial_backoff: 10m, max_backoff: 1s }}\n"), vec!["subscriptions[0].retry.max_backoff", "shorter"]),
         ("dead letters loop", format!("{SUB}    dead_letter_topic: t\n"), vec!["subscriptions[0].dead_letter_topic", "loop"]),
+        ("parked events loop", format!("{SUB}    parking_topic: t\n"), vec!["subscriptions[0].parking_topic", "delivered twice"]),
+        ("parking never", format!("{SUB}    retry: {{ park_after: 0s }}\n"), vec!["subscriptions[0].retry.park_after"]),
         ("signing secret not base64", format!("{SUB}    signing: {{ secret: 'whsec_%%%' }}\n"), vec!["subscriptions[0].signing.secret", "whsec_"]),
         ("partitions zero", "broker: { embedded: { partitions: 0 } }\n".into(), vec!["broker.embedded.partitions", "between 1 and 4096"]),
         ("partitions not a number", "broker: { nats: { partitions: eight } }\n".into(), vec!["broker.nats.partitions", "not a valid number"]),

@@ -113,15 +113,7 @@ async fn a_parked_key_stays_parked_across_a_restart(backend: Backend) {
     backend.create_topics(&topic, 1);
     let receiver = Receiver::start().await;
     let a_fails = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let failing = a_fails.clone();
-    receiver.answer(move |_, body| {
-        let body: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-        if body["key"] == "A" && failing.load(std::sync::atomic::Ordering::SeqCst) {
-            Reply::status(500)
-        } else {
-            Reply::status(200)
-        }
-    });
+    receiver.fail_key_while("A", a_fails.clone());
     let subs = format!(
         "  - name: {topic}\n    topics: [{topic}]\n    url: {}\n{PARK_QUICKLY}",
         receiver.url

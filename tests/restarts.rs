@@ -10,11 +10,10 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::backend::Backend;
-use common::receiver::{Receiver, Reply, all_delivered, assert_first_deliveries_in_order, seq_of};
+use common::receiver::{Receiver, all_delivered, assert_first_deliveries_in_order, seq_of};
 use common::*;
 
 /// Events of other keys published behind the failing key's first one.
@@ -29,16 +28,8 @@ async fn a_restart_redelivers_nothing_delivered_behind_a_failing_key(backend: Ba
     let topic = unique("orders");
     backend.create_topics(&topic, 1);
     let receiver = Receiver::start().await;
-    let a_fails = Arc::new(AtomicBool::new(true));
-    let failing = a_fails.clone();
-    receiver.answer(move |_, body| {
-        let body: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-        if body["key"] == "A" && failing.load(Ordering::SeqCst) {
-            Reply::status(500)
-        } else {
-            Reply::status(200)
-        }
-    });
+    let a_fails = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    receiver.fail_key_while("A", a_fails.clone());
     let subs = format!(
         "  - name: {topic}\n    topics: [{topic}]\n    url: {}\n{RETRY_WITHOUT_END}",
         receiver.url
@@ -89,7 +80,7 @@ async fn a_restart_redelivers_nothing_delivered_behind_a_failing_key(backend: Ba
         restarted.log_text()
     );
 
-    a_fails.store(false, Ordering::SeqCst);
+    a_fails.store(false, std::sync::atomic::Ordering::SeqCst);
     receiver
         .wait_for(
             "A's events, once A recovers",

@@ -23,40 +23,54 @@ pub struct Failure {
 }
 
 pub fn record(sub: &SubscriptionRuntime, event: &Event, failure: &Failure) -> Record {
-    let mut headers: Vec<RecordHeader> = event
+    let mut headers = vec![
+        ("hb-dlq-subscription", sub.name.clone()),
+        ("hb-dlq-id", event.id.clone()),
+        ("hb-dlq-topic", event.record.topic.to_string()),
+        ("hb-dlq-partition", event.record.partition.to_string()),
+        ("hb-dlq-offset", event.record.offset.to_string()),
+        ("hb-dlq-attempts", failure.attempts.to_string()),
+    ];
+    if let Some(status) = failure.last_status {
+        headers.push(("hb-dlq-last-status", status.to_string()));
+    }
+    headers.push(("hb-dlq-last-error", failure.last_error.clone()));
+    headers.push(("hb-dlq-failed-at", rfc3339(SystemTime::now())));
+    // Two subscriptions dead-lettering one envelope into one topic are two records; one
+    // subscription dead-lettering it again (after a restart) is the same record.
+    let record_id = format!("{}.dlq.{}", event.id, sub.name);
+    copy(event, &sub.dead_letter_topic, "hb-dlq-", record_id, headers)
+}
+
+/// A copy of an event's record for a topic the engine writes (dead letters, parked
+/// events): key, value and headers unchanged, but for the headers starting with `prefix`
+/// and the record id, which the copy sets anew, followed by `headers`.
+pub fn copy(
+    event: &Event,
+    topic: &str,
+    prefix: &str,
+    record_id: String,
+    headers: Vec<(&str, String)>,
+) -> Record {
+    let mut copied: Vec<RecordHeader> = event
         .record
         .headers
         .iter()
-        .filter(|h| !h.name.starts_with("hb-dlq-") && h.name != envelope::HEADER_RECORD_ID)
+        .filter(|h| !h.name.starts_with(prefix) && h.name != envelope::HEADER_RECORD_ID)
         .cloned()
         .collect();
-    let mut add = |name: &str, value: String| {
-        headers.push(RecordHeader {
-            name: name.into(),
-            value: Bytes::from(value),
-        })
-    };
-    // Two subscriptions dead-lettering one envelope into one topic are two records; one
-    // subscription dead-lettering it again (after a restart) is the same record.
-    add(
-        envelope::HEADER_RECORD_ID,
-        format!("{}.dlq.{}", event.id, sub.name),
+    copied.extend(
+        std::iter::once((envelope::HEADER_RECORD_ID, record_id))
+            .chain(headers)
+            .map(|(name, value)| RecordHeader {
+                name: name.into(),
+                value: Bytes::from(value),
+            }),
     );
-    add("hb-dlq-subscription", sub.name.clone());
-    add("hb-dlq-id", event.id.clone());
-    add("hb-dlq-topic", event.record.topic.to_string());
-    add("hb-dlq-partition", event.record.partition.to_string());
-    add("hb-dlq-offset", event.record.offset.to_string());
-    add("hb-dlq-attempts", failure.attempts.to_string());
-    if let Some(status) = failure.last_status {
-        add("hb-dlq-last-status", status.to_string());
-    }
-    add("hb-dlq-last-error", failure.last_error.clone());
-    add("hb-dlq-failed-at", rfc3339(SystemTime::now()));
     Record {
-        topic: sub.dead_letter_topic.clone(),
+        topic: topic.to_string(),
         key: event.record.key.clone(),
-        headers,
+        headers: copied,
         value: event.record.value.clone(),
     }
 }

@@ -32,8 +32,7 @@ use super::dead_letter;
 use super::event::Event;
 use super::subscription::SubscriptionRuntime;
 use crate::broker::completion::{MAX_PARKED, ParkedKey, key_hash};
-use crate::broker::{Completion, Receipt, Record, RecordHeader};
-use crate::envelope;
+use crate::broker::{Completion, Receipt, Record};
 
 const HEADER_ID: &str = "hb-parked-id";
 const HEADER_RECEIVED_AT: &str = "hb-parked-received-at";
@@ -42,46 +41,25 @@ const HEADER_FROM: &str = "hb-parked-from";
 
 /// The parked copy of an event.
 pub fn record(sub: &SubscriptionRuntime, event: &Event, attempts: u32) -> Record {
-    let mut headers: Vec<RecordHeader> = event
-        .record
-        .headers
-        .iter()
-        .filter(|h| !h.name.starts_with("hb-parked-") && h.name != envelope::HEADER_RECORD_ID)
-        .cloned()
-        .collect();
-    let mut add = |name: &str, value: String| {
-        headers.push(RecordHeader {
-            name: name.into(),
-            value: Bytes::from(value),
-        })
-    };
-    // Parking one event again (after a restart) is the same record: brokers that
-    // deduplicate (JetStream's Nats-Msg-Id) keep one.
-    add(
-        envelope::HEADER_RECORD_ID,
-        format!("{}.park.{}", event.id, sub.name),
-    );
-    add(HEADER_ID, event.id.clone());
     let received_ms = event
         .received_at
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis();
-    add(HEADER_RECEIVED_AT, received_ms.to_string());
-    add(HEADER_ATTEMPTS, attempts.to_string());
-    add(
-        HEADER_FROM,
-        format!(
-            "{}/{}/{}",
-            event.record.topic, event.record.partition, event.record.offset
-        ),
+    let from = format!(
+        "{}/{}/{}",
+        event.record.topic, event.record.partition, event.record.offset
     );
-    Record {
-        topic: sub.parking_topic.clone(),
-        key: event.record.key.clone(),
-        headers,
-        value: event.record.value.clone(),
-    }
+    let headers = vec![
+        (HEADER_ID, event.id.clone()),
+        (HEADER_RECEIVED_AT, received_ms.to_string()),
+        (HEADER_ATTEMPTS, attempts.to_string()),
+        (HEADER_FROM, from),
+    ];
+    // Parking one event again (after a restart) is the same record: brokers that
+    // deduplicate (JetStream's Nats-Msg-Id) keep one.
+    let record_id = format!("{}.park.{}", event.id, sub.name);
+    dead_letter::copy(event, &sub.parking_topic, "hb-parked-", record_id, headers)
 }
 
 /// An event read from the parking topic takes back what its copy kept: its webhook id, its

@@ -109,6 +109,22 @@ impl Receiver {
         *self.behaviour.lock().unwrap() = Arc::new(f);
     }
 
+    /// Answers 500 to the events of `key` while `failing` is set, 200 to everything else.
+    pub fn fail_key_while(
+        &self,
+        key: &'static str,
+        failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        self.answer(move |_, body| {
+            let body: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+            if body["key"] == key && failing.load(std::sync::atomic::Ordering::SeqCst) {
+                Reply::status(500)
+            } else {
+                Reply::status(200)
+            }
+        });
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.log.lock().unwrap().clone()
     }
