@@ -135,23 +135,6 @@ async fn kafka_a_failing_key_holds_only_its_own_events() {
     a_failing_key_holds_only_its_own_events(Backend::kafka()).await;
 }
 
-/// How many partitions each replica has been given so far, by the engine's log line.
-fn assigned(server: &Hookbridge) -> usize {
-    server.log_text().matches("partition assigned").count()
-}
-
-async fn wait_assigned(server: &Hookbridge, partitions: usize, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while assigned(server) < partitions {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting: {what}; its log:\n{}",
-            server.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// One replica delivers under load to a receiver that takes 200 ms, with a backlog building
 /// up (posted faster than it is delivered); a second replica joins; the first is stopped with
 /// SIGTERM and a third joins; then the second is killed with -9.
@@ -178,7 +161,11 @@ async fn replicas_come_and_go_without_overlap(backend: Backend) {
         tempfile::tempdir().unwrap(),
     );
     let mut a = Hookbridge::start(dir_a.path(), &config);
-    wait_assigned(&a, 4, "the first replica owns every partition").await;
+    a.wait_assigned(
+        8,
+        "the first replica owns every partition (and its parking partitions)",
+    )
+    .await;
     let ingresses = Arc::new(Mutex::new(vec![a.ingress.clone()]));
     let events: Vec<(String, u64)> = (0..EVENTS).map(|s| (format!("k{}", s % 30), s)).collect();
     // Posted faster than the receiver answers (30 keys, 200 ms each), so every handover
@@ -193,14 +180,16 @@ async fn replicas_come_and_go_without_overlap(backend: Backend) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut b = Hookbridge::start(dir_b.path(), &config);
     ingresses.lock().unwrap().push(b.ingress.clone());
-    wait_assigned(&b, 1, "the second replica takes partitions").await;
+    b.wait_assigned(1, "the second replica takes partitions")
+        .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     ingresses.lock().unwrap().retain(|i| *i != a.ingress);
     assert!(a.terminate().success(), "SIGTERM: clean exit");
     let c = Hookbridge::start(dir_c.path(), &config);
     ingresses.lock().unwrap().push(c.ingress.clone());
-    wait_assigned(&c, 1, "the third replica takes partitions").await;
+    c.wait_assigned(1, "the third replica takes partitions")
+        .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     ingresses.lock().unwrap().retain(|i| *i != b.ingress);
@@ -365,7 +354,11 @@ async fn nats_a_replica_that_cannot_renew_its_leases_fences_itself() {
         dir_a.path(),
         &events_config(&nats_broker(&proxy.url(), 4), &topic, &subs),
     );
-    wait_assigned(&a, 4, "the first replica owns every partition").await;
+    a.wait_assigned(
+        8,
+        "the first replica owns every partition (and its parking partitions)",
+    )
+    .await;
 
     // A backlog of foreign messages, published straight to the partitions' subjects.
     let client = async_nats::connect(nats.url()).await.unwrap();

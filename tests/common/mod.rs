@@ -82,6 +82,25 @@ impl Hookbridge {
         }
     }
 
+    /// How many partitions this replica has been given so far (its parking partitions
+    /// included), by the engine's log line.
+    pub fn assigned(&self) -> usize {
+        self.log_text().matches("partition assigned").count()
+    }
+
+    /// Waits until this replica has been given `partitions` partitions, at most a minute.
+    pub async fn wait_assigned(&self, partitions: usize, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.assigned() < partitions {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting: {what}; its log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn hook_url(&self, route: &str) -> String {
         format!("{}/hooks/{route}", self.ingress)
     }
