@@ -9,7 +9,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::backend::Backend;
+use common::backend::{Backend, FailingKey};
 use common::receiver::{Receiver, Reply, all_delivered, seq_of};
 use common::*;
 
@@ -109,16 +109,8 @@ async fn a_parked_key_recovers_in_order_while_its_events_keep_arriving(backend: 
 async fn a_parked_key_stays_parked_across_a_restart(backend: Backend) {
     const FIRST: u64 = 1_000;
     const SECOND: u64 = 200;
-    let topic = unique("orders");
-    backend.create_topics(&topic, 1);
-    let receiver = Receiver::start().await;
-    let a_fails = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    receiver.fail_key_while("A", a_fails.clone());
-    let subs = format!(
-        "  - name: {topic}\n    topics: [{topic}]\n    url: {}\n{PARK_QUICKLY}",
-        receiver.url
-    );
-    let config = events_config(&backend.broker(1), &topic, &subs);
+    let scenario = FailingKey::start(&backend, 1, PARK_QUICKLY).await;
+    let (topic, receiver, config) = (&scenario.topic, &scenario.receiver, &scenario.config);
     let key = |seq: u64| {
         if seq.is_multiple_of(2) {
             "A".to_string()
@@ -131,7 +123,7 @@ async fn a_parked_key_stays_parked_across_a_restart(backend: Backend) {
     };
 
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Hookbridge::start(dir.path(), &config);
+    let mut server = Hookbridge::start(dir.path(), config);
     let ingresses = Arc::new(std::sync::Mutex::new(vec![server.ingress.clone()]));
     // A's first event fails until A is parked; then the rest at full speed.
     post_events(ingresses.clone(), vec![(key(0), 0)], 1, Duration::ZERO).await;
@@ -158,7 +150,7 @@ async fn a_parked_key_stays_parked_across_a_restart(backend: Backend) {
         let log = open_log(data.path());
         let group = format!("hookbridge.{topic}");
         assert_eq!(
-            log.committed(&group, &topic, 0).unwrap(),
+            log.committed(&group, topic, 0).unwrap(),
             Some(FIRST),
             "the commit point moved past A's events"
         );
@@ -171,7 +163,7 @@ async fn a_parked_key_stays_parked_across_a_restart(backend: Backend) {
     }
 
     let restarted_dir = tempfile::tempdir().unwrap();
-    let mut restarted = Hookbridge::start(restarted_dir.path(), &config);
+    let mut restarted = Hookbridge::start(restarted_dir.path(), config);
     let ingresses = Arc::new(std::sync::Mutex::new(vec![restarted.ingress.clone()]));
     let events: Vec<(String, u64)> = (FIRST..FIRST + SECOND).map(|s| (key(s), s)).collect();
     post_events(ingresses, events, 1, Duration::ZERO).await;
@@ -182,7 +174,7 @@ async fn a_parked_key_stays_parked_across_a_restart(backend: Backend) {
             |r| others_delivered(r, FIRST..FIRST + SECOND),
         )
         .await;
-    a_fails.store(false, std::sync::atomic::Ordering::SeqCst);
+    scenario.recover();
     receiver
         .wait_for(
             "A's events, once A recovers",

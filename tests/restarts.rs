@@ -12,8 +12,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::backend::Backend;
-use common::receiver::{Receiver, all_delivered, assert_first_deliveries_in_order, seq_of};
+use common::backend::{Backend, FailingKey};
+use common::receiver::{all_delivered, assert_first_deliveries_in_order, seq_of};
 use common::*;
 
 /// Events of other keys published behind the failing key's first one.
@@ -25,18 +25,10 @@ const FAILING: [u64; 4] = [0, OTHERS + 1, OTHERS + 2, OTHERS + 3];
 /// other keys delivered past it; `kill -9`; a new process delivers none of the 2,000 again,
 /// then A's events in order once A recovers.
 async fn a_restart_redelivers_nothing_delivered_behind_a_failing_key(backend: Backend) {
-    let topic = unique("orders");
-    backend.create_topics(&topic, 1);
-    let receiver = Receiver::start().await;
-    let a_fails = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    receiver.fail_key_while("A", a_fails.clone());
-    let subs = format!(
-        "  - name: {topic}\n    topics: [{topic}]\n    url: {}\n{RETRY_WITHOUT_END}",
-        receiver.url
-    );
-    let config = events_config(&backend.broker(1), &topic, &subs);
+    let scenario = FailingKey::start(&backend, 1, RETRY_WITHOUT_END).await;
+    let (receiver, config) = (&scenario.receiver, &scenario.config);
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Hookbridge::start(dir.path(), &config);
+    let mut server = Hookbridge::start(dir.path(), config);
     let ingresses = Arc::new(std::sync::Mutex::new(vec![server.ingress.clone()]));
     post_events(ingresses.clone(), vec![("A".into(), 0)], 1, Duration::ZERO).await;
     let others: Vec<(String, u64)> = (1..=OTHERS).map(|s| (format!("k{}", s % 50), s)).collect();
@@ -54,7 +46,7 @@ async fn a_restart_redelivers_nothing_delivered_behind_a_failing_key(backend: Ba
     let before = receiver.count();
 
     let restarted_dir = tempfile::tempdir().unwrap();
-    let mut restarted = Hookbridge::start(restarted_dir.path(), &config);
+    let mut restarted = Hookbridge::start(restarted_dir.path(), config);
     // The new process owns the partition once it retries A (after a lease expiry on NATS,
     // the dead member's session timeout on Kafka); any redelivery would come with it.
     receiver
@@ -80,7 +72,7 @@ async fn a_restart_redelivers_nothing_delivered_behind_a_failing_key(backend: Ba
         restarted.log_text()
     );
 
-    a_fails.store(false, std::sync::atomic::Ordering::SeqCst);
+    scenario.recover();
     receiver
         .wait_for(
             "A's events, once A recovers",
@@ -117,20 +109,15 @@ async fn a_restart_redelivers_nothing_delivered_behind_a_failing_key(backend: Ba
 async fn a_rolling_restart_repeats_at_most_what_was_in_flight(backend: Backend) {
     const EVENTS: u64 = 2_400;
     const MAX_IN_FLIGHT: u64 = 16;
-    let topic = unique("rolling");
-    backend.create_topics(&topic, 4);
-    let receiver = Receiver::start().await;
-    let a_fails = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    receiver.fail_key_while("A", a_fails.clone());
-    let subs = format!(
-        "  - name: {topic}\n    topics: [{topic}]\n    url: {}\n    max_in_flight: {MAX_IN_FLIGHT}\n    breaker: {{ failures: 1000000 }}\n    retry: {{ initial_backoff: 50ms, max_backoff: 200ms, max_attempts: 1000000, max_age: 1h, park_after: 2s }}\n",
-        receiver.url
+    let settings = format!(
+        "    max_in_flight: {MAX_IN_FLIGHT}\n    breaker: {{ failures: 1000000 }}\n    retry: {{ initial_backoff: 50ms, max_backoff: 200ms, max_attempts: 1000000, max_age: 1h, park_after: 2s }}\n"
     );
-    let config = events_config(&backend.broker(4), &topic, &subs);
+    let scenario = FailingKey::start(&backend, 4, &settings).await;
+    let (receiver, config) = (&scenario.receiver, &scenario.config);
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut replicas: Vec<Hookbridge> = dirs
         .iter()
-        .map(|dir| Hookbridge::start(dir.path(), &config))
+        .map(|dir| Hookbridge::start(dir.path(), config))
         .collect();
     let ingresses = Arc::new(std::sync::Mutex::new(
         replicas
@@ -159,7 +146,7 @@ async fn a_rolling_restart_repeats_at_most_what_was_in_flight(backend: Backend) 
         let old = replicas[which].ingress.clone();
         ingresses.lock().unwrap().retain(|i| *i != old);
         assert!(replicas[which].terminate().success(), "SIGTERM: clean exit");
-        replicas[which] = Hookbridge::start(dirs[which].path(), &config);
+        replicas[which] = Hookbridge::start(dirs[which].path(), config);
         ingresses
             .lock()
             .unwrap()
@@ -172,7 +159,7 @@ async fn a_rolling_restart_repeats_at_most_what_was_in_flight(backend: Backend) 
             all_delivered(r, others.iter().copied())
         })
         .await;
-    a_fails.store(false, std::sync::atomic::Ordering::SeqCst);
+    scenario.recover();
     receiver
         .wait_for(
             "A's events, once A recovers",

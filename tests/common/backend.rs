@@ -2,7 +2,11 @@
 //! temporary directory, a private nats-server, the Kafka-protocol broker scripts/test starts,
 //! and librdkafka's mock cluster (for group faults).
 
-use super::{NatsServer, kafka_bootstrap, nats_broker};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use super::receiver::Receiver;
+use super::{NatsServer, events_config, kafka_bootstrap, nats_broker, unique};
 
 /// The `broker:` section for a backend, with `partitions` partitions.
 pub enum Backend {
@@ -60,5 +64,43 @@ impl Backend {
                 mock.bootstrap_servers()
             ),
         }
+    }
+}
+
+/// One subscription on a fresh topic whose receiver answers 500 to key A's events while
+/// `a_fails` is set (200 to everything else).
+pub struct FailingKey {
+    pub topic: String,
+    pub receiver: Receiver,
+    pub a_fails: Arc<AtomicBool>,
+    /// The config: `backend`'s broker, the `events` route, the subscription.
+    pub config: String,
+}
+
+impl FailingKey {
+    /// `settings`: the subscription's YAML lines after its name, topics and URL.
+    pub async fn start(backend: &Backend, partitions: u32, settings: &str) -> FailingKey {
+        let topic = unique("orders");
+        backend.create_topics(&topic, partitions as i32);
+        let receiver = Receiver::start().await;
+        let a_fails = Arc::new(AtomicBool::new(true));
+        receiver.fail_key_while("A", a_fails.clone());
+        let subs = format!(
+            "  - name: {topic}\n    topics: [{topic}]\n    url: {}\n{settings}",
+            receiver.url
+        );
+        let config = events_config(&backend.broker(partitions), &topic, &subs);
+        FailingKey {
+            topic,
+            receiver,
+            a_fails,
+            config,
+        }
+    }
+
+    /// Key A recovers.
+    pub fn recover(&self) {
+        self.a_fails
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
