@@ -16,8 +16,9 @@
 //! see its last one done while each new one follows it there, so once the parking topic is
 //! seen delivering the key's events again, the key *drains*: its new events wait on the
 //! partition instead, until the parked ones are done (then they go directly) or until
-//! `park_after` passes without that (then they follow to the parking topic after all). Which keys are parked is stored with every
-//! commit of the partition, so it holds across restarts and moves too.
+//! `park_after` passes without that (then they follow to the parking topic after all).
+//! Which keys are parked is stored with every commit of the partition, so it holds across
+//! restarts and moves too.
 //!
 //! A parked copy is the original record, value and headers unchanged, plus `hb-parked-*`
 //! headers that keep what the copy must not lose: the webhook id and arrival time of a
@@ -117,6 +118,18 @@ struct Parked {
     draining_since: Option<Instant>,
 }
 
+impl Parked {
+    fn new(key: Option<Bytes>, partition: u32, last: u64) -> Parked {
+        Parked {
+            key,
+            partition,
+            last,
+            seen_last: None,
+            draining_since: None,
+        }
+    }
+}
+
 /// What one look at a parking partition changed.
 #[derive(Debug, Default)]
 pub struct Review {
@@ -132,16 +145,7 @@ impl ParkedKeys {
         ParkedKeys {
             keys: parked
                 .iter()
-                .map(|p| {
-                    let parked = Parked {
-                        key: None,
-                        partition: p.partition,
-                        last: p.last,
-                        seen_last: None,
-                        draining_since: None,
-                    };
-                    (p.key, parked)
-                })
+                .map(|p| (p.key, Parked::new(None, p.partition, p.last)))
                 .collect(),
         }
     }
@@ -183,13 +187,7 @@ impl ParkedKeys {
     pub fn sent(&mut self, key: &Bytes, receipt: Receipt) {
         self.keys.insert(
             key_hash(key),
-            Parked {
-                key: Some(key.clone()),
-                partition: receipt.partition,
-                last: receipt.offset,
-                seen_last: None,
-                draining_since: None,
-            },
+            Parked::new(Some(key.clone()), receipt.partition, receipt.offset),
         );
     }
 

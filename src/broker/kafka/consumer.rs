@@ -251,6 +251,16 @@ struct DirectCommitter {
     consumer: ConsumerCell,
 }
 
+impl DirectCommitter {
+    /// The group's consumer, unless the subscription has ended.
+    fn consumer(&self) -> Result<Arc<GroupConsumer>, BrokerError> {
+        self.consumer
+            .get()
+            .and_then(Weak::upgrade)
+            .ok_or(BrokerError::Closed)
+    }
+}
+
 #[async_trait]
 impl Committer for DirectCommitter {
     async fn commit(
@@ -259,11 +269,7 @@ impl Committer for DirectCommitter {
         partition: u32,
         progress: Progress<'_>,
     ) -> Result<(), BrokerError> {
-        let consumer = self
-            .consumer
-            .get()
-            .and_then(Weak::upgrade)
-            .ok_or(BrokerError::Closed)?;
+        let consumer = self.consumer()?;
         let mut offsets = TopicPartitionList::new();
         {
             let mut element = offsets.add_partition(topic, partition as i32);
@@ -279,11 +285,7 @@ impl Committer for DirectCommitter {
     }
 
     async fn stored(&self, topic: &str, partition: u32) -> Result<Option<Completion>, BrokerError> {
-        let consumer = self
-            .consumer
-            .get()
-            .and_then(Weak::upgrade)
-            .ok_or(BrokerError::Closed)?;
+        let consumer = self.consumer()?;
         let mut wanted = TopicPartitionList::new();
         wanted.add_partition(topic, partition as i32);
         let committed = tokio::task::spawn_blocking(move || {
