@@ -60,22 +60,19 @@ async fn a_parked_key_recovers_in_order_while_its_events_keep_arriving(backend: 
     };
     let events: Vec<(String, u64)> = (0..EVENTS).map(|s| (key(s), s)).collect();
     post_events(ingresses, events, 1, Duration::from_millis(10)).await;
+    // A recovered about 3 s into the 10 s of traffic: it is back on the normal path while
+    // its events are still arriving, not only once they stop.
+    let log = server.log_text();
+    assert!(log.contains("parking it"), "A was parked:\n{log}");
+    assert!(
+        log.contains("parked keys recovered"),
+        "A went back to the normal path while its events kept arriving:\n{log}"
+    );
     receiver
         .wait_for("every event", Duration::from_secs(90), |r| {
             all_delivered(r, 0..EVENTS)
         })
         .await;
-    let log = server.log_text();
-    assert!(log.contains("parking it"), "A was parked:\n{log}");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !server.log_text().contains("parked keys recovered") {
-        assert!(
-            Instant::now() < deadline,
-            "A went back to the normal path:\n{}",
-            server.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 
     let received = receiver.received();
     // A's events answered 2xx exactly once each, in publish order.

@@ -183,12 +183,17 @@ impl ParkedKeys {
         Some(parked)
     }
 
-    /// `key`'s event went to the parking topic at `receipt`.
+    /// `key`'s event went to the parking topic at `receipt`. A key parked already keeps
+    /// what the reviews learnt about it: a key whose events keep coming is forwarding all
+    /// the time, and would otherwise never be seen making progress there, so never drain.
     pub fn sent(&mut self, key: &Bytes, receipt: Receipt) {
-        self.keys.insert(
-            key_hash(key),
-            Parked::new(Some(key.clone()), receipt.partition, receipt.offset),
-        );
+        let parked = self
+            .keys
+            .entry(key_hash(key))
+            .or_insert_with(|| Parked::new(None, receipt.partition, receipt.offset));
+        parked.key.get_or_insert_with(|| key.clone());
+        parked.partition = receipt.partition;
+        parked.last = receipt.offset;
     }
 
     /// The parking partitions to look at: those of parked keys with nothing on the way
@@ -254,5 +259,44 @@ impl ParkedKeys {
             .collect();
         parked.sort_unstable_by_key(|p| p.key);
         parked
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receipt(offset: u64) -> Receipt {
+        Receipt {
+            partition: 0,
+            offset,
+        }
+    }
+
+    #[test]
+    fn a_key_whose_events_keep_coming_drains_once_the_parking_topic_catches_up() {
+        let key = Bytes::from_static(b"A");
+        let idle = |_: &Bytes| false;
+        let mut parked = ParkedKeys::default();
+        parked.sent(&key, receipt(10));
+        // First look: nothing done there yet.
+        parked.review(0, &Completion::at(0), idle, Duration::from_secs(60));
+        // More events follow before the next look, while the parking topic delivers the
+        // ones seen at the first look.
+        parked.sent(&key, receipt(11));
+        parked.sent(&key, receipt(12));
+        let review = parked.review(0, &Completion::at(11), idle, Duration::from_secs(60));
+        assert!(
+            review.unparked.is_empty(),
+            "its last parked event is not done yet"
+        );
+        assert!(
+            parked.is_draining(&key),
+            "its new events wait for the parked ones"
+        );
+        // Once the last one is done there, the key is back on the normal path.
+        let review = parked.review(0, &Completion::at(13), idle, Duration::from_secs(60));
+        assert_eq!(review.unparked, vec![key.clone()]);
+        assert!(!parked.contains(&key));
     }
 }
