@@ -17,16 +17,6 @@ use common::receiver::{
 };
 use common::*;
 
-fn rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap_or(0)
-        / 1024
-}
-
 /// One partition; key A fails until every other event is delivered. 20,000 events of 50
 /// other keys go through the same partition meanwhile, then A recovers and is delivered
 /// in order.

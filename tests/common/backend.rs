@@ -44,6 +44,97 @@ impl Backend {
         }
     }
 
+    /// The first offset of `topic`'s partition that `group` has not committed as done, read
+    /// as an operator would (the embedded log's own store, the JetStream consumer's ack
+    /// floor, the group's committed offset). The embedded log is read from its files: the
+    /// replica using it must have stopped.
+    pub async fn commit_point(&self, group: &str, topic: &str, partition: u32) -> u64 {
+        match self {
+            Backend::Embedded(dir) => super::open_log(dir.path())
+                .committed(group, topic, partition)
+                .unwrap()
+                .unwrap_or(0),
+            Backend::Nats(nats) => {
+                use hookbridge::broker::nats::stream_name;
+                let client = async_nats::connect(nats.url()).await.unwrap();
+                let js = async_nats::jetstream::new(client);
+                let stream = js.get_stream(stream_name(topic)).await.unwrap();
+                // The consumer hookbridge reads the partition with (src/broker/nats/consumer.rs).
+                let name = format!("{}-{}-p{partition}", stream_name(group), stream_name(topic));
+                let info = stream.consumer_info(&name).await.unwrap();
+                // JetStream sequences start at 1; offsets here are sequences.
+                info.ack_floor.stream_sequence + 1
+            }
+            Backend::Kafka(_) | Backend::KafkaMock(_) => {
+                use rdkafka::consumer::{BaseConsumer, Consumer};
+                let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+                    .set("bootstrap.servers", self.bootstrap())
+                    .set("group.id", group)
+                    .create()
+                    .unwrap();
+                let mut wanted = rdkafka::TopicPartitionList::new();
+                wanted.add_partition(topic, partition as i32);
+                let committed = consumer
+                    .committed_offsets(wanted, std::time::Duration::from_secs(10))
+                    .unwrap();
+                match committed
+                    .find_partition(topic, partition as i32)
+                    .map(|e| e.offset())
+                {
+                    Some(rdkafka::Offset::Offset(next)) if next >= 0 => next as u64,
+                    _ => 0,
+                }
+            }
+        }
+    }
+
+    /// How many records `topic`'s partition holds (the next offset to be written; on
+    /// JetStream, where sequences start at 1, the last sequence + 1). Like `commit_point`,
+    /// the embedded log is read from its files.
+    pub async fn end_offset(&self, topic: &str, partition: u32) -> u64 {
+        match self {
+            Backend::Embedded(dir) => super::open_log(dir.path())
+                .read_topic(topic)
+                .unwrap()
+                .iter()
+                .filter(|r| r.partition == partition)
+                .map(|r| r.offset + 1)
+                .max()
+                .unwrap_or(0),
+            Backend::Nats(nats) => {
+                use hookbridge::broker::nats::stream_name;
+                let client = async_nats::connect(nats.url()).await.unwrap();
+                let js = async_nats::jetstream::new(client);
+                let stream = js.get_stream(stream_name(topic)).await.unwrap();
+                // A stream per topic, a subject per partition (src/broker/nats/mod.rs).
+                let subject = hookbridge::broker::nats::subject(topic, partition);
+                match stream.get_last_raw_message_by_subject(&subject).await {
+                    Ok(last) => last.sequence + 1,
+                    Err(_) => 0,
+                }
+            }
+            Backend::Kafka(_) | Backend::KafkaMock(_) => {
+                use rdkafka::consumer::{BaseConsumer, Consumer};
+                let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+                    .set("bootstrap.servers", self.bootstrap())
+                    .create()
+                    .unwrap();
+                let (_, high) = consumer
+                    .fetch_watermarks(topic, partition as i32, std::time::Duration::from_secs(10))
+                    .unwrap();
+                high as u64
+            }
+        }
+    }
+
+    fn bootstrap(&self) -> String {
+        match self {
+            Backend::Kafka(bootstrap) => bootstrap.clone(),
+            Backend::KafkaMock(mock) => mock.bootstrap_servers(),
+            _ => panic!("not a Kafka backend"),
+        }
+    }
+
     pub fn broker(&self, partitions: u32) -> String {
         match self {
             Backend::Embedded(dir) => format!(
