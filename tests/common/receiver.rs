@@ -213,6 +213,11 @@ pub fn assert_no_overlap_per_key(received: &[Received]) {
     );
 }
 
+/// Whether any event of `key` was answered 2xx.
+pub fn any_delivered_of(received: &[Received], key: &str) -> bool {
+    received.iter().any(|r| r.ok() && seq_of(r).0 == key)
+}
+
 /// Every `seq` in `seqs` was answered 2xx at least once.
 pub fn all_delivered(received: &[Received], seqs: impl IntoIterator<Item = u64>) -> bool {
     let ok: std::collections::HashSet<u64> = received
