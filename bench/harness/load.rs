@@ -35,8 +35,9 @@ pub struct Load {
     pub duration: Duration,
 }
 
-pub fn body(key: usize, size: usize) -> Vec<u8> {
-    let head = format!(r#"{{"key":"key-{key}","t":{},"pad":""#, now_us());
+/// A body for `key`, `size` bytes long, saying it was sent at `sent_us` (see [`now_us`]).
+pub fn body(key: usize, size: usize, sent_us: u64) -> Vec<u8> {
+    let head = format!(r#"{{"key":"key-{key}","t":{sent_us},"pad":""#);
     let pad = size.saturating_sub(head.len() + 2);
     let mut body = head.into_bytes();
     body.extend(std::iter::repeat_n(b'x', pad));
@@ -55,6 +56,12 @@ pub struct Sent {
 
 /// Sends POSTs to `url` for `load.duration`. `send` is what one request is: an HTTP POST
 /// for the servers, a broker publish for the raw baselines.
+///
+/// Open loop (`load.rate`), requests are due on a fixed schedule, whatever the answers do,
+/// and every latency (the response's, and end to end the receiver's, through the body's
+/// `t`) is counted from when the request was *due*, not from when a worker got round to
+/// it: a server that stalls is charged for the requests that queued behind the stall, as
+/// wrk2 does, instead of the generator quietly sending fewer (coordinated omission).
 pub async fn run<F, Fut>(load: &Load, send: F) -> Sent
 where
     F: Fn(Vec<u8>) -> Fut + Clone + Send + Sync + 'static,
@@ -72,17 +79,24 @@ where
             let mut sent = Sent::default();
             loop {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
-                if let Some(interval) = interval {
-                    let due = started + interval.mul_f64(n as f64);
-                    if due > deadline {
-                        break;
+                let began = match interval {
+                    Some(interval) => {
+                        let due = started + interval.mul_f64(n as f64);
+                        if due > deadline {
+                            break;
+                        }
+                        tokio::time::sleep_until(due.into()).await;
+                        due
                     }
-                    tokio::time::sleep_until(due.into()).await;
-                } else if Instant::now() >= deadline {
-                    break;
-                }
-                let body = body(n as usize % load.keys.max(1), load.body_size);
-                let began = Instant::now();
+                    None if Instant::now() >= deadline => break,
+                    None => Instant::now(),
+                };
+                let sent_us = began.duration_since(*START.get_or_init(Instant::now));
+                let body = body(
+                    n as usize % load.keys.max(1),
+                    load.body_size,
+                    sent_us.as_micros() as u64,
+                );
                 if send(body).await {
                     sent.ok += 1;
                     sent.latencies.record(began.elapsed());

@@ -48,9 +48,11 @@ struct Args {
     /// Distinct partition keys.
     #[arg(long, default_value_t = 1000)]
     keys: usize,
-    /// Rate of the open-loop latency scenario, requests per second.
-    #[arg(long, default_value_t = 5000)]
-    rate: u64,
+    /// Rates of the open-loop latency scenarios, requests per second: one scenario each,
+    /// requests sent on a fixed schedule whatever the answers do, latency counted from when
+    /// each was due (no coordinated omission).
+    #[arg(long, value_delimiter = ',', default_values_t = [100, 350, 2000, 5000])]
+    rates: Vec<u64>,
     /// Run only the scenarios whose title contains one of these words (e.g. `backlog`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -66,7 +68,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 /// One printed result line.
 struct Row {
     backend: String,
-    scenario: &'static str,
+    scenario: String,
     sent: Option<load::Sent>,
     delivered_per_s: Option<f64>,
     e2e: Option<Latencies>,
@@ -80,10 +82,10 @@ struct Row {
 
 impl Row {
     /// A measured limit: only its load-generator numbers.
-    fn limit(backend: &str, scenario: &'static str, sent: load::Sent) -> Row {
+    fn limit(backend: &str, scenario: &str, sent: load::Sent) -> Row {
         Row {
             backend: backend.to_string(),
-            scenario,
+            scenario: scenario.to_string(),
             sent: Some(sent),
             delivered_per_s: None,
             e2e: None,
@@ -496,12 +498,12 @@ async fn main() -> anyhow::Result<()> {
         duration: args.duration,
     };
     println!(
-        "hookbridge-bench: {} per scenario, {} connections, {} B bodies, {} keys, open-loop rate {}/s",
+        "hookbridge-bench: {} per scenario, {} connections, {} B bodies, {} keys, open-loop rates {:?}/s",
         humantime(args.duration),
         args.concurrency,
         args.body_size,
         args.keys,
-        args.rate
+        args.rates
     );
     println!(
         "machine: {} cores, {}",
@@ -550,28 +552,35 @@ async fn main() -> anyhow::Result<()> {
         } else {
             vec![("broker limit", raw_rate), ("HTTP limit", http_rate)]
         };
-        let runs: [(&'static str, Option<&str>, bool, Option<u64>); 5] = [
-            ("ingest only", None, false, None),
-            ("ingest + delivery, ordering: key", Some("key"), false, None),
+        let mut runs: Vec<(String, Option<&str>, bool, Option<u64>)> = vec![
+            ("ingest only".into(), None, false, None),
             (
-                "ingest + delivery, ordering: none",
+                "ingest + delivery, ordering: key".into(),
+                Some("key"),
+                false,
+                None,
+            ),
+            (
+                "ingest + delivery, ordering: none".into(),
                 Some("none"),
                 false,
                 None,
             ),
-            (
-                "open loop at the target rate, ordering: key",
+        ];
+        for &rate in &args.rates {
+            runs.push((
+                format!("open loop at {rate}/s, ordering: key"),
                 Some("key"),
                 false,
-                Some(args.rate),
-            ),
-            (
-                "stalled subscriber, growing backlog",
-                Some("key"),
-                true,
-                None,
-            ),
-        ];
+                Some(rate),
+            ));
+        }
+        runs.push((
+            "stalled subscriber, growing backlog".into(),
+            Some("key"),
+            true,
+            None,
+        ));
         for (title, ordering, stalled, rate) in runs {
             if !args.only.is_empty() && !args.only.iter().any(|w| title.contains(w.as_str())) {
                 continue;
