@@ -538,3 +538,46 @@ async fn steady_load_is_delivered_without_stalls() {
         waits.last().unwrap()
     );
 }
+
+/// A partition's parked keys (G8) are written fenced: once a new owner has claimed them, the
+/// previous owner's writes are refused (a replica frozen past its lease cannot overwrite
+/// the new owner's keys), and the new owner's go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_previous_owners_late_write_of_parked_keys_is_refused() {
+    use hookbridge::broker::completion::ParkedKey;
+    use hookbridge::broker::nats::parked::ParkedStore;
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client);
+    let key = |key: u64, last: u64| ParkedKey {
+        key,
+        partition: 0,
+        last,
+    };
+    // Two replicas of one group, each with its own view of the bucket.
+    let old_owner = ParkedStore::open(&js, "hookbridge.orders").await.unwrap();
+    let new_owner = ParkedStore::open(&js, "hookbridge.orders").await.unwrap();
+
+    assert!(old_owner.claim("orders", 3).await.unwrap().is_empty());
+    old_owner.write("orders", 3, &[key(1, 10)]).await.unwrap();
+    // The partition moves: the new owner claims it and sees the old owner's keys.
+    assert_eq!(
+        new_owner.claim("orders", 3).await.unwrap(),
+        vec![key(1, 10)]
+    );
+    // The old owner wakes up late and writes what it had: refused, then and after.
+    assert!(old_owner.write("orders", 3, &[]).await.is_err());
+    assert!(old_owner.write("orders", 3, &[key(2, 11)]).await.is_err());
+    // The new owner's writes go through, and they are what is stored.
+    new_owner
+        .write("orders", 3, &[key(1, 10), key(3, 12)])
+        .await
+        .unwrap();
+    assert_eq!(
+        old_owner.keys("orders", 3).await.unwrap(),
+        vec![key(1, 10), key(3, 12)]
+    );
+    // Other partitions are not affected by the claim.
+    old_owner.write("orders", 4, &[key(5, 1)]).await.unwrap();
+    assert_eq!(new_owner.keys("orders", 4).await.unwrap(), vec![key(5, 1)]);
+}

@@ -183,6 +183,13 @@ pub trait Committer: Send + Sync + 'static {
     ) -> Result<Option<Completion>, BrokerError> {
         Ok(None)
     }
+
+    /// [`Committer::stored`] for a worker taking the partition over. A backend whose
+    /// completion writes are fenced by a claim (NATS's parked keys) takes it here, so the
+    /// previous owner's later writes are refused.
+    async fn resume(&self, topic: &str, partition: u32) -> Result<Option<Completion>, BrokerError> {
+        self.stored(topic, partition).await
+    }
 }
 
 /// A consumer group membership: the partitions that come and go.
@@ -341,7 +348,7 @@ impl PartitionStream {
 
     /// What the partition's last accepted commit said was done.
     pub async fn resumed(&self) -> Result<Option<Completion>, BrokerError> {
-        self.committer.stored(&self.topic, self.partition).await
+        self.committer.resume(&self.topic, self.partition).await
     }
 
     /// What the group's last accepted commit of another partition said was done.

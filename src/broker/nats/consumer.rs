@@ -34,9 +34,9 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::parked::ParkedStore;
 use super::reader::Reader;
 use super::{leases, stream_name, subject};
-use crate::broker::completion::ParkedKey;
 use crate::broker::{
     BrokerError, Committer, Completion, PartitionEvent, PartitionHandle, PartitionStream, Progress,
     StartFrom, Subscription,
@@ -112,7 +112,7 @@ pub fn subscribe(
     client: async_nats::Client,
     jetstream: jetstream::Context,
     store: kv::Store,
-    parked: kv::Store,
+    parked: ParkedStore,
     group: &str,
     topics: &[String],
     partitions: u32,
@@ -128,7 +128,6 @@ pub fn subscribe(
             group: group.to_string(),
             pending: pending.clone(),
             parked,
-            parked_written: Mutex::default(),
         }),
         client,
         jetstream,
@@ -412,40 +411,27 @@ struct AckCommitter {
     jetstream: jetstream::Context,
     group: String,
     pending: Pending,
-    parked: kv::Store,
-    /// The parked keys last written per partition, so unchanged ones are not written again.
-    parked_written: Mutex<HashMap<Unit, Vec<ParkedKey>>>,
+    parked: ParkedStore,
 }
 
 impl AckCommitter {
-    /// Writes the partition's parked keys if they changed since last written.
-    async fn write_parked(&self, unit: &Unit, parked: &[ParkedKey]) -> Result<(), BrokerError> {
-        let unchanged = self
-            .parked_written
-            .lock()
-            .expect("parked lock")
-            .get(unit)
-            .map_or(parked.is_empty(), |written| written == parked);
-        if unchanged {
-            return Ok(());
-        }
-        let text = Completion {
-            parked: parked.to_vec(),
-            ..Completion::at(0)
-        }
-        .to_text(usize::MAX);
-        self.parked
-            .put(
-                leases::parked_key(&self.group, &unit.0, unit.1),
-                Bytes::from(text),
-            )
+    /// The consumer's ack floor: everything at or below it is acked.
+    async fn ack_floor(&self, topic: &str, partition: u32) -> Result<u64, BrokerError> {
+        let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
+        let stream = self
+            .jetstream
+            .get_stream(stream_name(topic))
             .await
-            .map_err(|e| BrokerError::Unavailable(format!("cannot store parked keys: {e}")))?;
-        self.parked_written
-            .lock()
-            .expect("parked lock")
-            .insert(unit.clone(), parked.to_vec());
-        Ok(())
+            .map_err(|e| unavailable(&e))?;
+        match stream
+            .consumer_info(consumer_name(&self.group, topic, partition))
+            .await
+        {
+            Ok(info) => Ok(info.ack_floor.stream_sequence),
+            // Never read yet: nothing is done.
+            Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => Ok(0),
+            Err(e) => Err(unavailable(&e)),
+        }
     }
 }
 
@@ -475,7 +461,8 @@ impl Committer for AckCommitter {
                 .await
                 .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         }
-        self.write_parked(&(Arc::from(topic), partition), &progress.completion.parked)
+        self.parked
+            .write(topic, partition, &progress.completion.parked)
             .await
     }
 
@@ -483,35 +470,20 @@ impl Committer for AckCommitter {
         true
     }
 
-    /// The consumer's ack floor (everything at or below it is acked) and the partition's
-    /// parked keys.
+    /// The consumer's ack floor and the partition's parked keys.
     async fn stored(&self, topic: &str, partition: u32) -> Result<Option<Completion>, BrokerError> {
-        let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
-        let stream = self
-            .jetstream
-            .get_stream(stream_name(topic))
-            .await
-            .map_err(|e| unavailable(&e))?;
-        let floor = match stream
-            .consumer_info(consumer_name(&self.group, topic, partition))
-            .await
-        {
-            Ok(info) => info.ack_floor.stream_sequence,
-            // Never read yet: nothing is done.
-            Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => 0,
-            Err(e) => return Err(unavailable(&e)),
-        };
-        let parked = match self
-            .parked
-            .get(leases::parked_key(&self.group, topic, partition))
-            .await
-            .map_err(|e| unavailable(&e))?
-        {
-            Some(text) => {
-                Completion::from_text(0, std::str::from_utf8(&text).unwrap_or_default()).parked
-            }
-            None => Vec::new(),
-        };
+        let floor = self.ack_floor(topic, partition).await?;
+        let parked = self.parked.keys(topic, partition).await?;
+        Ok(Some(Completion {
+            parked,
+            ..Completion::at(floor + 1)
+        }))
+    }
+
+    /// As `stored`, claiming the partition's parked keys for this replica (see `parked`).
+    async fn resume(&self, topic: &str, partition: u32) -> Result<Option<Completion>, BrokerError> {
+        let floor = self.ack_floor(topic, partition).await?;
+        let parked = self.parked.claim(topic, partition).await?;
         Ok(Some(Completion {
             parked,
             ..Completion::at(floor + 1)

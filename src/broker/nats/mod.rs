@@ -12,6 +12,7 @@
 
 mod consumer;
 mod leases;
+pub mod parked;
 mod reader;
 
 use std::collections::HashSet;
@@ -171,7 +172,7 @@ impl Subscriber for NatsBroker {
     ) -> Result<Subscription, BrokerError> {
         self.ensure_topics(topics).await?;
         let store = leases::bucket(&self.jetstream, leases::BUCKET, self.config.lease.0).await?;
-        let parked = leases::bucket(&self.jetstream, leases::PARKED_BUCKET, Duration::ZERO).await?;
+        let parked = parked::ParkedStore::open(&self.jetstream, group).await?;
         Ok(consumer::subscribe(
             self.client.clone(),
             self.jetstream.clone(),
