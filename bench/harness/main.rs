@@ -61,6 +61,9 @@ struct Args {
     kafka_bootstrap: Option<String>,
 }
 
+/// The longest a limit (bare handler, bare client, raw publish) is measured for.
+const LIMIT_DURATION: Duration = Duration::from_secs(10);
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     hookbridge::config::units::parse_duration(text)
 }
@@ -527,10 +530,15 @@ async fn main() -> anyhow::Result<()> {
         println!("\n== {name}");
         // The limits are measured again right before each backend's scenarios: on a shared
         // machine they drift by tens of percent over a few minutes.
-        let (http_rate, delivery_rate) = baselines(&load, &client, &receiver).await;
+        // A limit is a rate: ten seconds measure it as well as five minutes would.
+        let limits = Load {
+            duration: load.duration.min(LIMIT_DURATION),
+            ..load.clone()
+        };
+        let (http_rate, delivery_rate) = baselines(&limits, &client, &receiver).await;
         let raw = {
             let publisher = backend.raw.clone();
-            load::run(&load, move |body: Vec<u8>| {
+            load::run(&limits, move |body: Vec<u8>| {
                 let publisher = publisher.clone();
                 let key = format!("key-{}", load::now_us() % 1000);
                 Box::pin(async move { publisher.publish("rawbench", key, body).await })
