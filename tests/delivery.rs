@@ -636,17 +636,6 @@ async fn rate_limit_holds_and_retry_after_is_honoured() {
     );
 }
 
-/// Resident memory of a process, from /proc.
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
-}
-
 /// Fills the `events` topic of a data dir with `n` foreign records (as any producer would),
 /// starts hookbridge on it with a subscriber that never answers, and returns the peak RSS
 /// over a few seconds of trying to deliver.

@@ -13,7 +13,7 @@ use async_nats::jetstream;
 use common::receiver::{Receiver, Reply, assert_first_deliveries_in_order, seq_of};
 use common::*;
 use futures_util::StreamExt;
-use hookbridge::broker::nats::stream_name;
+use hookbridge::broker::nats::{consumer_name, stream_name};
 use hookbridge::broker::partitioner::partition_for_key;
 use hookbridge::envelope::Envelope;
 
@@ -363,12 +363,8 @@ async fn commits_ack_the_server_and_a_restart_redelivers_nothing() {
         })
         .await;
 
-    // The consumer hookbridge reads partition 1 with (see src/broker/nats/consumer.rs).
-    let name = format!(
-        "{}-{}-p1",
-        stream_name("hookbridge.acks"),
-        stream_name("stock")
-    );
+    // The consumer hookbridge reads partition 1 with.
+    let name = consumer_name("hookbridge.acks", "stock", 1);
     let stream = js.get_stream(stream_name("stock")).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -21,7 +21,13 @@ use super::stats::Latencies;
 static START: OnceLock<Instant> = OnceLock::new();
 
 pub fn now_us() -> u64 {
-    START.get_or_init(Instant::now).elapsed().as_micros() as u64
+    us_since_start(Instant::now())
+}
+
+/// `at`, in microseconds since the run started (the clock of the bodies' `t`).
+fn us_since_start(at: Instant) -> u64 {
+    at.saturating_duration_since(*START.get_or_init(Instant::now))
+        .as_micros() as u64
 }
 
 /// The shape of the load.
@@ -91,11 +97,10 @@ where
                     None if Instant::now() >= deadline => break,
                     None => Instant::now(),
                 };
-                let sent_us = began.duration_since(*START.get_or_init(Instant::now));
                 let body = body(
                     n as usize % load.keys.max(1),
                     load.body_size,
-                    sent_us.as_micros() as u64,
+                    us_since_start(began),
                 );
                 if send(body).await {
                     sent.ok += 1;

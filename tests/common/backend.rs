@@ -55,13 +55,12 @@ impl Backend {
                 .unwrap()
                 .unwrap_or(0),
             Backend::Nats(nats) => {
-                use hookbridge::broker::nats::stream_name;
-                let client = async_nats::connect(nats.url()).await.unwrap();
-                let js = async_nats::jetstream::new(client);
-                let stream = js.get_stream(stream_name(topic)).await.unwrap();
-                // The consumer hookbridge reads the partition with (src/broker/nats/consumer.rs).
-                let name = format!("{}-{}-p{partition}", stream_name(group), stream_name(topic));
-                let info = stream.consumer_info(&name).await.unwrap();
+                let name = hookbridge::broker::nats::consumer_name(group, topic, partition);
+                let info = nats_stream(nats, topic)
+                    .await
+                    .consumer_info(&name)
+                    .await
+                    .unwrap();
                 // JetStream sequences start at 1; offsets here are sequences.
                 info.ack_floor.stream_sequence + 1
             }
@@ -102,12 +101,9 @@ impl Backend {
                 .max()
                 .unwrap_or(0),
             Backend::Nats(nats) => {
-                use hookbridge::broker::nats::stream_name;
-                let client = async_nats::connect(nats.url()).await.unwrap();
-                let js = async_nats::jetstream::new(client);
-                let stream = js.get_stream(stream_name(topic)).await.unwrap();
                 // A stream per topic, a subject per partition (src/broker/nats/mod.rs).
                 let subject = hookbridge::broker::nats::subject(topic, partition);
+                let stream = nats_stream(nats, topic).await;
                 match stream.get_last_raw_message_by_subject(&subject).await {
                     Ok(last) => last.sequence + 1,
                     Err(_) => 0,
@@ -156,6 +152,15 @@ impl Backend {
             ),
         }
     }
+}
+
+/// The JetStream stream hookbridge keeps `topic` in, through a client of its own.
+async fn nats_stream(nats: &NatsServer, topic: &str) -> async_nats::jetstream::stream::Stream {
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    async_nats::jetstream::new(client)
+        .get_stream(hookbridge::broker::nats::stream_name(topic))
+        .await
+        .unwrap()
 }
 
 /// One subscription on a fresh topic whose receiver answers 500 to key A's events while

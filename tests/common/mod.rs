@@ -498,13 +498,18 @@ async fn pump(
     }
 }
 
-/// The resident memory of process `pid`, in MiB.
-pub fn rss_mib(pid: u32) -> u64 {
+/// The resident memory of process `pid`, in bytes (0 once it is gone).
+pub fn rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kib| kib * 1024)
         .unwrap_or(0)
-        / 1024
+}
+
+/// The resident memory of process `pid`, in MiB.
+pub fn rss_mib(pid: u32) -> u64 {
+    rss_bytes(pid) / (1024 * 1024)
 }

@@ -36,7 +36,7 @@ use tokio::task::JoinHandle;
 
 use super::parked::ParkedStore;
 use super::reader::Reader;
-use super::{leases, stream_name, subject};
+use super::{consumer_name, leases, stream_name, subject};
 use crate::broker::{
     BrokerError, Committer, Completion, PartitionEvent, PartitionHandle, PartitionStream, Progress,
     StartFrom, Subscription,
@@ -397,11 +397,6 @@ async fn start_reader(
     let _ = ctx.events.send(PartitionEvent::Assigned(stream)).await;
     tracing::info!(group = %ctx.group, %topic, partition, unacked, "partition lease taken");
     Ok((handle, tokio::spawn(reader.run())))
-}
-
-/// The durable consumer of a group on one partition.
-fn consumer_name(group: &str, topic: &str, partition: u32) -> String {
-    format!("{}-{}-p{partition}", stream_name(group), stream_name(topic))
 }
 
 /// Acks each finished message on its own (see the module's comment), and keeps each

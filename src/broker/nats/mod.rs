@@ -84,6 +84,11 @@ pub fn subject(topic: &str, partition: u32) -> String {
     format!("{topic}.{partition}")
 }
 
+/// The durable consumer a group reads one partition with.
+pub fn consumer_name(group: &str, topic: &str, partition: u32) -> String {
+    format!("{}-{}-p{partition}", stream_name(group), stream_name(topic))
+}
+
 #[async_trait]
 impl Publisher for NatsBroker {
     async fn ensure_topics(&self, topics: &[String]) -> Result<(), BrokerError> {

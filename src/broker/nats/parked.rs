@@ -96,18 +96,18 @@ impl ParkedStore {
         parked: &[ParkedKey],
     ) -> Result<(), BrokerError> {
         let unit: Unit = (Arc::from(topic), partition);
-        let claim = self.claims.lock().expect("claims lock").get(&unit).cloned();
+        let mut claim = self.claim_of(&unit);
+        if claim.is_none() && !parked.is_empty() {
+            // Never claimed (reading at the start failed): claim now, before the first write.
+            self.claim(topic, partition).await?;
+            claim = self.claim_of(&unit);
+        }
         let revision = match claim {
             Some(Claim::Held { keys, .. }) if keys == parked => return Ok(()),
             Some(Claim::Held { revision, .. }) => revision,
             Some(Claim::Lost) => return Err(lost(topic, partition)),
-            // Never claimed (reading at the start failed): nothing to write yet, or claim
-            // now, late, before the first write.
-            None if parked.is_empty() => return Ok(()),
-            None => {
-                self.claim(topic, partition).await?;
-                return Box::pin(self.write(topic, partition, parked)).await;
-            }
+            // Never claimed and nothing to write.
+            None => return Ok(()),
         };
         let key = leases::parked_key(&self.group, topic, partition);
         match self.put(&key, parked, revision).await {
@@ -130,6 +130,10 @@ impl ParkedStore {
             }
             Err(Put::Failed(e)) => Err(e),
         }
+    }
+
+    fn claim_of(&self, unit: &Unit) -> Option<Claim> {
+        self.claims.lock().expect("claims lock").get(unit).cloned()
     }
 
     /// Writes `keys` on `revision` (0: creates the entry); the new revision.
