@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hookbridge::config::{self, Config};
+use hookbridge::server::Role;
 use hookbridge::telemetry::{LogFormat, init_logging};
 
 /// Bridges HTTP webhooks and event streams (Kafka, NATS JetStream, or an embedded log).
@@ -29,6 +30,12 @@ enum Command {
     Serve {
         #[command(flatten)]
         config: ConfigArg,
+        /// What this process does: `all` (ingress and delivery), `ingress` (webhooks in,
+        /// published to the broker) or `delivery` (consumes and sends webhooks out). Split
+        /// roles scale apart (the ingress on CPU, delivery on consumer lag) and need Kafka or
+        /// NATS: the embedded broker runs `all` only.
+        #[arg(long, value_enum, env = "HOOKBRIDGE_ROLE", default_value = "all")]
+        role: Role,
         /// Log format on stderr: `text` for people, `json` for log pipelines.
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
@@ -64,9 +71,13 @@ impl ConfigArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config, log_format } => {
+        Command::Serve {
+            config,
+            role,
+            log_format,
+        } => {
             init_logging(log_format);
-            serve(&config)
+            serve(&config, role)
         }
         Command::CheckConfig { config } => check_config(&config),
     };
@@ -90,12 +101,13 @@ fn check_config(arg: &ConfigArg) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn serve(arg: &ConfigArg) -> anyhow::Result<()> {
+fn serve(arg: &ConfigArg, role: Role) -> anyhow::Result<()> {
     let (name, config) = arg.load()?;
     tracing::info!(config = %name, "configuration loaded");
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(hookbridge::server::serve(
         config,
+        role,
         hookbridge::server::shutdown_signal(),
         |_| {},
     ))?;

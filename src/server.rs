@@ -36,6 +36,10 @@ pub enum ServeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "--role {role} needs a broker other processes can reach (kafka or nats): the embedded log belongs to one process, so its replica must run every role (--role all)"
+    )]
+    RoleNeedsSharedBroker { role: Role },
     #[error("the {what} server failed")]
     Serve {
         what: &'static str,
@@ -43,10 +47,46 @@ pub enum ServeError {
     },
 }
 
+/// What one `hookbridge serve` process does. Splitting the roles lets the ingress scale on
+/// request load (CPU) and delivery on consumer lag, each in its own Deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Role {
+    /// Ingress and delivery in one process: the default, and the only role the embedded
+    /// broker allows.
+    #[default]
+    All,
+    /// Only the ingress: webhooks in, published to the broker. No consumer groups are joined.
+    Ingress,
+    /// Only delivery: consumes the subscriptions' topics and sends webhooks out. The ingress
+    /// listener is not bound.
+    Delivery,
+}
+
+impl Role {
+    fn ingress(self) -> bool {
+        matches!(self, Role::All | Role::Ingress)
+    }
+
+    fn delivery(self) -> bool {
+        matches!(self, Role::All | Role::Delivery)
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::All => "all",
+            Role::Ingress => "ingress",
+            Role::Delivery => "delivery",
+        })
+    }
+}
+
 /// Addresses actually bound (useful when the config asks for port 0).
 #[derive(Debug, Clone, Copy)]
 pub struct Bound {
-    pub listen: SocketAddr,
+    /// The ingress listener; `None` when this process runs `--role delivery`.
+    pub listen: Option<SocketAddr>,
     pub admin: SocketAddr,
 }
 
@@ -98,12 +138,17 @@ pub async fn open_broker(config: &Config) -> Result<Broker, ServeError> {
     }
 }
 
-/// Runs hookbridge until `shutdown` resolves. `on_bound` learns the bound addresses.
+/// Runs hookbridge in `role` until `shutdown` resolves. `on_bound` learns the bound
+/// addresses.
 pub async fn serve(
     config: Config,
+    role: Role,
     shutdown: impl Future<Output = ()>,
     on_bound: impl FnOnce(Bound),
 ) -> Result<(), ServeError> {
+    if role != Role::All && config.broker.kind == BrokerKind::Embedded {
+        return Err(ServeError::RoleNeedsSharedBroker { role });
+    }
     let Broker {
         publisher,
         subscriber,
@@ -113,20 +158,32 @@ pub async fn serve(
         .ensure_topics(&configured_topics(&config))
         .await
         .map_err(|source| ServeError::Topics { source })?;
-    let delivery = Delivery::start(&config, subscriber, publisher.clone())?;
+    let delivery = if role.delivery() {
+        Some(Delivery::start(&config, subscriber, publisher.clone())?)
+    } else {
+        None
+    };
 
     let bind = |what, addr| async move {
         TcpListener::bind(addr)
             .await
             .map_err(|source| ServeError::Bind { what, addr, source })
     };
-    let listener = bind("ingress", config.server.listen).await?;
+    let listener = if role.ingress() {
+        Some(bind("ingress", config.server.listen).await?)
+    } else {
+        None
+    };
     let admin_listener = bind("admin", config.server.admin_listen).await?;
     let bound = Bound {
-        listen: listener.local_addr().map_err(|source| ServeError::Serve {
-            what: "ingress",
-            source,
-        })?,
+        listen: listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()
+            .map_err(|source| ServeError::Serve {
+                what: "ingress",
+                source,
+            })?,
         admin: admin_listener
             .local_addr()
             .map_err(|source| ServeError::Serve {
@@ -134,9 +191,13 @@ pub async fn serve(
                 source,
             })?,
     };
+    let ingress_addr = bound
+        .listen
+        .map_or_else(|| "none".to_string(), |addr| addr.to_string());
     tracing::info!(
-        ingress = %bound.listen, admin = %bound.admin, broker = ?config.broker.kind,
-        routes = config.routes.len(), "hookbridge is serving"
+        %role, ingress = %ingress_addr, admin = %bound.admin, broker = ?config.broker.kind,
+        routes = config.routes.len(), subscriptions = config.subscriptions.len(),
+        "hookbridge is serving"
     );
     on_bound(bound);
 
@@ -154,20 +215,25 @@ pub async fn serve(
         read_timeout: config.server.read_timeout.0,
         max_connections: config.server.max_connections as usize,
     };
-    let ingress_stopped = stopped(stop_rx);
-    let ingress_task = tokio::spawn(crate::ingress::listener::serve(
-        listener,
-        ingress.router(),
-        limits,
-        ingress_stopped,
-        grace,
-    ));
+    let ingress_task = listener.map(|listener| {
+        tokio::spawn(crate::ingress::listener::serve(
+            listener,
+            ingress.router(),
+            limits,
+            stopped(stop_rx),
+            grace,
+        ))
+    });
     shutdown.await;
     tracing::info!(grace = ?grace, "shutting down: no new connections, finishing in-flight requests");
     let _ = stop_tx.send(true);
-    let _ = ingress_task.await;
+    if let Some(task) = ingress_task {
+        let _ = task.await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
-    delivery.shutdown(grace).await;
+    if let Some(delivery) = delivery {
+        delivery.shutdown(grace).await;
+    }
     match tokio::time::timeout(grace, publisher.close()).await {
         Ok(()) => tracing::info!("broker flushed; bye"),
         Err(_) => tracing::warn!("broker flush did not finish within the shutdown timeout"),

@@ -34,11 +34,17 @@ impl Hookbridge {
     /// Writes `config` to `dir/config.yaml` and starts the binary on it. The config should
     /// listen on port 0; the bound ports are read from the start-up log line.
     pub fn start(dir: &Path, config: &str) -> Hookbridge {
+        Hookbridge::start_with(dir, config, &[])
+    }
+
+    /// Like `start`, with more arguments for `serve` (e.g. `--role ingress`).
+    pub fn start_with(dir: &Path, config: &str, args: &[&str]) -> Hookbridge {
         let config_path = dir.join("config.yaml");
         std::fs::write(&config_path, config).expect("write config");
         let mut child = Command::new(BIN)
             .args(["serve", "--log-format", "json", "--config"])
             .arg(&config_path)
+            .args(args)
             .env(
                 "RUST_LOG",
                 std::env::var("HOOKBRIDGE_TEST_LOG")
