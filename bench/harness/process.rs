@@ -16,10 +16,16 @@ impl Hookbridge {
     pub fn start(dir: &Path, config: &str) -> anyhow::Result<Hookbridge> {
         let path = dir.join("bench.yaml");
         std::fs::write(&path, config)?;
+        // HOOKBRIDGE_BENCH_LOG sets the service's RUST_LOG and prints every line it logs,
+        // for finding out what a latency spike coincided with.
+        let verbose = std::env::var("HOOKBRIDGE_BENCH_LOG").ok();
         let mut child = Command::new(binary()?)
             .args(["serve", "--log-format", "json", "--config"])
             .arg(&path)
-            .env("RUST_LOG", "warn,hookbridge::server=info")
+            .env(
+                "RUST_LOG",
+                verbose.as_deref().unwrap_or("warn,hookbridge::server=info"),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -31,7 +37,10 @@ impl Hookbridge {
                 if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
                     if event["message"] == "hookbridge is serving" {
                         let _ = tx.send(event["ingress"].as_str().unwrap_or_default().to_string());
-                    } else if event["level"] == "ERROR" || event["level"] == "WARN" {
+                    } else if verbose.is_some()
+                        || event["level"] == "ERROR"
+                        || event["level"] == "WARN"
+                    {
                         eprintln!("hookbridge: {line}");
                     }
                 }

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fjall::PersistMode;
 use prost::Message;
@@ -20,6 +20,8 @@ use crate::broker::{BrokerError, Receipt, Record};
 
 /// At most this many operations share one commit; bounds the latency of the first of them.
 const MAX_BATCH_OPS: usize = 4096;
+/// A commit slower than this is logged (at debug): the tail latency of every 202 behind it.
+const SLOW_COMMIT: Duration = Duration::from_millis(20);
 /// Records removed per retention pass and partition, so retention never stalls appends long.
 const RETENTION_STEP: usize = 10_000;
 
@@ -238,7 +240,19 @@ impl Writer {
         } else {
             PersistMode::Buffer
         };
+        let started = Instant::now();
         let committed = write.durability(Some(mode)).commit().map_err(storage_error);
+        let took = started.elapsed();
+        if took >= SLOW_COMMIT {
+            // Almost always the disk's fsync waiting behind other writes (the engine's own
+            // flushes and compactions, or a neighbour's): every append in it waited too.
+            tracing::debug!(
+                took_ms = took.as_millis() as u64,
+                ops = batch.len(),
+                synced = appended,
+                "slow embedded log commit"
+            );
+        }
 
         if let Err(e) = &committed {
             tracing::error!(error = %e, "embedded log commit failed");
