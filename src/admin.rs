@@ -1,4 +1,5 @@
-//! The admin listener (`server.admin_listen`): liveness and readiness for orchestrators.
+//! The admin listener (`server.admin_listen`): liveness and readiness for orchestrators,
+//! and Prometheus metrics.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +20,19 @@ pub fn router(publisher: Arc<dyn Publisher>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(publisher)
+}
+
+async fn metrics() -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        crate::metrics::encode(),
+    )
+        .into_response()
 }
 
 /// Ready when the broker accepts writes; a load balancer then sends webhooks here.

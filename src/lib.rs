@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod delivery;
 pub mod envelope;
 pub mod ingress;
+pub mod metrics;
 pub mod server;
 pub mod standard_webhooks;
 pub mod telemetry;

@@ -234,6 +234,19 @@ async fn a_key_failing_throughout_keeps_memory_flat_and_the_commit_point_moving(
         !any_delivered_of(&receiver.received(), "A"),
         "A failed throughout"
     );
+    let metrics = http_client()
+        .get(format!("{}/metrics", server.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let parked = format!("hookbridge_parked_keys{{subscription=\"{topic}\"}} 1");
+    assert!(
+        metrics.lines().any(|line| line == parked),
+        "the metrics count A as parked:\n{metrics}"
+    );
     // Every event is delivered or parked: the commit point reaches the end, as the next
     // commit ticks record it.
     tokio::time::sleep(Duration::from_secs(2)).await;

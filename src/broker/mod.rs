@@ -187,6 +187,18 @@ pub trait Committer: Send + Sync + 'static {
     /// [`Committer::stored`] for a worker taking the partition over. A backend whose
     /// completion writes are fenced by a claim (NATS's parked keys) takes it here, so the
     /// previous owner's later writes are refused.
+    /// Records of the partition past `committed` (its commit point): the consumer lag, for
+    /// metrics. `None` when the broker cannot tell cheaply.
+    async fn lag(
+        &self,
+        topic: &str,
+        partition: u32,
+        committed: u64,
+    ) -> Result<Option<u64>, BrokerError> {
+        let _ = (topic, partition, committed);
+        Ok(None)
+    }
+
     async fn resume(&self, topic: &str, partition: u32) -> Result<Option<Completion>, BrokerError> {
         self.stored(topic, partition).await
     }
@@ -358,6 +370,13 @@ impl PartitionStream {
         partition: u32,
     ) -> Result<Option<Completion>, BrokerError> {
         self.committer.stored(topic, partition).await
+    }
+
+    /// Records past `committed`, the partition's commit point (see [`Committer::lag`]).
+    pub async fn lag(&self, committed: u64) -> Result<Option<u64>, BrokerError> {
+        self.committer
+            .lag(&self.topic, self.partition, committed)
+            .await
     }
 
     /// The partition's tenure, to watch for renewal and revocation.

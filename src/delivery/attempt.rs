@@ -1,15 +1,15 @@
 //! One delivery attempt: sign, POST, classify the answer.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
 use http::header::{HeaderName, HeaderValue};
 
-use super::client::Answer;
+use super::client::{Answer, SendError};
 use super::payload::Payload;
 use super::retry::parse_retry_after;
 use super::subscription::SubscriptionRuntime;
-use crate::standard_webhooks;
+use crate::{metrics, standard_webhooks};
 
 /// What an attempt says about the event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,23 +55,55 @@ pub async fn attempt(
         put("traceparent", traceparent);
     }
     put("hookbridge-attempt", &attempt.to_string());
-    match sub.client.post(headers, payload.body.clone()).await {
+    let m = metrics::metrics();
+    let label = metrics::subscription(&sub.name);
+    let in_flight = m.in_flight.get_or_create(&label).clone();
+    in_flight.inc();
+    let started = Instant::now();
+    let sent = sub.client.post(headers, payload.body.clone()).await;
+    in_flight.dec();
+    m.delivery_attempt_duration
+        .get_or_create(&label)
+        .observe(metrics::seconds(started.elapsed()));
+    let (result, outcome) = match sent {
         Ok(Answer {
             status,
             retry_after,
-        }) => classify(
-            status,
-            retry_after
-                .as_ref()
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_retry_after),
-        ),
-        Err(e) => AttemptResult::Retry {
-            status: None,
-            error: e.to_string(),
-            retry_after: None,
-        },
-    }
+        }) => {
+            let result = classify(
+                status,
+                retry_after
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_retry_after),
+            );
+            let outcome = match result {
+                AttemptResult::Delivered { .. } => "delivered",
+                AttemptResult::Retry { .. } => "retry",
+                AttemptResult::Permanent { .. } => "failed",
+            };
+            (result, outcome)
+        }
+        Err(e) => {
+            let outcome = match e {
+                SendError::Timeout(_) => "timeout",
+                SendError::Failed(_) => "connect_error",
+            };
+            let result = AttemptResult::Retry {
+                status: None,
+                error: e.to_string(),
+                retry_after: None,
+            };
+            (result, outcome)
+        }
+    };
+    m.delivery_attempts
+        .get_or_create(&metrics::SubscriptionOutcome {
+            subscription: sub.name.clone(),
+            outcome,
+        })
+        .inc();
+    result
 }
 
 fn classify(status: StatusCode, retry_after: Option<Duration>) -> AttemptResult {

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-#[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
     Closed,
@@ -45,7 +44,6 @@ impl Breaker {
         }
     }
 
-    #[cfg(test)]
     pub fn state(&self) -> BreakerState {
         match *self.state.lock().expect("breaker lock") {
             State::Closed { .. } => BreakerState::Closed,

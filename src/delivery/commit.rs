@@ -158,6 +158,13 @@ impl CommitTracker {
         self.parked_changes += 1;
     }
 
+    /// The last commit point the broker accepted, or the one this partition resumed from.
+    pub fn commit_point(&self) -> Option<u64> {
+        self.committed
+            .map(|(next, _, _)| next)
+            .or(self.resumed.as_ref().map(|r| r.next_offset))
+    }
+
     /// Whether no record was taken yet.
     pub fn is_empty(&self) -> bool {
         self.next_taken.is_none()

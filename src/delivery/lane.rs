@@ -1,7 +1,7 @@
 //! A lane delivers one event at a time and retries it in place: the next event of the lane
 //! waits until this one is delivered, dead-lettered or parked (G3). This is that retry loop.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
@@ -11,6 +11,7 @@ use super::event::Event;
 use super::subscription::SubscriptionRuntime;
 use super::{parking, payload};
 use crate::broker::Receipt;
+use crate::metrics;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -36,7 +37,7 @@ pub async fn deliver(
             last_status: None,
             last_error: reason.clone(),
         };
-        return dead_letter_or_abandon(sub, event, &failure, stop).await;
+        return dead_letter_or_abandon(sub, event, &failure, "undeliverable", stop).await;
     }
     let payload = payload::build(sub.payload, event, &sub.forward_headers);
     let mut attempts = event.prior_attempts;
@@ -66,17 +67,25 @@ pub async fn deliver(
         let result = attempt(sub, &event.id, &event.traceparent, &payload, attempts).await;
         drop(permit);
         admission.record(matches!(result, AttemptResult::Delivered { .. }));
+        let open = sub.breaker.state() != super::breaker::BreakerState::Closed;
+        metrics::metrics()
+            .breaker_open
+            .get_or_create(&metrics::subscription(&sub.name))
+            .set(i64::from(open));
         tracing::debug!(subscription = %sub.name, id = %event.id, attempts, ?result, took = ?started.elapsed(), "attempt");
 
         let (failure, retry_after) = match result {
-            AttemptResult::Delivered { .. } => return Outcome::Delivered,
+            AttemptResult::Delivered { .. } => {
+                delivered(sub, event);
+                return Outcome::Delivered;
+            }
             AttemptResult::Permanent { status, error } => {
                 let failure = Failure {
                     attempts,
                     last_status: Some(status),
                     last_error: error,
                 };
-                return dead_letter_or_abandon(sub, event, &failure, stop).await;
+                return dead_letter_or_abandon(sub, event, &failure, "failed", stop).await;
             }
             AttemptResult::Retry {
                 status,
@@ -106,7 +115,7 @@ pub async fn deliver(
                     _ = super::stopped(stop) => return Outcome::Abandoned,
                 }
             }
-            None => return dead_letter_or_abandon(sub, event, &failure, stop).await,
+            None => return dead_letter_or_abandon(sub, event, &failure, "exhausted", stop).await,
         }
     }
 }
@@ -124,13 +133,36 @@ pub async fn park(
     }
 }
 
+/// Counts a delivery and its time from the broker's timestamp.
+fn delivered(sub: &SubscriptionRuntime, event: &Event) {
+    let m = metrics::metrics();
+    let label = metrics::subscription(&sub.name);
+    m.delivered.get_or_create(&label).inc();
+    let stored = UNIX_EPOCH + Duration::from_millis(event.record.timestamp_ms.max(0) as u64);
+    if let Ok(age) = SystemTime::now().duration_since(stored) {
+        m.delivery_end_to_end
+            .get_or_create(&label)
+            .observe(metrics::seconds(age));
+    }
+}
+
+/// `reason` is the `hookbridge_dead_letters_total` label: `failed`, `exhausted` or
+/// `undeliverable`.
 async fn dead_letter_or_abandon(
     sub: &SubscriptionRuntime,
     event: &Event,
     failure: &Failure,
+    reason: &'static str,
     stop: &mut watch::Receiver<bool>,
 ) -> Outcome {
     if dead_letter::publish(sub, event, failure, stop).await {
+        metrics::metrics()
+            .dead_letters
+            .get_or_create(&metrics::SubscriptionReason {
+                subscription: sub.name.clone(),
+                reason,
+            })
+            .inc();
         Outcome::DeadLettered
     } else {
         Outcome::Abandoned

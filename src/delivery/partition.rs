@@ -38,9 +38,12 @@ use super::parking::{self, ParkedKeys, Review};
 use super::subscription::SubscriptionRuntime;
 use crate::broker::{Completion, PartitionStream, Progress, Tenure, sleep_until};
 use crate::config::OrderingMode;
+use crate::metrics::{self, GaugeShare};
 
 /// How often a partition commits its progress while it runs.
 const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
+/// How often the partition's consumer lag is read for `hookbridge_consumer_lag`.
+const LAG_INTERVAL: Duration = Duration::from_secs(2);
 /// How often a partition with parked keys looks whether their parked events are done.
 const UNPARK_INTERVAL: Duration = Duration::from_secs(1);
 /// How long the last commit of a partition is retried before the partition is let go
@@ -92,9 +95,21 @@ pub async fn run(
         _ => ParkedKeys::default(),
     };
     let mut tracker = CommitTracker::new(stream.per_record(), resumed);
+    // This worker's shares of the subscription's gauges, taken back when it ends.
+    let label = metrics::subscription(&sub.name);
+    let mut owned = GaugeShare::new(
+        metrics::metrics()
+            .partitions_owned
+            .get_or_create(&label)
+            .clone(),
+    );
+    owned.set(1);
+    let mut parked_gauge =
+        GaugeShare::new(metrics::metrics().parked_keys.get_or_create(&label).clone());
     if !parked.is_empty() {
         tracing::info!(subscription = %sub.name, %topic, partition, parked = parked.len(), "parked keys resumed");
         tracker.set_parked(parked.snapshot());
+        parked_gauge.set(parked.len() as i64);
     }
     let mut lanes = Lanes {
         queued: HashMap::new(),
@@ -105,6 +120,13 @@ pub async fn run(
     let mut held = 0usize;
     let mut commit_tick = tokio::time::interval(COMMIT_INTERVAL);
     commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lag_tick = tokio::time::interval(LAG_INTERVAL);
+    lag_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let lag_labels = metrics::SubscriptionPartition {
+        subscription: sub.name.clone(),
+        topic: topic.to_string(),
+        partition,
+    };
     let mut unpark_tick = tokio::time::interval(UNPARK_INTERVAL);
     unpark_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Lanes stop on shutdown and on revocation alike, so they get their own signal.
@@ -153,6 +175,7 @@ pub async fn run(
                 if let (Outcome::Parked(receipt), LaneKey::Key(key)) = (outcome, &lane) {
                     parked.sent(key, receipt);
                     tracker.set_parked(parked.snapshot());
+                    parked_gauge.set(parked.len() as i64);
                 }
                 tracker.done(offset);
                 // The lane's next event starts only now: per-key order.
@@ -206,6 +229,7 @@ pub async fn run(
                 let review = review_parked(&sub, &stream, &mut parked, &lanes).await;
                 if !review.unparked.is_empty() {
                     tracker.set_parked(parked.snapshot());
+                    parked_gauge.set(parked.len() as i64);
                 }
                 // Events that waited for their key to drain start now: directly if it was
                 // unparked, to the parking topic if it drained too long.
@@ -222,8 +246,23 @@ pub async fn run(
                     tracing::warn!(subscription = %sub.name, %topic, partition, error = %e, "commit failed; will retry");
                 }
             }
+            _ = lag_tick.tick() => {
+                let lag = match tracker.commit_point() {
+                    Some(committed) => stream.lag(committed).await,
+                    None => stream.lag(0).await,
+                };
+                match lag {
+                    Ok(Some(lag)) => {
+                        metrics::metrics().consumer_lag.get_or_create(&lag_labels).set(lag as i64);
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(subscription = %sub.name, %topic, partition, error = %e, "cannot read the consumer lag"),
+                }
+            }
         }
     };
+    // Another replica reports this partition's lag from now on.
+    metrics::metrics().consumer_lag.remove(&lag_labels);
 
     // No new records and no new attempts. Each lane has one event started; attempts on the
     // wire finish within the grace (waits and backoffs are abandoned at once), queued events

@@ -17,7 +17,7 @@ mod verify;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Body;
@@ -32,6 +32,7 @@ use self::route::Route;
 use crate::broker::{BrokerError, Publisher};
 use crate::config::Config;
 use crate::envelope::{self, Envelope, Header};
+use crate::metrics;
 
 pub use self::verify::{Verifier, VerifyError};
 
@@ -75,10 +76,38 @@ impl Ingress {
     }
 }
 
+/// The route label of requests to a path no route serves: the path itself would make the
+/// label values unbounded.
+const UNKNOWN_ROUTE: &str = "_unknown";
+
 async fn receive(
     State(ingress): State<Arc<Ingress>>,
     Path(name): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let route = match ingress.routes.get(&name) {
+        Some(route) => route.name.clone(),
+        None => UNKNOWN_ROUTE.to_string(),
+    };
+    let response = handle(&ingress, name, peer, method, uri, headers, body).await;
+    metrics::metrics()
+        .ingress_requests
+        .get_or_create(&metrics::RouteStatus {
+            route,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+async fn handle(
+    ingress: &Ingress,
+    name: String,
+    peer: SocketAddr,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -146,7 +175,16 @@ async fn receive(
     let id = envelope.id.clone();
     let record = envelope.to_record(&route.topic);
 
-    match tokio::time::timeout(route.publish_timeout, ingress.publisher.publish(record)).await {
+    let started = Instant::now();
+    let published =
+        tokio::time::timeout(route.publish_timeout, ingress.publisher.publish(record)).await;
+    metrics::metrics()
+        .ingress_publish_duration
+        .get_or_create(&metrics::RouteLabel {
+            route: route.name.clone(),
+        })
+        .observe(metrics::seconds(started.elapsed()));
+    match published {
         Ok(Ok(receipt)) => {
             tracing::debug!(route = %route.name, %id, partition = receipt.partition, offset = receipt.offset, "webhook accepted");
             (

@@ -294,4 +294,14 @@ impl Committer for GroupCommitter {
     async fn stored(&self, topic: &str, partition: u32) -> Result<Option<Completion>, BrokerError> {
         self.log.cursor(&self.group, topic, partition)
     }
+
+    async fn lag(
+        &self,
+        topic: &str,
+        partition: u32,
+        committed: u64,
+    ) -> Result<Option<u64>, BrokerError> {
+        let end = self.log.next_offset(topic, partition)?;
+        Ok(Some(end.saturating_sub(committed)))
+    }
 }

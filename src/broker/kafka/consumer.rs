@@ -59,6 +59,8 @@ const READ_AHEAD: usize = 256;
 /// default); past this the completion stored with a commit is cut short (see
 /// `broker::completion`).
 const COMMIT_METADATA_MAX: usize = 3072;
+/// How long reading a partition's high watermark (for the lag metric) may take.
+const LAG_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long reading a partition's committed offset may take.
 const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a revocation waits for the partitions' workers to stop and commit. Past it the
@@ -282,6 +284,23 @@ impl Committer for DirectCommitter {
             .await
             .map_err(|_| BrokerError::Closed)?
             .map_err(kafka_error)
+    }
+
+    async fn lag(
+        &self,
+        topic: &str,
+        partition: u32,
+        committed: u64,
+    ) -> Result<Option<u64>, BrokerError> {
+        let consumer = self.consumer()?;
+        let topic = topic.to_string();
+        let watermarks = tokio::task::spawn_blocking(move || {
+            consumer.fetch_watermarks(&topic, partition as i32, LAG_TIMEOUT)
+        })
+        .await
+        .map_err(|_| BrokerError::Closed)?
+        .map_err(kafka_error)?;
+        Ok(Some((watermarks.1.max(0) as u64).saturating_sub(committed)))
     }
 
     async fn stored(&self, topic: &str, partition: u32) -> Result<Option<Completion>, BrokerError> {

@@ -412,6 +412,19 @@ struct AckCommitter {
 impl AckCommitter {
     /// The consumer's ack floor: everything at or below it is acked.
     async fn ack_floor(&self, topic: &str, partition: u32) -> Result<u64, BrokerError> {
+        // Never read yet: nothing is done.
+        Ok(self
+            .consumer_info(topic, partition)
+            .await?
+            .map_or(0, |info| info.ack_floor.stream_sequence))
+    }
+
+    /// The partition consumer's state; `None` before it was first created.
+    async fn consumer_info(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<jetstream::consumer::Info>, BrokerError> {
         let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
         let stream = self
             .jetstream
@@ -422,9 +435,8 @@ impl AckCommitter {
             .consumer_info(consumer_name(&self.group, topic, partition))
             .await
         {
-            Ok(info) => Ok(info.ack_floor.stream_sequence),
-            // Never read yet: nothing is done.
-            Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => Ok(0),
+            Ok(info) => Ok(Some(info)),
+            Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => Ok(None),
             Err(e) => Err(unavailable(&e)),
         }
     }
@@ -463,6 +475,20 @@ impl Committer for AckCommitter {
 
     fn per_record(&self) -> bool {
         true
+    }
+
+    /// Not delivered to the consumer yet plus delivered and not acknowledged: the server
+    /// counts it, so `committed` (a stream sequence here) is not needed.
+    async fn lag(
+        &self,
+        topic: &str,
+        partition: u32,
+        _committed: u64,
+    ) -> Result<Option<u64>, BrokerError> {
+        Ok(self
+            .consumer_info(topic, partition)
+            .await?
+            .map(|info| info.num_pending + info.num_ack_pending as u64))
     }
 
     /// The consumer's ack floor and the partition's parked keys.
