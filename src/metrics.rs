@@ -291,6 +291,62 @@ impl Drop for GaugeShare {
     }
 }
 
+/// One subscription's series, looked up once: an attempt then records into them without
+/// hashing labels.
+pub struct SubscriptionMetrics {
+    pub attempts_delivered: Counter,
+    pub attempts_retry: Counter,
+    pub attempts_failed: Counter,
+    pub attempts_timeout: Counter,
+    pub attempts_connect_error: Counter,
+    pub attempt_duration: Histogram,
+    pub end_to_end: Histogram,
+    pub delivered: Counter,
+    pub dead_letters_failed: Counter,
+    pub dead_letters_exhausted: Counter,
+    pub dead_letters_undeliverable: Counter,
+    pub in_flight: Gauge,
+    pub breaker_open: Gauge,
+}
+
+impl SubscriptionMetrics {
+    pub fn new(name: &str) -> SubscriptionMetrics {
+        let m = metrics();
+        let label = subscription(name);
+        let attempts = |outcome| {
+            m.delivery_attempts
+                .get_or_create(&SubscriptionOutcome {
+                    subscription: name.to_string(),
+                    outcome,
+                })
+                .clone()
+        };
+        let dead_letters = |reason| {
+            m.dead_letters
+                .get_or_create(&SubscriptionReason {
+                    subscription: name.to_string(),
+                    reason,
+                })
+                .clone()
+        };
+        SubscriptionMetrics {
+            attempts_delivered: attempts("delivered"),
+            attempts_retry: attempts("retry"),
+            attempts_failed: attempts("failed"),
+            attempts_timeout: attempts("timeout"),
+            attempts_connect_error: attempts("connect_error"),
+            attempt_duration: m.delivery_attempt_duration.get_or_create(&label).clone(),
+            end_to_end: m.delivery_end_to_end.get_or_create(&label).clone(),
+            delivered: m.delivered.get_or_create(&label).clone(),
+            dead_letters_failed: dead_letters("failed"),
+            dead_letters_exhausted: dead_letters("exhausted"),
+            dead_letters_undeliverable: dead_letters("undeliverable"),
+            in_flight: m.in_flight.get_or_create(&label).clone(),
+            breaker_open: m.breaker_open.get_or_create(&label).clone(),
+        }
+    }
+}
+
 /// Labels of one subscription.
 pub fn subscription(name: &str) -> SubscriptionLabel {
     SubscriptionLabel {

@@ -55,15 +55,12 @@ pub async fn attempt(
         put("traceparent", traceparent);
     }
     put("hookbridge-attempt", &attempt.to_string());
-    let m = metrics::metrics();
-    let label = metrics::subscription(&sub.name);
-    let in_flight = m.in_flight.get_or_create(&label).clone();
-    in_flight.inc();
+    let m = &sub.metrics;
+    m.in_flight.inc();
     let started = Instant::now();
     let sent = sub.client.post(headers, payload.body.clone()).await;
-    in_flight.dec();
-    m.delivery_attempt_duration
-        .get_or_create(&label)
+    m.in_flight.dec();
+    m.attempt_duration
         .observe(metrics::seconds(started.elapsed()));
     let (result, outcome) = match sent {
         Ok(Answer {
@@ -78,16 +75,16 @@ pub async fn attempt(
                     .and_then(parse_retry_after),
             );
             let outcome = match result {
-                AttemptResult::Delivered { .. } => "delivered",
-                AttemptResult::Retry { .. } => "retry",
-                AttemptResult::Permanent { .. } => "failed",
+                AttemptResult::Delivered { .. } => &m.attempts_delivered,
+                AttemptResult::Retry { .. } => &m.attempts_retry,
+                AttemptResult::Permanent { .. } => &m.attempts_failed,
             };
             (result, outcome)
         }
         Err(e) => {
             let outcome = match e {
-                SendError::Timeout(_) => "timeout",
-                SendError::Failed(_) => "connect_error",
+                SendError::Timeout(_) => &m.attempts_timeout,
+                SendError::Failed(_) => &m.attempts_connect_error,
             };
             let result = AttemptResult::Retry {
                 status: None,
@@ -97,12 +94,7 @@ pub async fn attempt(
             (result, outcome)
         }
     };
-    m.delivery_attempts
-        .get_or_create(&metrics::SubscriptionOutcome {
-            subscription: sub.name.clone(),
-            outcome,
-        })
-        .inc();
+    outcome.inc();
     result
 }
 

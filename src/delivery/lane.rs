@@ -12,6 +12,7 @@ use super::subscription::SubscriptionRuntime;
 use super::{parking, payload};
 use crate::broker::Receipt;
 use crate::metrics;
+use prometheus_client::metrics::counter::Counter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -37,7 +38,8 @@ pub async fn deliver(
             last_status: None,
             last_error: reason.clone(),
         };
-        return dead_letter_or_abandon(sub, event, &failure, "undeliverable", stop).await;
+        let counter = &sub.metrics.dead_letters_undeliverable;
+        return dead_letter_or_abandon(sub, event, &failure, counter, stop).await;
     }
     let payload = payload::build(sub.payload, event, &sub.forward_headers);
     let mut attempts = event.prior_attempts;
@@ -68,10 +70,7 @@ pub async fn deliver(
         drop(permit);
         admission.record(matches!(result, AttemptResult::Delivered { .. }));
         let open = sub.breaker.state() != super::breaker::BreakerState::Closed;
-        metrics::metrics()
-            .breaker_open
-            .get_or_create(&metrics::subscription(&sub.name))
-            .set(i64::from(open));
+        sub.metrics.breaker_open.set(i64::from(open));
         tracing::debug!(subscription = %sub.name, id = %event.id, attempts, ?result, took = ?started.elapsed(), "attempt");
 
         let (failure, retry_after) = match result {
@@ -85,7 +84,8 @@ pub async fn deliver(
                     last_status: Some(status),
                     last_error: error,
                 };
-                return dead_letter_or_abandon(sub, event, &failure, "failed", stop).await;
+                let counter = &sub.metrics.dead_letters_failed;
+                return dead_letter_or_abandon(sub, event, &failure, counter, stop).await;
             }
             AttemptResult::Retry {
                 status,
@@ -115,7 +115,10 @@ pub async fn deliver(
                     _ = super::stopped(stop) => return Outcome::Abandoned,
                 }
             }
-            None => return dead_letter_or_abandon(sub, event, &failure, "exhausted", stop).await,
+            None => {
+                let counter = &sub.metrics.dead_letters_exhausted;
+                return dead_letter_or_abandon(sub, event, &failure, counter, stop).await;
+            }
         }
     }
 }
@@ -135,34 +138,23 @@ pub async fn park(
 
 /// Counts a delivery and its time from the broker's timestamp.
 fn delivered(sub: &SubscriptionRuntime, event: &Event) {
-    let m = metrics::metrics();
-    let label = metrics::subscription(&sub.name);
-    m.delivered.get_or_create(&label).inc();
+    sub.metrics.delivered.inc();
     let stored = UNIX_EPOCH + Duration::from_millis(event.record.timestamp_ms.max(0) as u64);
     if let Ok(age) = SystemTime::now().duration_since(stored) {
-        m.delivery_end_to_end
-            .get_or_create(&label)
-            .observe(metrics::seconds(age));
+        sub.metrics.end_to_end.observe(metrics::seconds(age));
     }
 }
 
-/// `reason` is the `hookbridge_dead_letters_total` label: `failed`, `exhausted` or
-/// `undeliverable`.
+/// `reason` counts the dead letter under its `hookbridge_dead_letters_total` reason.
 async fn dead_letter_or_abandon(
     sub: &SubscriptionRuntime,
     event: &Event,
     failure: &Failure,
-    reason: &'static str,
+    reason: &Counter,
     stop: &mut watch::Receiver<bool>,
 ) -> Outcome {
     if dead_letter::publish(sub, event, failure, stop).await {
-        metrics::metrics()
-            .dead_letters
-            .get_or_create(&metrics::SubscriptionReason {
-                subscription: sub.name.clone(),
-                reason,
-            })
-            .inc();
+        reason.inc();
         Outcome::DeadLettered
     } else {
         Outcome::Abandoned

@@ -21,10 +21,13 @@ use super::partition;
 use super::retry::RetryPolicy;
 use crate::broker::{PartitionEvent, Publisher, StartFrom, Subscriber};
 use crate::config::{OrderingMode, PayloadMode, SubscriptionConfig};
+use crate::metrics;
 use crate::standard_webhooks;
 
 pub struct SubscriptionRuntime {
     pub name: String,
+    /// Its Prometheus series.
+    pub metrics: metrics::SubscriptionMetrics,
     pub topics: Vec<String>,
     pub client: WebhookClient,
     pub timeout: Duration,
@@ -83,6 +86,7 @@ impl SubscriptionRuntime {
             .unwrap_or_default();
         Ok(SubscriptionRuntime {
             name: config.name.clone(),
+            metrics: metrics::SubscriptionMetrics::new(&config.name),
             topics: config.topics.clone(),
             client,
             timeout: config.timeout.0,
