@@ -302,6 +302,39 @@ def check_config(where, docs, config_text):
                             f"the rendered config:\n{result.stdout}{result.stderr}")
 
 
+def exported_metric_names():
+    """The series names src/metrics.rs registers under the `hookbridge_` prefix, with the
+    suffixes OpenMetrics gives them (counters `_total`, units, histograms' parts)."""
+    source = (ROOT / "src" / "metrics.rs").read_text()
+    names = set()
+    for match in re.finditer(r'r\.register(_with_unit)?\(\s*"([a-z_]+)"(.*?)\);', source, re.S):
+        name = "hookbridge_" + match.group(2)
+        if "Unit::Seconds" in match.group(3):
+            name += "_seconds"
+        names |= {name, name + "_total", name + "_bucket", name + "_sum", name + "_count"}
+    return names
+
+
+def check_prometheus_rules(where, docs):
+    """The rules parse (promtool, from Debian's prometheus) and name only series hookbridge
+    exports."""
+    exported = exported_metric_names()
+    for doc in docs:
+        if doc["kind"] != "PrometheusRule":
+            continue
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+            yaml.safe_dump({"groups": doc["spec"]["groups"]}, f)
+            f.flush()
+            result = subprocess.run(["promtool", "check", "rules", f.name], capture_output=True, text=True)
+        if result.returncode != 0:
+            fail(where, f"promtool refused the PrometheusRule:\n{result.stdout}{result.stderr}")
+        for group in doc["spec"]["groups"]:
+            for rule in group["rules"]:
+                for name in re.findall(r"\bhookbridge_[a-z_]+", rule["expr"]):
+                    if name not in exported:
+                        fail(where, f"alert {rule['alert']} uses {name}, which hookbridge does not export")
+
+
 def check_scaling(where, docs, config):
     partitions = config["broker"].get(config["broker"]["kind"], {}).get("partitions", 8)
     for doc in docs:
@@ -338,6 +371,7 @@ def check_values_file(values_file):
     check_references(where, docs, set(header(values_file, "pre-existing")))
     check_selectors(where, docs)
     check_scaling(where, docs, config)
+    check_prometheus_rules(where, docs)
     check_config(where, docs, config_text)
     kinds = sorted(f"{k}×{len(v)}" for k, v in rendered.items())
     print(f"ok   {where}: {len(docs)} objects ({', '.join(kinds)})")
