@@ -17,3 +17,4 @@ pub mod metrics;
 pub mod server;
 pub mod standard_webhooks;
 pub mod telemetry;
+pub mod tracecontext;

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hookbridge::config::{self, Config};
 use hookbridge::server::Role;
-use hookbridge::telemetry::{LogFormat, init_logging};
+use hookbridge::telemetry::{self, LogFormat};
 
 /// Bridges HTTP webhooks and event streams (Kafka, NATS JetStream, or an embedded log).
 ///
@@ -76,7 +76,8 @@ fn main() -> ExitCode {
             role,
             log_format,
         } => {
-            init_logging(log_format);
+            // Dropped after `serve` returns: the last spans are flushed.
+            let _telemetry = telemetry::init(log_format);
             serve(&config, role)
         }
         Command::CheckConfig { config } => check_config(&config),

@@ -9,7 +9,8 @@ use super::client::{Answer, SendError};
 use super::payload::Payload;
 use super::retry::parse_retry_after;
 use super::subscription::SubscriptionRuntime;
-use crate::{metrics, standard_webhooks};
+use crate::{metrics, standard_webhooks, tracecontext};
+use tracing::Instrument;
 
 /// What an attempt says about the event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,14 +52,36 @@ pub async fn attempt(
             &standard_webhooks::signature_header(&sub.secrets, id, timestamp, &payload.body),
         );
     }
+    // The attempt's CLIENT span; its context is what the subscriber receives when traces
+    // are exported, else the event's own trace context goes on unchanged.
+    let span = tracing::info_span!(
+        "attempt",
+        otel.name = "POST",
+        otel.kind = "client",
+        http.request.method = "POST",
+        hookbridge.attempt = attempt,
+        http.response.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    );
+    let traceparent =
+        tracecontext::traceparent_of(&span).unwrap_or_else(|| traceparent.to_string());
     if !traceparent.is_empty() {
-        put("traceparent", traceparent);
+        put("traceparent", &traceparent);
     }
     put("hookbridge-attempt", &attempt.to_string());
     let m = &sub.metrics;
     m.in_flight.inc();
     let started = Instant::now();
-    let sent = sub.client.post(headers, payload.body.clone()).await;
+    let sent = sub
+        .client
+        .post(headers, payload.body.clone())
+        .instrument(span.clone())
+        .await;
+    match &sent {
+        Ok(answer) => span.record("http.response.status_code", answer.status.as_u16()),
+        Err(SendError::Timeout(_)) => span.record("error.type", "timeout"),
+        Err(SendError::Failed(_)) => span.record("error.type", "connect_error"),
+    };
     m.in_flight.dec();
     m.attempt_duration
         .observe(metrics::seconds(started.elapsed()));

@@ -11,8 +11,10 @@ use super::event::Event;
 use super::subscription::SubscriptionRuntime;
 use super::{parking, payload};
 use crate::broker::Receipt;
-use crate::metrics;
+use crate::{metrics, tracecontext};
 use prometheus_client::metrics::counter::Counter;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -26,7 +28,37 @@ pub enum Outcome {
 
 /// Delivers `event`, retrying it in place. With `park_after`, an event still failing that
 /// long after its first failure is parked instead of retried further here.
+///
+/// One CONSUMER span per event, a child of the ingress span whose context the envelope
+/// carries (or of a foreign record's `traceparent`); each attempt is a CLIENT span in it.
 pub async fn deliver(
+    sub: &SubscriptionRuntime,
+    event: &Event,
+    stop: &mut watch::Receiver<bool>,
+    park_after: Option<Duration>,
+) -> Outcome {
+    let record = &event.record;
+    let span = tracing::info_span!(
+        "deliver",
+        otel.name = %format!("process {}", record.topic),
+        otel.kind = "consumer",
+        messaging.operation.type = "process",
+        messaging.destination.name = %record.topic,
+        messaging.destination.partition.id = record.partition,
+        messaging.message.id = %event.id,
+        hookbridge.subscription = %sub.name,
+        hookbridge.offset = record.offset,
+        hookbridge.attempts = tracing::field::Empty,
+    );
+    if !event.traceparent.is_empty() {
+        let _ = span.set_parent(tracecontext::from_traceparent(&event.traceparent));
+    }
+    deliver_in_span(sub, event, stop, park_after)
+        .instrument(span)
+        .await
+}
+
+async fn deliver_in_span(
     sub: &SubscriptionRuntime,
     event: &Event,
     stop: &mut watch::Receiver<bool>,
@@ -65,6 +97,7 @@ pub async fn deliver(
             _ = super::stopped(stop) => return Outcome::Abandoned,
         };
         attempts += 1;
+        tracing::Span::current().record("hookbridge.attempts", attempts);
         let started = Instant::now();
         let result = attempt(sub, &event.id, &event.traceparent, &payload, attempts).await;
         drop(permit);

@@ -33,6 +33,9 @@ use crate::broker::{BrokerError, Publisher};
 use crate::config::Config;
 use crate::envelope::{self, Envelope, Header};
 use crate::metrics;
+use crate::tracecontext;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 pub use self::verify::{Verifier, VerifyError};
 
@@ -93,7 +96,21 @@ async fn receive(
         Some(route) => route.name.clone(),
         None => UNKNOWN_ROUTE.to_string(),
     };
-    let response = handle(&ingress, name, peer, method, uri, headers, body).await;
+    // The SERVER span of the webhook, continuing the sender's trace when it sent one.
+    let span = tracing::info_span!(
+        "webhook",
+        otel.name = %format!("{method} /hooks/{{route}}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = "/hooks/{route}",
+        hookbridge.route = %route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let _ = span.set_parent(tracecontext::from_headers(&headers));
+    let response = handle(&ingress, name, peer, method, uri, headers, body)
+        .instrument(span.clone())
+        .await;
+    span.record("http.response.status_code", response.status().as_u16());
     metrics::metrics()
         .ingress_requests
         .get_or_create(&metrics::RouteStatus {
@@ -176,8 +193,17 @@ async fn handle(
     let record = envelope.to_record(&route.topic);
 
     let started = Instant::now();
-    let published =
-        tokio::time::timeout(route.publish_timeout, ingress.publisher.publish(record)).await;
+    let publish = tracing::info_span!(
+        "publish",
+        otel.name = %format!("send {}", route.topic),
+        otel.kind = "producer",
+        messaging.operation.type = "send",
+        messaging.destination.name = %route.topic,
+        messaging.message.id = %id,
+    );
+    let published = tokio::time::timeout(route.publish_timeout, ingress.publisher.publish(record))
+        .instrument(publish)
+        .await;
     metrics::metrics()
         .ingress_publish_duration
         .get_or_create(&metrics::RouteLabel {
@@ -347,7 +373,10 @@ fn build_envelope(
         content_type: content_type.unwrap_or_default().to_string(),
         body,
         idempotency_key: idempotency_key.unwrap_or_default(),
-        traceparent: trace_header("traceparent"),
+        // This webhook's own span when traces are exported (so delivery continues the
+        // trace through it), else the sender's trace context as it came.
+        traceparent: tracecontext::traceparent_of(&tracing::Span::current())
+            .unwrap_or_else(|| trace_header("traceparent")),
         tracestate: trace_header("tracestate"),
         attributes: Default::default(),
         remote_addr: peer.to_string(),

@@ -39,12 +39,23 @@ impl Hookbridge {
 
     /// Like `start`, with more arguments for `serve` (e.g. `--role ingress`).
     pub fn start_with(dir: &Path, config: &str, args: &[&str]) -> Hookbridge {
+        Hookbridge::start_with_env(dir, config, args, &[])
+    }
+
+    /// Like `start_with`, with more environment variables.
+    pub fn start_with_env(
+        dir: &Path,
+        config: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Hookbridge {
         let config_path = dir.join("config.yaml");
         std::fs::write(&config_path, config).expect("write config");
         let mut child = Command::new(BIN)
             .args(["serve", "--log-format", "json", "--config"])
             .arg(&config_path)
             .args(args)
+            .envs(envs.iter().copied())
             .env(
                 "RUST_LOG",
                 std::env::var("HOOKBRIDGE_TEST_LOG")
