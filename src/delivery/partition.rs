@@ -247,11 +247,7 @@ pub async fn run(
                 }
             }
             _ = lag_tick.tick() => {
-                let lag = match tracker.commit_point() {
-                    Some(committed) => stream.lag(committed).await,
-                    None => stream.lag(0).await,
-                };
-                match lag {
+                match stream.lag(tracker.commit_point().unwrap_or(0)).await {
                     Ok(Some(lag)) => {
                         metrics::metrics().consumer_lag.get_or_create(&lag_labels).set(lag as i64);
                     }

@@ -92,10 +92,8 @@ async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let route = match ingress.routes.get(&name) {
-        Some(route) => route.name.clone(),
-        None => UNKNOWN_ROUTE.to_string(),
-    };
+    let found = ingress.routes.get(&name);
+    let route = found.map_or(UNKNOWN_ROUTE, |route| route.name.as_str());
     // The SERVER span of the webhook, continuing the sender's trace when it sent one.
     let span = tracing::info_span!(
         "webhook",
@@ -107,14 +105,22 @@ async fn receive(
         http.response.status_code = tracing::field::Empty,
     );
     let _ = span.set_parent(tracecontext::from_headers(&headers));
-    let response = handle(&ingress, name, peer, method, uri, headers, body)
-        .instrument(span.clone())
-        .await;
+    let response = match found {
+        Some(found) => {
+            handle(&ingress, found, peer, method, uri, headers, body)
+                .instrument(span.clone())
+                .await
+        }
+        None => Problem::not_found(format!("no route named `{name}` is configured"))
+            .at(uri.path(), None)
+            .closing()
+            .into_response(),
+    };
     span.record("http.response.status_code", response.status().as_u16());
     metrics::metrics()
         .ingress_requests
         .get_or_create(&metrics::RouteStatus {
-            route,
+            route: route.to_string(),
             status: response.status().as_u16(),
         })
         .inc();
@@ -123,7 +129,7 @@ async fn receive(
 
 async fn handle(
     ingress: &Ingress,
-    name: String,
+    route: &Route,
     peer: SocketAddr,
     method: Method,
     uri: Uri,
@@ -131,12 +137,6 @@ async fn handle(
     body: Body,
 ) -> Response {
     let path = uri.path().to_string();
-    let Some(route) = ingress.routes.get(&name) else {
-        return Problem::not_found(format!("no route named `{name}` is configured"))
-            .at(path, None)
-            .closing()
-            .into_response();
-    };
     let reject = |problem: Problem| problem.at(path.clone(), Some(&route.name)).into_response();
     if method != Method::POST {
         return reject(
