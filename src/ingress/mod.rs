@@ -204,11 +204,8 @@ async fn handle(
     let published = tokio::time::timeout(route.publish_timeout, ingress.publisher.publish(record))
         .instrument(publish)
         .await;
-    metrics::metrics()
-        .ingress_publish_duration
-        .get_or_create(&metrics::RouteLabel {
-            route: route.name.clone(),
-        })
+    route
+        .publish_duration
         .observe(metrics::seconds(started.elapsed()));
     match published {
         Ok(Ok(receipt)) => {

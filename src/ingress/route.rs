@@ -9,6 +9,8 @@ use axum::http::HeaderName;
 use super::extract::Extractor;
 use super::verify::Verifier;
 use crate::config::RouteConfig;
+use crate::metrics;
+use prometheus_client::metrics::histogram::Histogram;
 
 /// Headers never copied into an envelope: hop-by-hop headers (RFC 9110 §7.6.1), which
 /// describe the connection and not the webhook, and headers that carry credentials.
@@ -33,6 +35,8 @@ pub struct Route {
     pub key: Option<Extractor>,
     pub idempotency: Option<Extractor>,
     pub publish_timeout: Duration,
+    /// Its `hookbridge_ingress_publish_duration_seconds` series, looked up once.
+    pub publish_duration: Histogram,
     dropped_headers: HashSet<HeaderName>,
 }
 
@@ -64,6 +68,12 @@ impl Route {
                 .map(|e| Extractor::from_config("key", e)),
             idempotency: config.idempotency.as_ref().map(Extractor::idempotency),
             publish_timeout: config.publish_timeout.0,
+            publish_duration: metrics::metrics()
+                .ingress_publish_duration
+                .get_or_create(&metrics::RouteLabel {
+                    route: config.name.clone(),
+                })
+                .clone(),
             dropped_headers,
         }
     }
