@@ -75,6 +75,11 @@ pub struct SubscriptionPartition {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: &'static str,
 }
@@ -96,6 +101,8 @@ pub struct Metrics {
     pub parked_keys: Family<SubscriptionLabel, Gauge>,
     pub breaker_open: Family<SubscriptionLabel, Gauge>,
     pub partitions_owned: Family<SubscriptionLabel, Gauge>,
+    pub spans_exported: Counter,
+    pub spans_dropped: Family<ReasonLabel, Counter>,
     process: ProcessMetrics,
 }
 
@@ -127,6 +134,8 @@ impl Metrics {
         let parked_keys = Family::<SubscriptionLabel, Gauge>::default();
         let breaker_open = Family::<SubscriptionLabel, Gauge>::default();
         let partitions_owned = Family::<SubscriptionLabel, Gauge>::default();
+        let spans_exported = Counter::default();
+        let spans_dropped = Family::<ReasonLabel, Counter>::default();
         let build_info = Family::<VersionLabel, Gauge>::default();
         build_info
             .get_or_create(&VersionLabel {
@@ -201,6 +210,18 @@ impl Metrics {
             "Partitions this replica delivers, the parking topic's included",
             partitions_owned.clone(),
         );
+        r.register(
+            "trace_spans_exported",
+            "Spans the OTLP collector accepted (when OTEL_EXPORTER_OTLP_ENDPOINT is set)",
+            spans_exported.clone(),
+        );
+        r.register(
+            "trace_spans_dropped",
+            "Spans lost, by reason: queue_full (the export queue, OTEL_BSP_MAX_QUEUE_SIZE, \
+             was full: the collector is slow or down), export_failed (the collector refused \
+             or could not be reached)",
+            spans_dropped.clone(),
+        );
         r.register("build_info", "hookbridge's version", build_info);
 
         let process = ProcessMetrics::default();
@@ -246,6 +267,8 @@ impl Metrics {
             parked_keys,
             breaker_open,
             partitions_owned,
+            spans_exported,
+            spans_dropped,
             process,
         }
     }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use common::backend::Backend;
 use common::receiver::Receiver;
+use common::scrape::{scrape, value};
 use common::*;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
@@ -143,6 +144,26 @@ async fn one_trace_from_sender_to_subscriber(backend: Backend) {
         format!("00-{TRACE}-{}-01", client.span_id),
         "the subscriber sees the attempt's span in the same trace"
     );
+
+    // Every span the collector took is counted as exported; none was lost on the way.
+    let received = spans.lock().unwrap().len() as f64;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, text) = scrape(&server.admin).await;
+        let exported = value(&text, "hookbridge_trace_spans_exported_total", &[]);
+        if exported >= received {
+            assert_eq!(
+                value(&text, "hookbridge_trace_spans_dropped_total", &[]),
+                0.0
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{received} spans received, {exported} counted exported"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -160,16 +181,15 @@ async fn kafka_one_trace_from_sender_to_subscriber() {
     one_trace_from_sender_to_subscriber(Backend::kafka()).await;
 }
 
-/// A collector that is down costs nothing that shows: 500 events are accepted and delivered
-/// as usual, and SIGTERM still ends the process promptly (the last spans' flush gives up).
-#[tokio::test(flavor = "multi_thread")]
-async fn a_collector_that_is_down_blocks_nothing() {
+/// A collector in trouble costs nothing that shows: 500 events are accepted and delivered
+/// as usual, SIGTERM still ends the process promptly (the last spans' flush gives up), and
+/// the spans lost are counted by reason.
+async fn a_collector_in_trouble_blocks_nothing(
+    collector: &str,
+    extra_env: &[(&str, &str)],
+    lost: &str,
+) {
     const EVENTS: u64 = 500;
-    // A port nothing listens on: every export is refused.
-    let down = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}", listener.local_addr().unwrap())
-    };
     let topic = unique("untraced");
     let receiver = Receiver::start().await;
     let subs = format!(
@@ -178,14 +198,16 @@ async fn a_collector_that_is_down_blocks_nothing() {
     );
     let dir = tempfile::tempdir().unwrap();
     let backend = Backend::embedded();
+    let mut env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    env.extend_from_slice(extra_env);
     let mut server = Hookbridge::start_with_env(
         dir.path(),
         &events_config(&backend.broker(2), &topic, &subs),
         &[],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", down.as_str()),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ],
+        &env,
     );
     let started = Instant::now();
     let events: Vec<(String, u64)> = (0..EVENTS).map(|s| (format!("k{}", s % 20), s)).collect();
@@ -202,9 +224,31 @@ async fn a_collector_that_is_down_blocks_nothing() {
         })
         .await;
     eprintln!(
-        "{EVENTS} events accepted and delivered with the collector down in {:?}",
+        "{EVENTS} events accepted and delivered with the collector in trouble in {:?}",
         started.elapsed()
     );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, text) = scrape(&server.admin).await;
+        let dropped = value(
+            &text,
+            "hookbridge_trace_spans_dropped_total",
+            &[("reason", lost)],
+        );
+        if dropped > 0.0 {
+            eprintln!("{dropped} spans dropped ({lost})");
+            assert_eq!(
+                value(&text, "hookbridge_trace_spans_exported_total", &[]),
+                0.0
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spans lost are counted as {lost}: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let stopping = Instant::now();
     assert!(server.terminate().success(), "a clean exit");
     assert!(
@@ -212,4 +256,35 @@ async fn a_collector_that_is_down_blocks_nothing() {
         "SIGTERM ends the process within the exporter's timeout: {:?}",
         stopping.elapsed()
     );
+}
+
+/// A collector that is down: every export is refused, its spans counted `export_failed`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collector_that_is_down_blocks_nothing() {
+    // A port nothing listens on.
+    let down = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    a_collector_in_trouble_blocks_nothing(&down, &[], "export_failed").await;
+}
+
+/// A collector that takes connections and never answers: exports hang until the exporter's
+/// timeout, the queue fills, and the spans that do not fit are counted `queue_full`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collector_that_hangs_blocks_nothing() {
+    // The kernel completes connections to a listener nobody accepts from; requests sent
+    // on them are never read.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hanging = format!("http://{}", listener.local_addr().unwrap());
+    a_collector_in_trouble_blocks_nothing(
+        &hanging,
+        &[
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "64"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "3000"),
+        ],
+        "queue_full",
+    )
+    .await;
+    drop(listener);
 }

@@ -17,6 +17,7 @@ use sha2::Sha256;
 
 pub mod backend;
 pub mod receiver;
+pub mod scrape;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_hookbridge");
 

@@ -5,8 +5,10 @@
 //! set, spans are exported over OTLP/HTTP (protobuf) by the OpenTelemetry SDK, configured by
 //! the standard `OTEL_*` variables (headers, service name, resource attributes, sampler).
 //! Export runs on the batch processor's own thread with a bounded queue: a collector that
-//! is down loses spans, never slows a webhook. Unset, nothing is exported and spans cost
-//! what `tracing` costs.
+//! is down loses spans, never slows a webhook, and the spans lost are counted
+//! (`span_queue`). Unset, nothing is exported and spans cost what `tracing` costs.
+
+mod span_queue;
 
 use std::io::IsTerminal;
 
@@ -83,7 +85,7 @@ pub fn init(format: LogFormat) -> Telemetry {
                 }
                 Some(
                     SdkTracerProvider::builder()
-                        .with_batch_exporter(exporter)
+                        .with_span_processor(span_queue::CountedQueue::new(exporter))
                         .with_resource(resource.build())
                         .build(),
                 )
