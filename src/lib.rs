@@ -4,7 +4,8 @@
 //! - in: [`ingress`] (route → verify → envelope) → [`broker`] publish;
 //! - out: [`broker`] partition streams → [`delivery`] (lanes → attempt → commit).
 //!
-//! [`config`] is the contract operators write; [`server`] wires it all together.
+//! [`config`] is the contract operators write; [`server`] wires it all together; [`admin`]
+//! serves the operator's API, whose redrives and replays are [`operations`].
 
 pub mod admin;
 pub mod broker;
@@ -14,6 +15,7 @@ pub mod delivery;
 pub mod envelope;
 pub mod ingress;
 pub mod metrics;
+pub mod operations;
 pub mod server;
 pub mod standard_webhooks;
 pub mod telemetry;

@@ -1,6 +1,8 @@
 //! The `hookbridge` command line. Errors from the library are reported here, once, with
 //! their full cause chain.
 
+mod cli;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -45,6 +47,128 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Show where each subscription stands, on every replica
+    ///
+    /// Paused or running, requests in flight, circuit breaker, consumer lag, rate limit, the
+    /// subscriber's last error; with SUB, each partition too (committed offset, end, lag,
+    /// records held, parked keys). Asks every replica behind --admin-url.
+    ///
+    /// Example: hookbridge status billing --admin-url http://hookbridge-admin:9090
+    #[command(verbatim_doc_comment)]
+    Status {
+        /// One subscription, with its partitions.
+        subscription: Option<String>,
+        #[command(flatten)]
+        admin: cli::AdminArgs,
+    },
+    /// Hold a subscription's delivery without leaving its consumer group
+    ///
+    /// No record is pulled and no attempt starts (attempts on the wire finish); the
+    /// partitions stay owned, the lag grows, nothing is lost or reordered. Holds until
+    /// `hookbridge resume` or a restart of the replica. Asks every replica behind
+    /// --admin-url.
+    ///
+    /// Example: hookbridge pause billing
+    #[command(verbatim_doc_comment)]
+    Pause {
+        /// The subscription's name, as in the config.
+        subscription: String,
+        #[command(flatten)]
+        admin: cli::AdminArgs,
+    },
+    /// Resume a paused subscription where it stopped
+    ///
+    /// Example: hookbridge resume billing
+    #[command(verbatim_doc_comment)]
+    Resume {
+        /// The subscription's name, as in the config.
+        subscription: String,
+        #[command(flatten)]
+        admin: cli::AdminArgs,
+    },
+    /// A subscription's dead letters: list them, show one, send them again.
+    #[command(subcommand)]
+    Dlq(Dlq),
+    /// Send a subscription past events of its topics again
+    ///
+    /// The topics are read from --since (or --offset) up to --until (or their end when the
+    /// replay starts); the events that pass the subscription's type filter and the options'
+    /// go to this subscription only, in their per-key order, through its resend topic (its
+    /// live position does not move; other subscriptions see nothing). Events an earlier
+    /// redrive or replay sent are skipped unless --force. Progress is shown as it goes;
+    /// Ctrl-C stops the replay and says how far it got.
+    ///
+    /// Examples:
+    ///   hookbridge replay billing --since 2026-12-01T09:00:00Z --until 2026-12-01T10:00:00Z
+    ///   hookbridge replay billing --since 2h --type 'invoice.*' --rate 50
+    ///   hookbridge replay billing --offset payments/0=1200 --offset payments/1=1180
+    #[command(verbatim_doc_comment)]
+    Replay {
+        /// The subscription's name, as in the config.
+        subscription: String,
+        /// Start a partition at this offset instead of --since: TOPIC/PARTITION=OFFSET.
+        /// Repeatable; partitions not named are not replayed.
+        #[arg(long = "offset", value_name = "TOPIC/PARTITION=OFFSET")]
+        offsets: Vec<String>,
+        #[command(flatten)]
+        filter: cli::FilterArgs,
+        #[command(flatten)]
+        admin: cli::AdminArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum Dlq {
+    /// List a subscription's dead letters, a page at a time
+    ///
+    /// Example: hookbridge dlq list billing --limit 20
+    #[command(verbatim_doc_comment)]
+    List {
+        /// The subscription's name, as in the config.
+        subscription: String,
+        /// How many (at most 1000).
+        #[arg(long, default_value = "100")]
+        limit: usize,
+        /// Start after this position (the POSITION column; `more:` prints the next one).
+        #[arg(long, value_name = "POSITION")]
+        after: Option<String>,
+        #[command(flatten)]
+        admin: cli::AdminArgs,
+    },
+    /// Show one dead letter in full, its event included
+    ///
+    /// Example: hookbridge dlq show billing 0193a4f2-7c1e-7d2a-9f00-1c2b3d4e5f60
+    #[command(verbatim_doc_comment)]
+    Show {
+        /// The subscription's name, as in the config.
+        subscription: String,
+        /// The webhook id (the ID column of `dlq list`).
+        id: String,
+        #[command(flatten)]
+        admin: cli::AdminArgs,
+    },
+    /// Send a subscription's dead letters again
+    ///
+    /// Those matching the options; all without. They go to this subscription only, in their
+    /// per-key order, through its resend topic, and are delivered (retried, dead-lettered
+    /// again if they fail) like any event. The redrive is recorded: running it again sends
+    /// nothing twice unless --force. --since and
+    /// --until select by the time the event was dead-lettered. Progress is shown as it goes;
+    /// Ctrl-C stops the redrive and says how far it got.
+    ///
+    /// Examples:
+    ///   hookbridge dlq redrive billing --dry-run
+    ///   hookbridge dlq redrive billing --type 'invoice.*' --since 1h --rate 20
+    ///   hookbridge dlq redrive billing --key customer-42 --force
+    #[command(verbatim_doc_comment)]
+    Redrive {
+        /// The subscription's name, as in the config.
+        subscription: String,
+        #[command(flatten)]
+        filter: cli::FilterArgs,
+        #[command(flatten)]
+        admin: cli::AdminArgs,
+    },
 }
 
 #[derive(clap::Args)]
@@ -81,6 +205,45 @@ fn main() -> ExitCode {
             serve(&config, role)
         }
         Command::CheckConfig { config } => check_config(&config),
+        Command::Status {
+            subscription,
+            admin,
+        } => run(cli::status(&admin, subscription.as_deref())),
+        Command::Pause {
+            subscription,
+            admin,
+        } => run(cli::pause(&admin, &subscription, true)),
+        Command::Resume {
+            subscription,
+            admin,
+        } => run(cli::pause(&admin, &subscription, false)),
+        Command::Dlq(Dlq::List {
+            subscription,
+            limit,
+            after,
+            admin,
+        }) => run(cli::dlq_list(
+            &admin,
+            &subscription,
+            limit,
+            after.as_deref(),
+        )),
+        Command::Dlq(Dlq::Show {
+            subscription,
+            id,
+            admin,
+        }) => run(cli::dlq_show(&admin, &subscription, &id)),
+        Command::Dlq(Dlq::Redrive {
+            subscription,
+            filter,
+            admin,
+        }) => run(cli::redrive(&admin, &subscription, &filter)),
+        Command::Replay {
+            subscription,
+            offsets,
+            filter,
+            admin,
+        } => run(cli::replay(&admin, &subscription, &filter, &offsets)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -113,4 +276,13 @@ fn serve(arg: &ConfigArg, role: Role) -> anyhow::Result<()> {
         |_| {},
     ))?;
     Ok(())
+}
+
+/// Runs a CLI verb that talks to the admin API.
+fn run(verb: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(verb)
 }

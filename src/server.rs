@@ -13,8 +13,9 @@ use tokio::net::TcpListener;
 
 use crate::broker::embedded::EmbeddedBroker;
 use crate::broker::kafka::KafkaBroker;
+use crate::broker::kafka::KafkaTopicReader;
 use crate::broker::nats::NatsBroker;
-use crate::broker::{BrokerError, Publisher, Subscriber};
+use crate::broker::{BrokerError, Publisher, Subscriber, TopicReader};
 use crate::config::{BrokerKind, Config};
 use crate::delivery::{Delivery, DeliveryError};
 use crate::ingress::Ingress;
@@ -90,10 +91,12 @@ pub struct Bound {
     pub admin: SocketAddr,
 }
 
-/// Both faces of the broker the config names.
+/// The faces of the broker the config names.
 pub struct Broker {
     pub publisher: Arc<dyn Publisher>,
     pub subscriber: Arc<dyn Subscriber>,
+    /// Outside any group, for the operator's dead-letter listings, redrives and replays.
+    pub reader: Arc<dyn TopicReader>,
 }
 
 /// Opens the broker the config names.
@@ -108,7 +111,8 @@ pub async fn open_broker(config: &Config) -> Result<Broker, ServeError> {
             })?;
             Ok(Broker {
                 publisher: broker.clone(),
-                subscriber: broker,
+                subscriber: broker.clone(),
+                reader: broker,
             })
         }
         BrokerKind::Kafka => {
@@ -118,9 +122,16 @@ pub async fn open_broker(config: &Config) -> Result<Broker, ServeError> {
                     source,
                 }
             })?;
+            let reader = KafkaTopicReader::new(&config.broker.kafka).map_err(|source| {
+                ServeError::Broker {
+                    kind: "kafka",
+                    source,
+                }
+            })?;
             Ok(Broker {
                 publisher: broker.clone(),
                 subscriber: broker,
+                reader: Arc::new(reader),
             })
         }
         BrokerKind::Nats => {
@@ -132,7 +143,8 @@ pub async fn open_broker(config: &Config) -> Result<Broker, ServeError> {
                 })?;
             Ok(Broker {
                 publisher: broker.clone(),
-                subscriber: broker,
+                subscriber: broker.clone(),
+                reader: broker,
             })
         }
     }
@@ -152,6 +164,7 @@ pub async fn serve(
     let Broker {
         publisher,
         subscriber,
+        reader,
     } = open_broker(&config).await?;
     let ingress = Ingress::new(&config, publisher.clone());
     publisher
@@ -201,12 +214,23 @@ pub async fn serve(
     );
     on_bound(bound);
 
+    let admin_state = crate::admin::AdminState::new(
+        &config,
+        crate::operations::Broker {
+            reader,
+            publisher: publisher.clone(),
+        },
+        delivery
+            .as_ref()
+            .map(Delivery::subscriptions)
+            .unwrap_or_default(),
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let admin = tokio::spawn(
-        axum::serve(admin_listener, crate::admin::router(publisher.clone()))
+        axum::serve(admin_listener, crate::admin::router(admin_state))
             .with_graceful_shutdown(stopped(stop_rx.clone()))
             .into_future(),
     );
@@ -241,13 +265,15 @@ pub async fn serve(
     Ok(())
 }
 
-/// Every topic the config names: routes', subscriptions', dead-letter and parking topics.
+/// Every topic the config names: routes', subscriptions', dead-letter, parking and resend
+/// topics.
 pub fn configured_topics(config: &Config) -> Vec<String> {
     let mut topics: Vec<String> = config.routes.iter().map(|r| r.topic.clone()).collect();
     for sub in &config.subscriptions {
         topics.extend(sub.topics.iter().cloned());
         topics.push(sub.dead_letter_topic());
         topics.push(sub.parking_topic());
+        topics.push(sub.resend_topic());
     }
     topics.sort();
     topics.dedup();

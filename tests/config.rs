@@ -54,6 +54,7 @@ fn bad_configs_name_the_key_and_the_problem() {
         ("bad size", "server: { max_body: 1 lightyear }\n".into(), vec!["server.max_body", "unknown size unit"]),
         ("bad listen address", "server: { listen: 'localhost' }\n".into(), vec!["server.listen", "invalid socket address"]),
         ("same listen and admin", "server: { listen: 127.0.0.1:8080, admin_listen: 127.0.0.1:8080 }\n".into(), vec!["server.admin_listen", "same address"]),
+        ("open admin API", "server: { admin_listen: 0.0.0.0:9090 }\n".into(), vec!["server.admin_token", "not a loopback address"]),
         ("bad standard webhooks secret", "routes:\n  - { name: r, topic: t, verify: { kind: standard_webhooks, secret: 'whsec_!!' } }\n".into(), vec!["routes[0].verify.secret", "whsec_"]),
         ("bad subscription URL", format!("{ROUTE}subscriptions:\n  - {{ name: s, topics: [t], url: 'ftp://x/y' }}\n"), vec!["subscriptions[0].url", "not an http"]),
         ("subscription without topics", format!("{ROUTE}subscriptions:\n  - {{ name: s, topics: [], url: 'http://x/y' }}\n"), vec!["subscriptions[0].topics", "names no topic"]),

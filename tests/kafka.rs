@@ -432,6 +432,8 @@ async fn the_survivor_takes_over_a_killed_replicas_partitions() {
         .unwrap();
     mock.create_topic(&format!("hookbridge.park.{sub}"), 4, 1)
         .unwrap();
+    mock.create_topic(&format!("hookbridge.resend.{sub}"), 4, 1)
+        .unwrap();
     replicas_survive_kill_9(mock.bootstrap_servers(), topic, sub, Takeover::Survivor).await;
 }
 
@@ -443,6 +445,7 @@ async fn broker_down_means_503_and_delivery_resumes_when_it_is_back() {
     mock.create_topic(topic, 4, 1).unwrap();
     mock.create_topic("hookbridge.dlq.faulty", 1, 1).unwrap();
     mock.create_topic("hookbridge.park.faulty", 4, 1).unwrap();
+    mock.create_topic("hookbridge.resend.faulty", 4, 1).unwrap();
     let receiver = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     let subs = format!(

@@ -3,65 +3,14 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::backend::Backend;
 use common::receiver::{Receiver, Reply, seq_of};
+use common::scrape::{scrape, value};
 use common::*;
-
-/// One sample of an OpenMetrics text: `name{labels} value`.
-fn samples(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
-    text.lines()
-        .filter(|line| !line.starts_with('#') && !line.is_empty())
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (name, labels) = match series.split_once('{') {
-                Some((name, rest)) => (name, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            let labels = labels
-                .split("\",")
-                .filter(|pair| !pair.is_empty())
-                .filter_map(|pair| {
-                    let (k, v) = pair.split_once('=')?;
-                    Some((k.to_string(), v.trim_matches('"').to_string()))
-                })
-                .collect();
-            Some((name.to_string(), labels, value.parse().ok()?))
-        })
-        .collect()
-}
-
-/// The value of `name` with (at least) `labels`, summed over the other labels; 0 if none.
-fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    samples(text)
-        .into_iter()
-        .filter(|(n, l, _)| {
-            n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|(_, _, v)| v)
-        .sum()
-}
-
-async fn scrape(admin: &str) -> (String, String) {
-    let response = http_client()
-        .get(format!("{admin}/metrics"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let content_type = response.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    (content_type, response.text().await.unwrap())
-}
 
 /// 50 events delivered, 2 refused by the subscriber with a 400 (dead-lettered as `failed`),
 /// one POST to a route that does not exist: each counted under its contract name.
@@ -178,8 +127,12 @@ async fn metrics_count_requests_attempts_deliveries_and_dead_letters() {
         &[("subscription", sub), ("reason", "failed")],
         2.0,
     );
-    // Four partitions of the topic and four of its parking topic.
-    expect("hookbridge_partitions_owned", &[("subscription", sub)], 8.0);
+    // Four partitions each of the topic, its parking topic and its resend topic.
+    expect(
+        "hookbridge_partitions_owned",
+        &[("subscription", sub)],
+        12.0,
+    );
     expect("hookbridge_in_flight", &[("subscription", sub)], 0.0);
     expect("hookbridge_breaker_open", &[("subscription", sub)], 0.0);
     expect("hookbridge_parked_keys", &[("subscription", sub)], 0.0);
@@ -318,7 +271,7 @@ async fn prometheus_scrapes_the_contract_metrics() {
         ),
         (
             format!("hookbridge_partitions_owned{{subscription=\"{topic}\"}}"),
-            8.0,
+            12.0,
         ),
         (
             format!("sum(hookbridge_consumer_lag{{subscription=\"{topic}\"}})"),

@@ -184,9 +184,6 @@ pub trait Committer: Send + Sync + 'static {
         Ok(None)
     }
 
-    /// [`Committer::stored`] for a worker taking the partition over. A backend whose
-    /// completion writes are fenced by a claim (NATS's parked keys) takes it here, so the
-    /// previous owner's later writes are refused.
     /// Records of the partition past `committed` (its commit point): the consumer lag, for
     /// metrics. `None` when the broker cannot tell cheaply.
     async fn lag(
@@ -199,8 +196,52 @@ pub trait Committer: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// [`Committer::stored`] for a worker taking the partition over. A backend whose
+    /// completion writes are fenced by a claim (NATS's parked keys) takes it here, so the
+    /// previous owner's later writes are refused.
     async fn resume(&self, topic: &str, partition: u32) -> Result<Option<Completion>, BrokerError> {
         self.stored(topic, partition).await
+    }
+}
+
+/// Reads topics outside any consumer group, for the operator's tools: dead-letter listings,
+/// redrives and replays. Nothing is committed and no group is joined.
+///
+/// Offsets are the backend's own: dense per partition on Kafka and the embedded log;
+/// JetStream stream sequences on NATS, which a stream's partitions share (so a partition's
+/// offsets have gaps, and [`TopicReader::dense`] is false).
+#[async_trait]
+pub trait TopicReader: Send + Sync + 'static {
+    /// How many partitions the topic has.
+    async fn partitions(&self, topic: &str) -> Result<u32, BrokerError>;
+
+    /// The partition's retained range: its oldest record's offset, and one past its newest
+    /// (the offset the next record gets).
+    async fn bounds(&self, topic: &str, partition: u32) -> Result<(u64, u64), BrokerError>;
+
+    /// The offset of the partition's first record stored at or after `timestamp_ms`
+    /// (milliseconds since the Unix epoch); the end of the partition if there is none.
+    async fn offset_at(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp_ms: i64,
+    ) -> Result<u64, BrokerError>;
+
+    /// Up to `max` records of the partition from `from` on and below `end`, in order. None
+    /// at all means none is left below `end`; fewer than `max` does not.
+    async fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        end: u64,
+        max: usize,
+    ) -> Result<Vec<ConsumedRecord>, BrokerError>;
+
+    /// Whether a partition's offsets are consecutive, so that `end - from` counts records.
+    fn dense(&self) -> bool {
+        true
     }
 }
 

@@ -323,6 +323,12 @@ impl SubscriptionConfig {
             .unwrap_or_else(|| format!("hookbridge.dlq.{}", self.name))
     }
 
+    /// Where an operator's redrives and replays put the events this subscription sends
+    /// again; only its own group reads it.
+    pub fn resend_topic(&self) -> String {
+        format!("hookbridge.resend.{}", self.name)
+    }
+
     pub fn parking_topic(&self) -> String {
         self.parking_topic
             .clone()

@@ -102,6 +102,16 @@ fn check_server(config: &Config, problems: &mut Problems) {
             format!("is the same address as server.listen ({})", server.listen),
         );
     }
+    // The /v1 admin routes pause delivery and send events again: open only to this host.
+    if !server.admin_listen.ip().is_loopback() && server.admin_token.is_empty() {
+        problems.add(
+            "server.admin_token",
+            format!(
+                "is empty while server.admin_listen ({}) is not a loopback address: anyone who can reach it could pause subscriptions and resend events; set a token (HOOKBRIDGE_ADMIN_TOKEN in the default config) or listen on 127.0.0.1",
+                server.admin_listen
+            ),
+        );
+    }
     if server.max_body.0 == 0 {
         problems.add("server.max_body", "must be more than 0");
     }
@@ -247,6 +257,15 @@ fn check_subscription(at: &str, sub: &SubscriptionConfig, problems: &mut Problem
             format!("{at}.parking_topic"),
             format!(
                 "`{parking}` is also a topic or the dead-letter topic of this subscription; parked events would be delivered twice"
+            ),
+        );
+    }
+    let resend = sub.resend_topic();
+    if sub.topics.contains(&resend) || [&dead_letter, &parking].contains(&&resend) {
+        problems.add(
+            format!("{at}.topics"),
+            format!(
+                "`{resend}` is this subscription's resend topic (redrives and replays); it cannot be one of its topics, its dead-letter or its parking topic"
             ),
         );
     }

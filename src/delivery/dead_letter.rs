@@ -11,7 +11,7 @@ use bytes::Bytes;
 use super::event::Event;
 use super::payload::rfc3339;
 use super::subscription::SubscriptionRuntime;
-use crate::broker::{Receipt, Record, RecordHeader};
+use crate::broker::{ConsumedRecord, Receipt, Record, RecordHeader};
 use crate::envelope;
 
 /// Why an event was given up on.
@@ -38,22 +38,36 @@ pub fn record(sub: &SubscriptionRuntime, event: &Event, failure: &Failure) -> Re
     headers.push(("hb-dlq-failed-at", rfc3339(SystemTime::now())));
     // Two subscriptions dead-lettering one envelope into one topic are two records; one
     // subscription dead-lettering it again (after a restart) is the same record.
-    let record_id = format!("{}.dlq.{}", event.id, sub.name);
-    copy(event, &sub.dead_letter_topic, "hb-dlq-", record_id, headers)
+    // A resent event failing again is a new dead letter, not the first one repeated.
+    let record_id = match event.record.header(super::resend::HEADER_OPERATION) {
+        Some(operation) => format!(
+            "{}.dlq.{}.{}",
+            event.id,
+            sub.name,
+            String::from_utf8_lossy(operation)
+        ),
+        None => format!("{}.dlq.{}", event.id, sub.name),
+    };
+    copy(
+        &event.record,
+        &sub.dead_letter_topic,
+        "hb-dlq-",
+        record_id,
+        headers,
+    )
 }
 
-/// A copy of an event's record for a topic the engine writes (dead letters, parked
+/// A copy of a record for a topic hookbridge writes (dead letters, parked and resent
 /// events): key, value and headers unchanged, but for the headers starting with `prefix`
 /// and the record id, which the copy sets anew, followed by `headers`.
 pub fn copy(
-    event: &Event,
+    original: &ConsumedRecord,
     topic: &str,
     prefix: &str,
     record_id: String,
     headers: Vec<(&str, String)>,
 ) -> Record {
-    let mut copied: Vec<RecordHeader> = event
-        .record
+    let mut copied: Vec<RecordHeader> = original
         .headers
         .iter()
         .filter(|h| !h.name.starts_with(prefix) && h.name != envelope::HEADER_RECORD_ID)
@@ -69,9 +83,9 @@ pub fn copy(
     );
     Record {
         topic: topic.to_string(),
-        key: event.record.key.clone(),
+        key: original.key.clone(),
         headers: copied,
-        value: event.record.value.clone(),
+        value: original.value.clone(),
     }
 }
 

@@ -114,7 +114,7 @@ impl Event {
     }
 }
 
-fn record_time(record: &ConsumedRecord) -> SystemTime {
+pub(super) fn record_time(record: &ConsumedRecord) -> SystemTime {
     UNIX_EPOCH
         .checked_add(Duration::from_millis(record.timestamp_ms.max(0) as u64))
         .unwrap_or(UNIX_EPOCH)

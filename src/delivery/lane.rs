@@ -80,7 +80,9 @@ async fn deliver_in_span(
         // Waiting on the breaker and the rate limit is not an attempt, and holds no
         // in-flight slot: only requests on the wire count against max_in_flight.
         // Abandoned while waiting, a breaker probe gives itself back (see `Admission`).
+        // A paused subscription starts no attempt, a retry's included.
         let admitted = async {
+            sub.unpaused().await;
             let admission = sub.breaker.admit().await;
             if let Some(limiter) = &sub.rate_limit {
                 limiter.until_ready().await;
@@ -112,6 +114,7 @@ async fn deliver_in_span(
                 return Outcome::Delivered;
             }
             AttemptResult::Permanent { status, error } => {
+                sub.board.failed(&event.id, Some(status), &error);
                 let failure = Failure {
                     attempts,
                     last_status: Some(status),
@@ -124,14 +127,17 @@ async fn deliver_in_span(
                 status,
                 error,
                 retry_after,
-            } => (
-                Failure {
-                    attempts,
-                    last_status: status,
-                    last_error: error,
-                },
-                retry_after,
-            ),
+            } => {
+                sub.board.failed(&event.id, status, &error);
+                (
+                    Failure {
+                        attempts,
+                        last_status: status,
+                        last_error: error,
+                    },
+                    retry_after,
+                )
+            }
         };
         let failing_for = first_failure.get_or_insert_with(Instant::now).elapsed();
         match sub

@@ -20,7 +20,9 @@ mod lane;
 mod parking;
 mod partition;
 mod payload;
+pub mod resend;
 mod retry;
+mod status;
 mod subscription;
 
 use std::sync::Arc;
@@ -32,7 +34,12 @@ use tokio::task::JoinSet;
 use crate::broker::{Publisher, Subscriber};
 use crate::config::Config;
 
+pub use dead_letter::copy as copy_record;
+pub use event::{Decode, Event};
+pub use filter::TypeFilter;
 pub use payload::{envelope_json, rfc3339};
+pub use status::{LastError, PartitionStatus};
+pub use subscription::{RateStatus, SubscriptionRuntime, SubscriptionStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
@@ -47,6 +54,7 @@ pub enum DeliveryError {
 pub struct Delivery {
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    subscriptions: Vec<Arc<subscription::SubscriptionRuntime>>,
 }
 
 impl Delivery {
@@ -59,18 +67,29 @@ impl Delivery {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let (stop, stopped) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        let mut subscriptions = Vec::new();
         for sub in &config.subscriptions {
             let runtime = Arc::new(subscription::SubscriptionRuntime::from_config(
                 sub,
                 publisher.clone(),
             )?);
+            subscriptions.push(runtime.clone());
             tasks.spawn(subscription::run(
                 runtime,
                 subscriber.clone(),
                 stopped.clone(),
             ));
         }
-        Ok(Delivery { stop, tasks })
+        Ok(Delivery {
+            stop,
+            tasks,
+            subscriptions,
+        })
+    }
+
+    /// The running subscriptions, for the admin API.
+    pub fn subscriptions(&self) -> Vec<Arc<subscription::SubscriptionRuntime>> {
+        self.subscriptions.clone()
     }
 
     /// Stops taking records, lets attempts on the wire finish within `grace`, commits what

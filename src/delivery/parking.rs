@@ -60,7 +60,13 @@ pub fn record(sub: &SubscriptionRuntime, event: &Event, attempts: u32) -> Record
     // Parking one event again (after a restart) is the same record: brokers that
     // deduplicate (JetStream's Nats-Msg-Id) keep one.
     let record_id = format!("{}.park.{}", event.id, sub.name);
-    dead_letter::copy(event, &sub.parking_topic, "hb-parked-", record_id, headers)
+    dead_letter::copy(
+        &event.record,
+        &sub.parking_topic,
+        "hb-parked-",
+        record_id,
+        headers,
+    )
 }
 
 /// An event read from the parking topic takes back what its copy kept: its webhook id, its

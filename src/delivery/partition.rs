@@ -89,6 +89,7 @@ pub async fn run(
     // Keys of this partition park (see `parking`) unless it is a parking partition itself,
     // or the subscription orders by partition or not at all.
     let is_parking = *topic == *sub.parking_topic;
+    let is_resend = *topic == *sub.resend_topic;
     let parks = sub.ordering == OrderingMode::Key && !is_parking;
     let mut parked = match &resumed {
         Some(resumed) if parks => ParkedKeys::resumed(&resumed.parked),
@@ -129,6 +130,10 @@ pub async fn run(
     };
     let mut unpark_tick = tokio::time::interval(UNPARK_INTERVAL);
     unpark_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // This partition's row in `GET /v1/subscriptions`, gone when the worker ends.
+    let row = sub.board.partition(&topic, partition);
+    // Paused, the worker pulls no records (lanes start no attempts either, see `lane`).
+    let mut paused = sub.paused.subscribe();
     // Lanes stop on shutdown and on revocation alike, so they get their own signal.
     let (release, released) = watch::channel(false);
 
@@ -185,7 +190,8 @@ pub async fn run(
                     None => { lanes.queued.remove(&lane); }
                 }
             }
-            record = stream.next(), if held < sub.buffer => {
+            Ok(()) = paused.changed() => {}
+            record = stream.next(), if held < sub.buffer && !*paused.borrow() => {
                 let Some(record) = record else { break Ending::StreamEnded };
                 if tracker.is_empty() {
                     tracing::debug!(subscription = %sub.name, %topic, partition, offset = record.offset, "first record");
@@ -197,6 +203,8 @@ pub async fn run(
                 let mut event = Event::from_record(record, sub.decode);
                 if is_parking {
                     parking::restore(&mut event);
+                } else if is_resend {
+                    super::resend::restore(&mut event);
                 }
                 if !sub.wants(&event) {
                     tracker.done(event.record.offset);
@@ -247,13 +255,26 @@ pub async fn run(
                 }
             }
             _ = lag_tick.tick() => {
-                match stream.lag(tracker.commit_point().unwrap_or(0)).await {
-                    Ok(Some(lag)) => {
-                        metrics::metrics().consumer_lag.get_or_create(&lag_labels).set(lag as i64);
+                let committed = tracker.commit_point();
+                let lag = match stream.lag(committed.unwrap_or(0)).await {
+                    Ok(lag) => lag,
+                    Err(e) => {
+                        tracing::debug!(subscription = %sub.name, %topic, partition, error = %e, "cannot read the consumer lag");
+                        None
                     }
-                    Ok(None) => {}
-                    Err(e) => tracing::debug!(subscription = %sub.name, %topic, partition, error = %e, "cannot read the consumer lag"),
+                };
+                if let Some(lag) = lag {
+                    metrics::metrics().consumer_lag.get_or_create(&lag_labels).set(lag as i64);
                 }
+                row.update(|row| {
+                    row.committed = committed;
+                    row.lag = lag;
+                    // JetStream's sequences run across a stream's partitions: no end follows
+                    // from a count there.
+                    row.end = lag.filter(|_| !stream.per_record()).map(|lag| committed.unwrap_or(0) + lag);
+                    row.held = held;
+                    row.parked_keys = parked.len();
+                });
             }
         }
     };

@@ -19,6 +19,7 @@ use super::event::{Decode, Event};
 use super::filter::TypeFilter;
 use super::partition;
 use super::retry::RetryPolicy;
+use super::status::{LastError, PartitionStatus, StatusBoard};
 use crate::broker::{PartitionEvent, Publisher, StartFrom, Subscriber};
 use crate::config::{OrderingMode, PayloadMode, SubscriptionConfig};
 use crate::metrics;
@@ -48,8 +49,43 @@ pub struct SubscriptionRuntime {
     pub dead_letter_topic: String,
     /// Where keys failing longer than `park_after` go on retrying (see `parking`).
     pub parking_topic: String,
+    /// Where redriven and replayed events come from (see `resend`).
+    pub resend_topic: String,
     pub park_after: Duration,
     pub publisher: Arc<dyn Publisher>,
+    /// Where its partitions stand, for the admin API.
+    pub board: Arc<StatusBoard>,
+    /// True while an operator has paused delivery: no attempt starts and no record is
+    /// pulled, but the partitions stay owned.
+    pub paused: watch::Sender<bool>,
+    pub max_in_flight: usize,
+    /// `rate_limit` as configured: per second, burst.
+    pub rate: Option<(f64, u32)>,
+}
+
+/// A subscription's state as `GET /v1/subscriptions/{name}` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SubscriptionStatus {
+    pub name: String,
+    pub group: String,
+    pub topics: Vec<String>,
+    /// The endpoint, without credentials or query (which may carry a token).
+    pub url: String,
+    pub paused: bool,
+    pub in_flight: usize,
+    pub max_in_flight: usize,
+    /// `closed`, `open` or `half_open`.
+    pub breaker: &'static str,
+    pub rate_limit: Option<RateStatus>,
+    pub last_error: Option<LastError>,
+    /// The partitions this replica delivers, its parking and resend topics' included.
+    pub partitions: Vec<PartitionStatus>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RateStatus {
+    pub per_second: f64,
+    pub burst: u32,
 }
 
 impl SubscriptionRuntime {
@@ -68,12 +104,15 @@ impl SubscriptionRuntime {
             subscription: config.name.clone(),
             reason: e.to_string(),
         })?;
-        let rate_limit = config.rate_limit.as_ref().map(|rate| {
-            let period = Duration::from_secs_f64(1.0 / rate.per_second);
+        let rate = config.rate_limit.as_ref().map(|rate| {
             let burst = rate
                 .burst
                 .unwrap_or_else(|| rate.per_second.ceil() as u32)
                 .max(1);
+            (rate.per_second, burst)
+        });
+        let rate_limit = rate.map(|(per_second, burst)| {
+            let period = Duration::from_secs_f64(1.0 / per_second);
             let quota = Quota::with_period(period)
                 .expect("validated rate")
                 .allow_burst(burst.try_into().expect("burst >= 1"));
@@ -116,8 +155,13 @@ impl SubscriptionRuntime {
             retry: RetryPolicy::from_config(&config.retry),
             dead_letter_topic: config.dead_letter_topic(),
             parking_topic: config.parking_topic(),
+            resend_topic: config.resend_topic(),
             park_after: config.retry.park_after.0,
             publisher,
+            board: Arc::default(),
+            paused: watch::Sender::new(false),
+            max_in_flight: config.max_in_flight as usize,
+            rate,
         })
     }
 
@@ -128,15 +172,57 @@ impl SubscriptionRuntime {
             .is_none_or(|f| f.matches(&event.event_type))
     }
 
+    /// Pauses or resumes delivery; true if that changed anything.
+    pub fn set_paused(&self, paused: bool) -> bool {
+        let changed = self.paused.send_replace(paused) != paused;
+        if changed {
+            tracing::info!(subscription = %self.name, paused, "delivery {}", if paused { "paused" } else { "resumed" });
+        }
+        changed
+    }
+
+    pub fn is_paused(&self) -> bool {
+        *self.paused.borrow()
+    }
+
+    /// Waits while delivery is paused.
+    pub async fn unpaused(&self) {
+        let mut paused = self.paused.subscribe();
+        let _ = paused.wait_for(|paused| !*paused).await;
+    }
+
+    pub fn status(&self) -> SubscriptionStatus {
+        SubscriptionStatus {
+            name: self.name.clone(),
+            group: self.group(),
+            topics: self.topics.clone(),
+            url: endpoint(self.client.uri()),
+            paused: self.is_paused(),
+            in_flight: self.max_in_flight - self.in_flight.available_permits(),
+            max_in_flight: self.max_in_flight,
+            breaker: match self.breaker.state() {
+                super::breaker::BreakerState::Closed => "closed",
+                super::breaker::BreakerState::Open => "open",
+                super::breaker::BreakerState::HalfOpen => "half_open",
+            },
+            rate_limit: self
+                .rate
+                .map(|(per_second, burst)| RateStatus { per_second, burst }),
+            last_error: self.board.last_error(),
+            partitions: self.board.partitions(),
+        }
+    }
+
     pub fn group(&self) -> String {
         format!("hookbridge.{}", self.name)
     }
 
-    /// The topics the group reads: the subscription's, and its parking topic, whose parked
-    /// events it delivers like any others.
+    /// The topics the group reads: the subscription's, its parking topic and its resend
+    /// topic, whose events it delivers like any others.
     pub fn group_topics(&self) -> Vec<String> {
         let mut topics = self.topics.clone();
         topics.push(self.parking_topic.clone());
+        topics.push(self.resend_topic.clone());
         topics
     }
 }
@@ -178,4 +264,14 @@ pub async fn run(
         }
     }
     while partitions.join_next().await.is_some() {}
+}
+
+/// `scheme://host:port/path` of the subscriber's URL.
+fn endpoint(uri: &http::Uri) -> String {
+    format!(
+        "{}://{}{}",
+        uri.scheme_str().unwrap_or("http"),
+        uri.authority().map(|a| a.as_str()).unwrap_or(""),
+        uri.path()
+    )
 }

@@ -127,3 +127,10 @@ impl IntoResponse for Problem {
         response
     }
 }
+
+/// Boxed, as the error of a helper whose `Result` would otherwise be large.
+impl IntoResponse for Box<Problem> {
+    fn into_response(self) -> Response {
+        (*self).into_response()
+    }
+}

@@ -32,7 +32,7 @@ impl Backend {
     }
 
     /// Creates the topics a subscription named after its topic needs (its own, its
-    /// dead-letter and parking topics), where the broker does not let hookbridge create them
+    /// dead-letter, parking and resend topics), where the broker does not let hookbridge create them
     /// (the mock cluster).
     pub fn create_topics(&self, topic: &str, partitions: i32) {
         if let Backend::KafkaMock(mock) = self {
@@ -40,6 +40,8 @@ impl Backend {
             mock.create_topic(&format!("hookbridge.dlq.{topic}"), 1, 1)
                 .unwrap();
             mock.create_topic(&format!("hookbridge.park.{topic}"), partitions, 1)
+                .unwrap();
+            mock.create_topic(&format!("hookbridge.resend.{topic}"), partitions, 1)
                 .unwrap();
         }
     }

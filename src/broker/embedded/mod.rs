@@ -9,6 +9,7 @@
 //! serve` on the same directory fail at start-up instead of corrupting it. Scaling past one
 //! node means switching `broker.kind` to Kafka or NATS.
 
+mod browse;
 mod log;
 mod reader;
 mod writer;

@@ -452,7 +452,7 @@ async fn drive(consumer: Arc<GroupConsumer>) {
     }
 }
 
-fn to_record(message: &BorrowedMessage<'_>) -> ConsumedRecord {
+pub(super) fn to_record(message: &BorrowedMessage<'_>) -> ConsumedRecord {
     let headers = message
         .headers()
         .map(|headers| {

@@ -10,8 +10,11 @@
 //! `broker.kafka.properties` go to librdkafka as they are (SASL, TLS, tuning), applied
 //! last so an operator can override any default set here.
 
+mod browse;
 mod consumer;
 mod producer;
+
+pub use browse::KafkaTopicReader;
 
 use std::sync::Arc;
 

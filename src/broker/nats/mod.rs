@@ -10,6 +10,7 @@
 //!   partitions are shared among replicas through leases in a JetStream KV bucket
 //!   ([`leases`]), handed over without overlap.
 
+mod browse;
 mod consumer;
 mod leases;
 pub mod parked;

@@ -288,36 +288,53 @@ impl Reader {
             timestamp_ms,
         } = taken;
         seen.highest = seen.highest.max(sequence);
-        let (topic, partition) = (self.unit.0.clone(), self.unit.1);
-        let headers: Vec<RecordHeader> = message
-            .headers
-            .iter()
-            .flat_map(|headers| headers.iter())
-            .flat_map(|(name, values)| {
-                values.iter().map(move |v| RecordHeader {
-                    // One allocation: `to_string` would format, then copy again.
-                    name: AsRef::<str>::as_ref(name).to_ascii_lowercase(),
-                    value: Bytes::copy_from_slice(v.as_str().as_bytes()),
-                })
-            })
-            .collect();
-        let key = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(KEY_HEADER))
-            .map(|v| Bytes::copy_from_slice(v.as_str().as_bytes()));
-        let record = ConsumedRecord {
-            topic,
-            partition,
-            offset: sequence,
+        let record = to_record(
+            self.unit.0.clone(),
+            self.unit.1,
+            &message,
+            sequence,
             timestamp_ms,
-            key,
-            headers,
-            value: message.payload.clone(),
-        };
+        );
         // A stream dropped by its worker takes nothing more: the message stays unacked and
         // goes to the next owner.
         let _ = self.records.send(record).await;
+    }
+}
+
+/// A JetStream message of `topic`'s `partition` as a record: the key from its `Hb-Key`
+/// header, the header names lowercased.
+pub(super) fn to_record(
+    topic: std::sync::Arc<str>,
+    partition: u32,
+    message: &async_nats::Message,
+    sequence: u64,
+    timestamp_ms: i64,
+) -> ConsumedRecord {
+    let headers: Vec<RecordHeader> = message
+        .headers
+        .iter()
+        .flat_map(|headers| headers.iter())
+        .flat_map(|(name, values)| {
+            values.iter().map(move |v| RecordHeader {
+                // One allocation: `to_string` would format, then copy again.
+                name: AsRef::<str>::as_ref(name).to_ascii_lowercase(),
+                value: Bytes::copy_from_slice(v.as_str().as_bytes()),
+            })
+        })
+        .collect();
+    let key = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(KEY_HEADER))
+        .map(|v| Bytes::copy_from_slice(v.as_str().as_bytes()));
+    ConsumedRecord {
+        topic,
+        partition,
+        offset: sequence,
+        timestamp_ms,
+        key,
+        headers,
+        value: message.payload.clone(),
     }
 }
 

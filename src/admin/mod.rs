@@ -1,0 +1,154 @@
+//! The admin listener (`server.admin_listen`): liveness and readiness for orchestrators,
+//! Prometheus metrics, and the operator's `/v1` API behind `server.admin_token`:
+//!
+//! - [`subscriptions`]: where each subscription stands on this replica; pause and resume.
+//! - [`operations`]: dead letters, redrive and replay (see `crate::operations`).
+//!
+//! Everything under `/v1` answers JSON, and problem+json (RFC 9457) when it refuses.
+
+mod auth;
+mod operations;
+mod subscriptions;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::broker::Publisher;
+use crate::config::{Config, SubscriptionConfig};
+use crate::delivery::SubscriptionRuntime;
+use crate::ingress::problem::Problem;
+
+/// A readiness probe that waits longer than this reports the broker as not ready.
+const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the admin routes work with.
+pub struct AdminState {
+    pub publisher: Arc<dyn Publisher>,
+    /// SHA-256 of `server.admin_token`; `None` when no token is set.
+    token_digest: Option<[u8; 32]>,
+    /// The subscriptions this replica delivers (none with `--role ingress`), by name.
+    running: BTreeMap<String, Arc<SubscriptionRuntime>>,
+    /// Every subscription the config names, by name.
+    configs: BTreeMap<String, SubscriptionConfig>,
+    /// The broker as the operations read and write it.
+    broker: crate::operations::Broker,
+    operations: crate::operations::Operations,
+}
+
+impl AdminState {
+    pub fn new(
+        config: &Config,
+        broker: crate::operations::Broker,
+        running: Vec<Arc<SubscriptionRuntime>>,
+    ) -> AdminState {
+        let token = config.server.admin_token.expose();
+        AdminState {
+            publisher: broker.publisher.clone(),
+            token_digest: (!token.is_empty()).then(|| auth::digest(token)),
+            running: running
+                .into_iter()
+                .map(|sub| (sub.name.clone(), sub))
+                .collect(),
+            configs: config
+                .subscriptions
+                .iter()
+                .map(|s| (s.name.clone(), s.clone()))
+                .collect(),
+            broker,
+            operations: Default::default(),
+        }
+    }
+
+    /// The running subscription `name`, or the problem to answer.
+    fn subscription(&self, name: &str) -> Result<&Arc<SubscriptionRuntime>, Box<Problem>> {
+        if let Some(sub) = self.running.get(name) {
+            return Ok(sub);
+        }
+        if self.configs.contains_key(name) {
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                "not-delivered-here",
+                "Not delivered by this process",
+                format!(
+                    "subscription `{name}` is configured, but this process does not deliver (--role ingress); ask a delivery replica"
+                ),
+            )
+            .into());
+        }
+        Err(not_found(format!("no subscription is named `{name}`")).into())
+    }
+}
+
+fn not_found(detail: String) -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
+}
+
+pub fn router(state: AdminState) -> Router {
+    let state = Arc::new(state);
+    let v1 = Router::new()
+        .route("/subscriptions", get(subscriptions::list))
+        .route("/subscriptions/{name}", get(subscriptions::show))
+        .route("/subscriptions/{name}/pause", post(subscriptions::pause))
+        .route("/subscriptions/{name}/resume", post(subscriptions::resume))
+        .route("/subscriptions/{name}/replay", post(operations::replay))
+        .route("/dead-letters/{name}", get(operations::list_dead_letters))
+        .route("/dead-letters/{name}/redrive", post(operations::redrive))
+        .route(
+            "/dead-letters/{name}/{id}",
+            get(operations::show_dead_letter),
+        )
+        .route("/operations", get(operations::list_operations))
+        .route(
+            "/operations/{id}",
+            get(operations::show_operation).delete(operations::cancel_operation),
+        )
+        .fallback(|| async { not_found("no such admin route".into()) })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .nest("/v1", v1)
+        .with_state(state)
+}
+
+async fn metrics() -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        crate::metrics::encode(),
+    )
+        .into_response()
+}
+
+/// Ready when the broker accepts writes; a load balancer then sends webhooks here.
+async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
+    let not_ready = |detail: String| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not-ready",
+            "Not ready",
+            detail,
+        )
+        .into_response()
+    };
+    match tokio::time::timeout(READINESS_TIMEOUT, state.publisher.check()).await {
+        Ok(Ok(())) => "ready\n".into_response(),
+        Ok(Err(e)) => not_ready(e.to_string()),
+        Err(_) => not_ready(format!(
+            "the broker did not answer within {READINESS_TIMEOUT:?}"
+        )),
+    }
+}

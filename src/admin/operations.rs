@@ -1,0 +1,195 @@
+//! Dead letters, redrive, replay and the operations they start:
+//!
+//! - `GET /v1/dead-letters/{sub}?after=P/O&limit=N`: a page of dead letters.
+//! - `GET /v1/dead-letters/{sub}/{id}`: one, in full.
+//! - `POST /v1/dead-letters/{sub}/redrive`: starts a redrive (202, the operation).
+//! - `POST /v1/subscriptions/{name}/replay`: starts a replay (202, the operation).
+//! - `GET /v1/operations[/{id}]`: progress; `DELETE /v1/operations/{id}`: stop one.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::{AdminState, not_found};
+use crate::config::SubscriptionConfig;
+use crate::ingress::problem::Problem;
+use crate::operations::{
+    Broker, Operation, OperationError, OperationView, Operations, ResendRequest, dead_letters,
+    replay,
+};
+
+/// A page holds at most this many dead letters.
+const MAX_PAGE: usize = 1000;
+
+fn problem(e: OperationError) -> Problem {
+    match e {
+        OperationError::Broker(e) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "broker-unavailable",
+            "Broker unavailable",
+            e.to_string(),
+        ),
+        e => Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+            "Invalid request",
+            e.to_string(),
+        ),
+    }
+}
+
+/// A request body that is not the JSON expected.
+fn bad_body(e: JsonRejection) -> Problem {
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        "invalid-request",
+        "Invalid request",
+        e.body_text(),
+    )
+}
+
+fn configured<'a>(
+    state: &'a AdminState,
+    name: &str,
+) -> Result<&'a SubscriptionConfig, Box<Problem>> {
+    match state.configs.get(name) {
+        Some(sub) => Ok(sub),
+        None => Err(not_found(format!("no subscription is named `{name}`")).into()),
+    }
+}
+
+fn started(view: OperationView) -> Response {
+    let location = format!("/v1/operations/{}", view.id);
+    (
+        StatusCode::ACCEPTED,
+        [(axum::http::header::LOCATION, location)],
+        Json(view),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+pub async fn list_dead_letters(
+    State(state): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Response> {
+    let sub = configured(&state, &name).map_err(IntoResponse::into_response)?;
+    let Query(query) = query.map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+            "Invalid request",
+            e.body_text(),
+        )
+        .into_response()
+    })?;
+    let limit = query.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    let page = dead_letters::list(&state.broker, sub, query.after.as_deref(), limit)
+        .await
+        .map_err(|e| problem(e).into_response())?;
+    Ok(Json(page).into_response())
+}
+
+pub async fn show_dead_letter(
+    State(state): State<Arc<AdminState>>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Response, Response> {
+    let sub = configured(&state, &name).map_err(IntoResponse::into_response)?;
+    match dead_letters::show(&state.broker, sub, &id)
+        .await
+        .map_err(|e| problem(e).into_response())?
+    {
+        Some(shown) => Ok(Json(shown).into_response()),
+        None => Err(not_found(format!(
+            "subscription `{name}` has no dead letter with id `{id}`"
+        ))
+        .into_response()),
+    }
+}
+
+pub async fn redrive(
+    State(state): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    body: Result<Json<ResendRequest>, JsonRejection>,
+) -> Response {
+    start(&state, &name, body, dead_letters::redrive)
+}
+
+pub async fn replay(
+    State(state): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    body: Result<Json<ResendRequest>, JsonRejection>,
+) -> Response {
+    start(&state, &name, body, replay::replay)
+}
+
+/// `dead_letters::redrive` or `replay::replay`.
+type Start = fn(
+    &Operations,
+    &Broker,
+    &SubscriptionConfig,
+    ResendRequest,
+) -> Result<Arc<Operation>, OperationError>;
+
+/// Starts a redrive or a replay of subscription `name`: 202 and the operation.
+fn start(
+    state: &AdminState,
+    name: &str,
+    body: Result<Json<ResendRequest>, JsonRejection>,
+    operation: Start,
+) -> Response {
+    let sub = match configured(state, name) {
+        Ok(sub) => sub,
+        Err(problem) => return problem.into_response(),
+    };
+    let request = match body {
+        Ok(Json(request)) => request,
+        Err(e) => return bad_body(e).into_response(),
+    };
+    match operation(&state.operations, &state.broker, sub, request) {
+        Ok(operation) => started(operation.view()),
+        Err(e) => problem(e).into_response(),
+    }
+}
+
+pub async fn list_operations(State(state): State<Arc<AdminState>>) -> Response {
+    Json(serde_json::json!({ "operations": state.operations.list() })).into_response()
+}
+
+pub async fn show_operation(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> Result<Response, Response> {
+    match state.operations.get(&id) {
+        Some(operation) => Ok(Json(operation.view()).into_response()),
+        None => Err(not_found(format!(
+            "no operation `{id}` here (operations are kept by the replica that runs them, until it restarts)"
+        ))
+        .into_response()),
+    }
+}
+
+pub async fn cancel_operation(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> Result<Response, Response> {
+    match state.operations.get(&id) {
+        Some(operation) => {
+            operation.cancel();
+            Ok(Json(operation.view()).into_response())
+        }
+        None => Err(not_found(format!("no operation `{id}` here")).into_response()),
+    }
+}

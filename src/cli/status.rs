@@ -1,0 +1,171 @@
+//! `hookbridge status [SUB]`, `hookbridge pause SUB`, `hookbridge resume SUB`.
+
+use serde_json::{Value, json};
+
+use super::table::{cell, render};
+use super::{AdminArgs, Output};
+
+/// Where each subscription stands on every replica behind the admin URL.
+pub async fn status(args: &AdminArgs, subscription: Option<&str>) -> anyhow::Result<()> {
+    let client = args.client().await?;
+    let mut replicas = Vec::new();
+    for target in &client.targets {
+        let subscriptions: Vec<Value> = match subscription {
+            Some(name) => vec![
+                client
+                    .get(target, &format!("/v1/subscriptions/{}", encode(name)))
+                    .await?,
+            ],
+            None => {
+                let list: Value = client.get(target, "/v1/subscriptions").await?;
+                list["subscriptions"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            }
+        };
+        replicas.push(json!({"admin": target.label, "subscriptions": subscriptions}));
+    }
+    match args.output {
+        Output::Json => println!("{}", json!({ "replicas": replicas })),
+        Output::Table => {
+            for replica in &replicas {
+                print!("{}", replica_table(replica, subscription.is_some()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Pauses (or resumes) `subscription` on every replica behind the admin URL.
+pub async fn pause(args: &AdminArgs, subscription: &str, paused: bool) -> anyhow::Result<()> {
+    let client = args.client().await?;
+    let verb = if paused { "pause" } else { "resume" };
+    let mut replicas = Vec::new();
+    for target in &client.targets {
+        let status: Value = client
+            .post(
+                target,
+                &format!("/v1/subscriptions/{}/{verb}", encode(subscription)),
+                None,
+            )
+            .await?;
+        replicas.push(json!({"admin": target.label, "subscription": status}));
+    }
+    match args.output {
+        Output::Json => println!("{}", json!({ "replicas": replicas })),
+        Output::Table => {
+            for replica in &replicas {
+                let state = if replica["subscription"]["paused"] == true {
+                    "paused"
+                } else {
+                    "running"
+                };
+                println!("{}: {subscription} {state}", cell(&replica["admin"]));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn replica_table(replica: &Value, with_partitions: bool) -> String {
+    let subscriptions = replica["subscriptions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut out = format!("{}\n", cell(&replica["admin"]));
+    if subscriptions.is_empty() {
+        out.push_str("  no subscriptions are delivered here\n");
+        return out;
+    }
+    let rows: Vec<Vec<String>> = subscriptions
+        .iter()
+        .map(|sub| {
+            let partitions = sub["partitions"].as_array().cloned().unwrap_or_default();
+            let lag: Option<u64> = partitions.iter().map(|p| p["lag"].as_u64()).sum();
+            let rate = match sub["rate_limit"]["per_second"].as_f64() {
+                Some(per_second) => format!("{per_second}/s"),
+                None => "-".to_string(),
+            };
+            let last_error = match &sub["last_error"] {
+                Value::Null => "-".to_string(),
+                e => format!("{}: {}", cell(&e["at"]), cell(&e["error"])),
+            };
+            vec![
+                cell(&sub["name"]),
+                if sub["paused"] == true {
+                    "paused"
+                } else {
+                    "running"
+                }
+                .into(),
+                format!(
+                    "{}/{}",
+                    cell(&sub["in_flight"]),
+                    cell(&sub["max_in_flight"])
+                ),
+                cell(&sub["breaker"]),
+                lag.map_or("-".into(), |lag| lag.to_string()),
+                partitions.len().to_string(),
+                rate,
+                last_error,
+            ]
+        })
+        .collect();
+    out.push_str(&render(
+        &[
+            "SUBSCRIPTION",
+            "STATE",
+            "IN FLIGHT",
+            "BREAKER",
+            "LAG",
+            "PARTITIONS",
+            "RATE",
+            "LAST ERROR",
+        ],
+        &rows,
+    ));
+    if with_partitions {
+        for sub in &subscriptions {
+            let rows: Vec<Vec<String>> = sub["partitions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|p| {
+                    [
+                        "topic",
+                        "partition",
+                        "committed",
+                        "end",
+                        "lag",
+                        "held",
+                        "parked_keys",
+                    ]
+                    .iter()
+                    .map(|field| cell(&p[*field]))
+                    .collect()
+                })
+                .collect();
+            out.push('\n');
+            out.push_str(&render(
+                &[
+                    "TOPIC",
+                    "PARTITION",
+                    "COMMITTED",
+                    "END",
+                    "LAG",
+                    "HELD",
+                    "PARKED KEYS",
+                ],
+                &rows,
+            ));
+        }
+    }
+    out
+}
+
+/// A subscription name as a path segment.
+pub fn encode(name: &str) -> String {
+    percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
