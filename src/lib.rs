@@ -16,6 +16,7 @@ pub mod envelope;
 pub mod ingress;
 pub mod metrics;
 pub mod operations;
+pub mod reload;
 pub mod server;
 pub mod standard_webhooks;
 pub mod telemetry;

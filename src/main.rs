@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hookbridge::config::{self, Config};
+use hookbridge::reload::ConfigFile;
 use hookbridge::server::Role;
 use hookbridge::telemetry::{self, LogFormat};
 
@@ -179,16 +180,23 @@ struct ConfigArg {
 }
 
 impl ConfigArg {
-    fn load(&self) -> Result<(String, Config), config::ConfigError> {
-        match &self.config {
-            Some(path) => Ok((path.display().to_string(), config::load_file(path)?)),
-            None => {
-                let env = |name: &str| std::env::var(name).ok();
-                let parsed =
-                    config::load_str(config::DEFAULT_CONFIG_NAME, config::DEFAULT_CONFIG, &env)?;
-                Ok((config::DEFAULT_CONFIG_NAME.to_string(), parsed))
-            }
-        }
+    fn load(&self) -> anyhow::Result<(ConfigFile, Config)> {
+        let file = match &self.config {
+            Some(path) => ConfigFile {
+                path: Some(path.clone()),
+                name: path.display().to_string(),
+                text: std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+            },
+            None => ConfigFile {
+                path: None,
+                name: config::DEFAULT_CONFIG_NAME.to_string(),
+                text: config::DEFAULT_CONFIG.to_string(),
+            },
+        };
+        let env = |name: &str| std::env::var(name).ok();
+        let parsed = config::load_str(&file.name, &file.text, &env)?;
+        Ok((file, parsed))
     }
 }
 
@@ -255,7 +263,8 @@ fn main() -> ExitCode {
 }
 
 fn check_config(arg: &ConfigArg) -> anyhow::Result<()> {
-    let (name, config) = arg.load()?;
+    let (file, config) = arg.load()?;
+    let name = file.name;
     println!(
         "{name}: ok ({:?} broker, {} routes, {} subscriptions)",
         config.broker.kind,
@@ -266,10 +275,11 @@ fn check_config(arg: &ConfigArg) -> anyhow::Result<()> {
 }
 
 fn serve(arg: &ConfigArg, role: Role) -> anyhow::Result<()> {
-    let (name, config) = arg.load()?;
-    tracing::info!(config = %name, "configuration loaded");
+    let (file, config) = arg.load()?;
+    tracing::info!(config = %file.name, "configuration loaded");
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(hookbridge::server::serve(
+        file,
         config,
         role,
         hookbridge::server::shutdown_signal(),

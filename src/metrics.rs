@@ -75,6 +75,11 @@ pub struct SubscriptionPartition {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
 }
@@ -103,6 +108,8 @@ pub struct Metrics {
     pub partitions_owned: Family<SubscriptionLabel, Gauge>,
     pub spans_exported: Counter,
     pub spans_dropped: Family<ReasonLabel, Counter>,
+    pub config_reloads: Family<OutcomeLabel, Counter>,
+    pub config_last_reload_successful: Gauge,
     process: ProcessMetrics,
 }
 
@@ -136,6 +143,9 @@ impl Metrics {
         let partitions_owned = Family::<SubscriptionLabel, Gauge>::default();
         let spans_exported = Counter::default();
         let spans_dropped = Family::<ReasonLabel, Counter>::default();
+        let config_reloads = Family::<OutcomeLabel, Counter>::default();
+        let config_last_reload_successful = Gauge::default();
+        config_last_reload_successful.set(1);
         let build_info = Family::<VersionLabel, Gauge>::default();
         build_info
             .get_or_create(&VersionLabel {
@@ -222,6 +232,16 @@ impl Metrics {
              or could not be reached)",
             spans_dropped.clone(),
         );
+        r.register(
+            "config_reloads",
+            "Config reloads (file change or SIGHUP), by outcome: applied, refused",
+            config_reloads.clone(),
+        );
+        r.register(
+            "config_last_reload_successful",
+            "0 while the last reload attempt was refused (the running config is older than the file)",
+            config_last_reload_successful.clone(),
+        );
         r.register("build_info", "hookbridge's version", build_info);
 
         let process = ProcessMetrics::default();
@@ -269,6 +289,8 @@ impl Metrics {
             partitions_owned,
             spans_exported,
             spans_dropped,
+            config_reloads,
+            config_last_reload_successful,
             process,
         }
     }

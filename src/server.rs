@@ -153,6 +153,7 @@ pub async fn open_broker(config: &Config) -> Result<Broker, ServeError> {
 /// Runs hookbridge in `role` until `shutdown` resolves. `on_bound` learns the bound
 /// addresses.
 pub async fn serve(
+    file: crate::reload::ConfigFile,
     config: Config,
     role: Role,
     shutdown: impl Future<Output = ()>,
@@ -172,7 +173,11 @@ pub async fn serve(
         .await
         .map_err(|source| ServeError::Topics { source })?;
     let delivery = if role.delivery() {
-        Some(Delivery::start(&config, subscriber, publisher.clone())?)
+        Some(Arc::new(Delivery::start(
+            &config,
+            subscriber,
+            publisher.clone(),
+        )?))
     } else {
         None
     };
@@ -214,26 +219,33 @@ pub async fn serve(
     );
     on_bound(bound);
 
-    let admin_state = crate::admin::AdminState::new(
+    let admin_state = Arc::new(crate::admin::AdminState::new(
         &config,
+        &file.version(),
         crate::operations::Broker {
             reader,
             publisher: publisher.clone(),
         },
-        delivery
-            .as_ref()
-            .map(Delivery::subscriptions)
-            .unwrap_or_default(),
-    );
+        delivery.clone(),
+    ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let admin = tokio::spawn(
-        axum::serve(admin_listener, crate::admin::router(admin_state))
+        axum::serve(admin_listener, crate::admin::router(admin_state.clone()))
             .with_graceful_shutdown(stopped(stop_rx.clone()))
             .into_future(),
     );
+    let reloader = crate::reload::Reloader {
+        file,
+        running: config.clone(),
+        ingress: ingress.clone(),
+        delivery: delivery.clone(),
+        admin: admin_state,
+        publisher: publisher.clone(),
+    };
+    let reloading = tokio::spawn(reloader.run(stop_rx.clone()));
     let grace = config.server.shutdown_timeout.0;
     let limits = crate::ingress::listener::Limits {
         read_timeout: config.server.read_timeout.0,
@@ -254,8 +266,10 @@ pub async fn serve(
     if let Some(task) = ingress_task {
         let _ = task.await;
     }
+    // A reload under way finishes first: it may be stopping or starting subscriptions.
+    let _ = tokio::time::timeout(grace, reloading).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
-    if let Some(delivery) = delivery {
+    if let Some(delivery) = &delivery {
         delivery.shutdown(grace).await;
     }
     match tokio::time::timeout(grace, publisher.close()).await {

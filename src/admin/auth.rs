@@ -20,7 +20,7 @@ pub async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(expected) = &state.token_digest else {
+    let Some(expected) = state.token_digest() else {
         return next.run(request).await;
     };
     let presented = request
@@ -33,7 +33,7 @@ pub async fn require_token(
         });
     let detail = match presented {
         None => "this route needs `Authorization: Bearer <server.admin_token>`",
-        Some(token) if constant_time_eq(&digest(token), expected) => {
+        Some(token) if constant_time_eq(&digest(token), &expected) => {
             return next.run(request).await;
         }
         Some(_) => "the bearer token is not server.admin_token",

@@ -53,11 +53,8 @@ fn bad_body(e: JsonRejection) -> Problem {
     )
 }
 
-fn configured<'a>(
-    state: &'a AdminState,
-    name: &str,
-) -> Result<&'a SubscriptionConfig, Box<Problem>> {
-    match state.configs.get(name) {
+fn configured(state: &AdminState, name: &str) -> Result<SubscriptionConfig, Box<Problem>> {
+    match state.configured(name) {
         Some(sub) => Ok(sub),
         None => Err(not_found(format!("no subscription is named `{name}`")).into()),
     }
@@ -96,7 +93,7 @@ pub async fn list_dead_letters(
         .into_response()
     })?;
     let limit = query.limit.unwrap_or(100).clamp(1, MAX_PAGE);
-    let page = dead_letters::list(&state.broker, sub, query.after.as_deref(), limit)
+    let page = dead_letters::list(&state.broker, &sub, query.after.as_deref(), limit)
         .await
         .map_err(|e| problem(e).into_response())?;
     Ok(Json(page).into_response())
@@ -107,7 +104,7 @@ pub async fn show_dead_letter(
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Response, Response> {
     let sub = configured(&state, &name).map_err(IntoResponse::into_response)?;
-    match dead_letters::show(&state.broker, sub, &id)
+    match dead_letters::show(&state.broker, &sub, &id)
         .await
         .map_err(|e| problem(e).into_response())?
     {
@@ -158,7 +155,7 @@ fn start(
         Ok(Json(request)) => request,
         Err(e) => return bad_body(e).into_response(),
     };
-    match operation(&state.operations, &state.broker, sub, request) {
+    match operation(&state.operations, &state.broker, &sub, request) {
         Ok(operation) => started(operation.view()),
         Err(e) => problem(e).into_response(),
     }

@@ -23,27 +23,32 @@ struct List {
 
 pub async fn list(State(state): State<Arc<AdminState>>) -> Json<impl Serialize> {
     Json(List {
-        subscriptions: state.running.values().map(|sub| sub.status()).collect(),
+        subscriptions: state
+            .running()
+            .await
+            .iter()
+            .map(|sub| sub.status())
+            .collect(),
     })
 }
 
 pub async fn show(State(state): State<Arc<AdminState>>, Path(name): Path<String>) -> Response {
-    match state.subscription(&name) {
+    match state.subscription(&name).await {
         Ok(sub) => Json(sub.status()).into_response(),
         Err(problem) => problem.into_response(),
     }
 }
 
 pub async fn pause(State(state): State<Arc<AdminState>>, Path(name): Path<String>) -> Response {
-    set_paused(&state, &name, true)
+    set_paused(&state, &name, true).await
 }
 
 pub async fn resume(State(state): State<Arc<AdminState>>, Path(name): Path<String>) -> Response {
-    set_paused(&state, &name, false)
+    set_paused(&state, &name, false).await
 }
 
-fn set_paused(state: &AdminState, name: &str, paused: bool) -> Response {
-    match state.subscription(name) {
+async fn set_paused(state: &AdminState, name: &str, paused: bool) -> Response {
+    match state.subscription(name).await {
         Ok(sub) => {
             sub.set_paused(paused);
             Json(sub.status()).into_response()

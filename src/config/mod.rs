@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use load::{ConfigError, Problem, load_file, load_str};
 pub use secret::{CredentialedUrl, Secret, redact_url};
@@ -27,7 +27,7 @@ pub const DEFAULT_CONFIG: &str = include_str!("../../config/hookbridge.yaml");
 /// How the compiled-in default is named in error messages.
 pub const DEFAULT_CONFIG_NAME: &str = "<built-in config/hookbridge.yaml>";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -40,7 +40,7 @@ pub struct Config {
     pub subscriptions: Vec<SubscriptionConfig>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BrokerKind {
     #[default]
@@ -49,7 +49,7 @@ pub enum BrokerKind {
     Nats,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
     #[serde(default)]
@@ -62,7 +62,7 @@ pub struct BrokerConfig {
     pub nats: NatsConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddedConfig {
     #[serde(default = "defaults::data_dir")]
@@ -76,7 +76,7 @@ pub struct EmbeddedConfig {
 
 /// How long the embedded log keeps records, whatever consumers have read (as Kafka's
 /// `retention.ms` / `retention.bytes`, per partition).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionConfig {
     #[serde(default = "defaults::retention_age")]
@@ -85,7 +85,7 @@ pub struct RetentionConfig {
     pub max_bytes: Option<ByteSize>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     #[serde(default = "defaults::kafka_bootstrap")]
@@ -103,7 +103,7 @@ pub struct KafkaConfig {
     pub properties: BTreeMap<String, Secret>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
     #[serde(default = "defaults::nats_url")]
@@ -116,7 +116,7 @@ pub struct NatsConfig {
     pub lease: ConfigDuration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     #[serde(default = "defaults::listen")]
@@ -144,7 +144,7 @@ pub struct ServerConfig {
     pub max_connections: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Served at `POST /hooks/{name}`.
@@ -166,7 +166,7 @@ pub struct RouteConfig {
 }
 
 /// How a route authenticates its sender.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum VerifyConfig {
     /// Anyone may post. For internal senders behind other protection, and demos.
@@ -218,7 +218,7 @@ impl VerifyConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SignatureEncoding {
     #[default]
@@ -228,7 +228,7 @@ pub enum SignatureEncoding {
 
 /// Where a value comes from: exactly one of `header`, `json` (a JSON pointer into the
 /// body) or `value` (a constant).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExtractorConfig {
     #[serde(default)]
@@ -243,7 +243,7 @@ pub struct ExtractorConfig {
 }
 
 /// The sender's delivery id, from which the envelope id is derived.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdempotencyConfig {
     #[serde(default)]
@@ -255,7 +255,7 @@ pub struct IdempotencyConfig {
     pub required: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionConfig {
     pub name: String,
@@ -295,7 +295,7 @@ pub struct SubscriptionConfig {
 
 /// The circuit breaker: after `failures` consecutive failed attempts, no request goes to
 /// the endpoint for `cool_down`; then one probe decides.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerConfig {
     #[serde(
@@ -336,14 +336,14 @@ impl SubscriptionConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilterConfig {
     /// Globs on the event type (`*` any run of characters, `?` one character).
     pub types: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SigningConfig {
     #[serde(default)]
@@ -361,7 +361,7 @@ impl SigningConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PayloadMode {
     #[default]
@@ -370,7 +370,7 @@ pub enum PayloadMode {
     Cloudevents,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderingMode {
     #[default]
@@ -379,7 +379,7 @@ pub enum OrderingMode {
     None,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     #[serde(deserialize_with = "units::number")]
@@ -392,7 +392,7 @@ fn optional_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>
     units::number(d).map(Some)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     #[serde(default = "defaults::initial_backoff")]

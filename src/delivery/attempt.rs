@@ -8,7 +8,7 @@ use http::header::{HeaderName, HeaderValue};
 use super::client::{Answer, SendError};
 use super::payload::Payload;
 use super::retry::parse_retry_after;
-use super::subscription::SubscriptionRuntime;
+use super::subscription::{Settings, SubscriptionRuntime};
 use crate::{metrics, standard_webhooks, tracecontext};
 use tracing::Instrument;
 
@@ -29,6 +29,7 @@ pub enum AttemptResult {
 
 pub async fn attempt(
     sub: &SubscriptionRuntime,
+    settings: &Settings,
     id: &str,
     traceparent: &str,
     payload: &Payload,
@@ -46,10 +47,10 @@ pub async fn attempt(
     };
     put("webhook-id", id);
     put("webhook-timestamp", &timestamp.to_string());
-    if !sub.secrets.is_empty() {
+    if !settings.secrets.is_empty() {
         put(
             "webhook-signature",
-            &standard_webhooks::signature_header(&sub.secrets, id, timestamp, &payload.body),
+            &standard_webhooks::signature_header(&settings.secrets, id, timestamp, &payload.body),
         );
     }
     // The attempt's CLIENT span; its context is what the subscriber receives when traces
@@ -72,7 +73,7 @@ pub async fn attempt(
     let m = &sub.metrics;
     m.in_flight.inc();
     let started = Instant::now();
-    let sent = sub
+    let sent = settings
         .client
         .post(headers, payload.body.clone())
         .instrument(span.clone())

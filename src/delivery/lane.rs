@@ -1,6 +1,7 @@
 //! A lane delivers one event at a time and retries it in place: the next event of the lane
 //! waits until this one is delivered, dead-lettered or parked (G3). This is that retry loop.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
@@ -73,18 +74,26 @@ async fn deliver_in_span(
         let counter = &sub.metrics.dead_letters_undeliverable;
         return dead_letter_or_abandon(sub, event, &failure, counter, stop).await;
     }
-    let payload = payload::build(sub.payload, event, &sub.forward_headers);
+    // Each attempt takes the settings of the moment (a reload may change them between
+    // two); the payload is built again only when they did change.
+    let mut settings = sub.settings();
+    let mut payload = payload::build(settings.payload, event, &settings.forward_headers);
     let mut attempts = event.prior_attempts;
     let mut first_failure: Option<Instant> = None;
     loop {
+        let now = sub.settings();
+        if !Arc::ptr_eq(&now, &settings) {
+            settings = now;
+            payload = payload::build(settings.payload, event, &settings.forward_headers);
+        }
         // Waiting on the breaker and the rate limit is not an attempt, and holds no
         // in-flight slot: only requests on the wire count against max_in_flight.
         // Abandoned while waiting, a breaker probe gives itself back (see `Admission`).
         // A paused subscription starts no attempt, a retry's included.
         let admitted = async {
             sub.unpaused().await;
-            let admission = sub.breaker.admit().await;
-            if let Some(limiter) = &sub.rate_limit {
+            let admission = settings.breaker.admit().await;
+            if let Some(limiter) = &settings.rate_limit {
                 limiter.until_ready().await;
             }
             let permit = sub
@@ -101,10 +110,18 @@ async fn deliver_in_span(
         attempts += 1;
         tracing::Span::current().record("hookbridge.attempts", attempts);
         let started = Instant::now();
-        let result = attempt(sub, &event.id, &event.traceparent, &payload, attempts).await;
+        let result = attempt(
+            sub,
+            &settings,
+            &event.id,
+            &event.traceparent,
+            &payload,
+            attempts,
+        )
+        .await;
         drop(permit);
         admission.record(matches!(result, AttemptResult::Delivered { .. }));
-        let open = sub.breaker.state() != super::breaker::BreakerState::Closed;
+        let open = settings.breaker.state() != super::breaker::BreakerState::Closed;
         sub.metrics.breaker_open.set(i64::from(open));
         tracing::debug!(subscription = %sub.name, id = %event.id, attempts, ?result, took = ?started.elapsed(), "attempt");
 
@@ -140,7 +157,7 @@ async fn deliver_in_span(
             }
         };
         let failing_for = first_failure.get_or_insert_with(Instant::now).elapsed();
-        match sub
+        match settings
             .retry
             .next_delay(attempts, event.received_at, retry_after)
         {

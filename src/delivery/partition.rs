@@ -148,7 +148,8 @@ pub async fn run(
             };
             // A draining key's events wait in `draining`, so a parked one started here forwards.
             let forward = key.is_some_and(|key| parked.contains(key));
-            let park_after = (key.is_some() && parked.has_room()).then_some(sub.park_after);
+            let park_after =
+                (key.is_some() && parked.has_room()).then(|| sub.settings().park_after);
             running.spawn(async move {
                 let outcome = if forward {
                     lane::park(&sub, &event, event.prior_attempts, &mut stop).await
@@ -200,13 +201,14 @@ pub async fn run(
                     // Done before this worker started (G8): not sent again.
                     continue;
                 }
-                let mut event = Event::from_record(record, sub.decode);
+                let settings = sub.settings();
+                let mut event = Event::from_record(record, settings.decode);
                 if is_parking {
                     parking::restore(&mut event);
                 } else if is_resend {
                     super::resend::restore(&mut event);
                 }
-                if !sub.wants(&event) {
+                if !settings.wants(&event) {
                     tracker.done(event.record.offset);
                     continue;
                 }
@@ -287,7 +289,7 @@ pub async fn run(
     let _ = release.send(true);
     let grace = match ending {
         Ending::Fenced => Duration::ZERO,
-        _ => sub.timeout + Duration::from_secs(1),
+        _ => sub.settings().timeout + Duration::from_secs(1),
     };
     let mut deadline = Instant::now() + grace;
     if let Some(fence) = tenure.borrow().held_until() {
@@ -342,7 +344,7 @@ async fn review_parked(
         )
         .await;
         if let Ok(Ok(Some(done))) = stored {
-            let one = parked.review(partition, &done, busy, sub.park_after);
+            let one = parked.review(partition, &done, busy, sub.settings().park_after);
             review.unparked.extend(one.unparked);
             review.forward_again.extend(one.forward_again);
         }

@@ -4,7 +4,7 @@
 //! Everything here is per subscription (G4): a slow or dead endpoint fills only its own
 //! in-flight slots, rate limit and breaker, never another subscription's.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -30,6 +30,32 @@ pub struct SubscriptionRuntime {
     /// Its Prometheus series.
     pub metrics: metrics::SubscriptionMetrics,
     pub topics: Vec<String>,
+    pub ordering: OrderingMode,
+    /// Requests on the wire, across all partitions (`max_in_flight`).
+    pub in_flight: Semaphore,
+    /// Records a partition worker holds at most (queued in lanes or in flight).
+    pub buffer: usize,
+    pub dead_letter_topic: String,
+    /// Where keys failing longer than `park_after` go on retrying (see `parking`).
+    pub parking_topic: String,
+    /// Where redriven and replayed events come from (see `resend`).
+    pub resend_topic: String,
+    pub publisher: Arc<dyn Publisher>,
+    /// Where its partitions stand, for the admin API.
+    pub board: Arc<StatusBoard>,
+    /// True while an operator has paused delivery: no attempt starts and no record is
+    /// pulled, but the partitions stay owned.
+    pub paused: watch::Sender<bool>,
+    /// What a reloaded config may change while the subscription runs.
+    settings: RwLock<Arc<Settings>>,
+    /// The config it runs, to tell what a new one changes.
+    config: RwLock<SubscriptionConfig>,
+}
+
+/// The part of a subscription a config reload changes in place, without leaving the
+/// consumer group: each attempt reads it afresh, so an event retrying against a URL that
+/// moved goes to the new one on its next attempt.
+pub struct Settings {
     pub client: WebhookClient,
     pub timeout: Duration,
     pub secrets: Vec<standard_webhooks::Secret>,
@@ -37,30 +63,94 @@ pub struct SubscriptionRuntime {
     pub forward_headers: Vec<HeaderName>,
     /// How much of each envelope the payload needs.
     pub decode: Decode,
-    pub ordering: OrderingMode,
     pub filter: Option<TypeFilter>,
-    /// Requests on the wire, across all partitions (`max_in_flight`).
-    pub in_flight: Semaphore,
-    /// Records a partition worker holds at most (queued in lanes or in flight).
-    pub buffer: usize,
     pub rate_limit: Option<DefaultDirectRateLimiter>,
-    pub breaker: Breaker,
-    pub retry: RetryPolicy,
-    pub dead_letter_topic: String,
-    /// Where keys failing longer than `park_after` go on retrying (see `parking`).
-    pub parking_topic: String,
-    /// Where redriven and replayed events come from (see `resend`).
-    pub resend_topic: String,
-    pub park_after: Duration,
-    pub publisher: Arc<dyn Publisher>,
-    /// Where its partitions stand, for the admin API.
-    pub board: Arc<StatusBoard>,
-    /// True while an operator has paused delivery: no attempt starts and no record is
-    /// pulled, but the partitions stay owned.
-    pub paused: watch::Sender<bool>,
-    pub max_in_flight: usize,
     /// `rate_limit` as configured: per second, burst.
     pub rate: Option<(f64, u32)>,
+    pub breaker: Breaker,
+    pub retry: RetryPolicy,
+    pub park_after: Duration,
+    pub max_in_flight: usize,
+}
+
+impl Settings {
+    fn from_config(config: &SubscriptionConfig) -> Result<Settings, DeliveryError> {
+        // An endpoint that redirects is misconfigured: the client does not follow, since
+        // following would send signed payloads somewhere nobody configured.
+        let client = WebhookClient::new(
+            config.url.expose(),
+            config.timeout.0,
+            config.max_in_flight as usize,
+        )
+        .map_err(|e| DeliveryError::Client {
+            subscription: config.name.clone(),
+            reason: e.to_string(),
+        })?;
+        let rate = config.rate_limit.as_ref().map(|rate| {
+            let burst = rate
+                .burst
+                .unwrap_or_else(|| rate.per_second.ceil() as u32)
+                .max(1);
+            (rate.per_second, burst)
+        });
+        let rate_limit = rate.map(|(per_second, burst)| {
+            let period = Duration::from_secs_f64(1.0 / per_second);
+            let quota = Quota::with_period(period)
+                .expect("validated rate")
+                .allow_burst(burst.try_into().expect("burst >= 1"));
+            RateLimiter::direct(quota)
+        });
+        let signing = config
+            .signing
+            .as_ref()
+            .map(|s| s.all_secrets())
+            .unwrap_or_default();
+        Ok(Settings {
+            client,
+            timeout: config.timeout.0,
+            secrets: signing
+                .iter()
+                .map(|s| standard_webhooks::Secret::parse(s.expose()).expect("validated secret"))
+                .collect(),
+            payload: config.payload,
+            decode: if config.payload == PayloadMode::EnvelopeJson
+                || !config.forward_headers.is_empty()
+            {
+                Decode::Full
+            } else {
+                Decode::Head
+            },
+            forward_headers: config
+                .forward_headers
+                .iter()
+                .map(|h| HeaderName::from_bytes(h.as_bytes()).expect("validated header"))
+                .collect(),
+            filter: config.filter.as_ref().map(|f| TypeFilter::new(&f.types)),
+            rate_limit,
+            rate,
+            breaker: Breaker::new(config.breaker.failures, config.breaker.cool_down.0),
+            retry: RetryPolicy::from_config(&config.retry),
+            park_after: config.retry.park_after.0,
+            max_in_flight: config.max_in_flight as usize,
+        })
+    }
+
+    /// Whether the event passes the subscription's type filter.
+    pub fn wants(&self, event: &Event) -> bool {
+        self.filter
+            .as_ref()
+            .is_none_or(|f| f.matches(&event.event_type))
+    }
+}
+
+/// What a new config of a running subscription asks of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    None,
+    /// Delivery settings only: applied in place.
+    Settings,
+    /// Its topics, ordering, dead-letter or parking topic: it leaves and rejoins its group.
+    Rejoin,
 }
 
 /// A subscription's state as `GET /v1/subscriptions/{name}` shows it.
@@ -93,83 +183,67 @@ impl SubscriptionRuntime {
         config: &SubscriptionConfig,
         publisher: Arc<dyn Publisher>,
     ) -> Result<SubscriptionRuntime, DeliveryError> {
-        // An endpoint that redirects is misconfigured: the client does not follow, since
-        // following would send signed payloads somewhere nobody configured.
-        let client = WebhookClient::new(
-            config.url.expose(),
-            config.timeout.0,
-            config.max_in_flight as usize,
-        )
-        .map_err(|e| DeliveryError::Client {
-            subscription: config.name.clone(),
-            reason: e.to_string(),
-        })?;
-        let rate = config.rate_limit.as_ref().map(|rate| {
-            let burst = rate
-                .burst
-                .unwrap_or_else(|| rate.per_second.ceil() as u32)
-                .max(1);
-            (rate.per_second, burst)
-        });
-        let rate_limit = rate.map(|(per_second, burst)| {
-            let period = Duration::from_secs_f64(1.0 / per_second);
-            let quota = Quota::with_period(period)
-                .expect("validated rate")
-                .allow_burst(burst.try_into().expect("burst >= 1"));
-            RateLimiter::direct(quota)
-        });
-        let signing = config
-            .signing
-            .as_ref()
-            .map(|s| s.all_secrets())
-            .unwrap_or_default();
+        let settings = Settings::from_config(config)?;
         Ok(SubscriptionRuntime {
             name: config.name.clone(),
             metrics: metrics::SubscriptionMetrics::new(&config.name),
             topics: config.topics.clone(),
-            client,
-            timeout: config.timeout.0,
-            secrets: signing
-                .iter()
-                .map(|s| standard_webhooks::Secret::parse(s.expose()).expect("validated secret"))
-                .collect(),
-            payload: config.payload,
-            decode: if config.payload == PayloadMode::EnvelopeJson
-                || !config.forward_headers.is_empty()
-            {
-                Decode::Full
-            } else {
-                Decode::Head
-            },
-            forward_headers: config
-                .forward_headers
-                .iter()
-                .map(|h| HeaderName::from_bytes(h.as_bytes()).expect("validated header"))
-                .collect(),
             ordering: config.ordering,
-            filter: config.filter.as_ref().map(|f| TypeFilter::new(&f.types)),
-            in_flight: Semaphore::new(config.max_in_flight as usize),
+            in_flight: Semaphore::new(settings.max_in_flight),
             buffer: (config.max_in_flight as usize * 4).max(256),
-            rate_limit,
-            breaker: Breaker::new(config.breaker.failures, config.breaker.cool_down.0),
-            retry: RetryPolicy::from_config(&config.retry),
             dead_letter_topic: config.dead_letter_topic(),
             parking_topic: config.parking_topic(),
             resend_topic: config.resend_topic(),
-            park_after: config.retry.park_after.0,
             publisher,
             board: Arc::default(),
             paused: watch::Sender::new(false),
-            max_in_flight: config.max_in_flight as usize,
-            rate,
+            settings: RwLock::new(Arc::new(settings)),
+            config: RwLock::new(config.clone()),
         })
     }
 
-    /// Whether the event passes the subscription's type filter.
-    pub fn wants(&self, event: &Event) -> bool {
-        self.filter
-            .as_ref()
-            .is_none_or(|f| f.matches(&event.event_type))
+    /// The delivery settings now.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.read().expect("settings lock").clone()
+    }
+
+    /// What running `config` instead of the current one takes.
+    pub fn change(&self, config: &SubscriptionConfig) -> Change {
+        let current = self.config.read().expect("config lock");
+        if *current == *config {
+            Change::None
+        } else if current.topics != config.topics
+            || current.ordering != config.ordering
+            || current.dead_letter_topic() != config.dead_letter_topic()
+            || current.parking_topic() != config.parking_topic()
+        {
+            Change::Rejoin
+        } else {
+            Change::Settings
+        }
+    }
+
+    /// Takes new delivery settings in place (see [`Change::Settings`]): attempts started
+    /// from now on use them; the partitions, their lanes and commits go on untouched.
+    pub fn apply(&self, config: &SubscriptionConfig) -> Result<(), DeliveryError> {
+        let settings = Settings::from_config(config)?;
+        let before = self.settings().max_in_flight;
+        let after = settings.max_in_flight;
+        if after > before {
+            self.in_flight.add_permits(after - before);
+        } else if after < before {
+            // Permits on the wire now are forgotten as they come back.
+            let semaphore = &self.in_flight;
+            let mut to_forget = before - after;
+            to_forget -= semaphore.forget_permits(to_forget);
+            if to_forget > 0 {
+                tracing::debug!(subscription = %self.name, to_forget, "max_in_flight lowered; the rest is taken as attempts end");
+            }
+        }
+        *self.settings.write().expect("settings lock") = Arc::new(settings);
+        *self.config.write().expect("config lock") = config.clone();
+        tracing::info!(subscription = %self.name, "delivery settings reloaded");
+        Ok(())
     }
 
     /// Pauses or resumes delivery; true if that changed anything.
@@ -192,20 +266,23 @@ impl SubscriptionRuntime {
     }
 
     pub fn status(&self) -> SubscriptionStatus {
+        let settings = self.settings();
         SubscriptionStatus {
             name: self.name.clone(),
             group: self.group(),
             topics: self.topics.clone(),
-            url: endpoint(self.client.uri()),
+            url: endpoint(settings.client.uri()),
             paused: self.is_paused(),
-            in_flight: self.max_in_flight - self.in_flight.available_permits(),
-            max_in_flight: self.max_in_flight,
-            breaker: match self.breaker.state() {
+            in_flight: settings
+                .max_in_flight
+                .saturating_sub(self.in_flight.available_permits()),
+            max_in_flight: settings.max_in_flight,
+            breaker: match settings.breaker.state() {
                 super::breaker::BreakerState::Closed => "closed",
                 super::breaker::BreakerState::Open => "open",
                 super::breaker::BreakerState::HalfOpen => "half_open",
             },
-            rate_limit: self
+            rate_limit: settings
                 .rate
                 .map(|(per_second, burst)| RateStatus { per_second, burst }),
             last_error: self.board.last_error(),
@@ -249,7 +326,7 @@ pub async fn run(
             }
         }
     };
-    tracing::info!(subscription = %sub.name, %group, topics = ?sub.topics, url = %sub.client.uri(), "subscription running");
+    tracing::info!(subscription = %sub.name, %group, topics = ?sub.topics, url = %sub.settings().client.uri(), "subscription running");
     let mut partitions = JoinSet::new();
     loop {
         tokio::select! {

@@ -16,7 +16,7 @@ mod verify;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -43,25 +43,48 @@ pub use self::verify::{Verifier, VerifyError};
 const RETRY_AFTER_SECS: u64 = 5;
 
 pub struct Ingress {
-    routes: HashMap<String, Route>,
+    /// Swapped whole by a config reload: a request sees the old routes or the new ones.
+    routes: RwLock<Arc<Routes>>,
     publisher: Arc<dyn Publisher>,
-    max_body: usize,
     read_timeout: std::time::Duration,
+}
+
+/// What a reload changes in the ingress.
+struct Routes {
+    by_name: HashMap<String, Arc<Route>>,
+    max_body: usize,
+}
+
+impl Routes {
+    fn new(config: &Config) -> Routes {
+        Routes {
+            by_name: config
+                .routes
+                .iter()
+                .map(|r| (r.name.clone(), Arc::new(Route::from_config(r))))
+                .collect(),
+            max_body: config.server.max_body.0 as usize,
+        }
+    }
 }
 
 impl Ingress {
     pub fn new(config: &Config, publisher: Arc<dyn Publisher>) -> Arc<Ingress> {
-        let routes = config
-            .routes
-            .iter()
-            .map(|r| (r.name.clone(), Route::from_config(r)))
-            .collect();
         Arc::new(Ingress {
-            routes,
+            routes: RwLock::new(Arc::new(Routes::new(config))),
             publisher,
-            max_body: config.server.max_body.0 as usize,
             read_timeout: config.server.read_timeout.0,
         })
+    }
+
+    /// Serves `config`'s routes from the next request on; requests under way finish with
+    /// the route they started with.
+    pub fn reload(&self, config: &Config) {
+        *self.routes.write().expect("routes lock") = Arc::new(Routes::new(config));
+    }
+
+    fn routes(&self) -> Arc<Routes> {
+        self.routes.read().expect("routes lock").clone()
     }
 
     pub fn router(self: Arc<Self>) -> Router {
@@ -92,7 +115,8 @@ async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let found = ingress.routes.get(&name);
+    let routes = ingress.routes();
+    let found = routes.by_name.get(&name);
     let route = found.map_or(UNKNOWN_ROUTE, |route| route.name.as_str());
     // The SERVER span of the webhook, continuing the sender's trace when it sent one.
     let span = tracing::info_span!(
@@ -107,9 +131,18 @@ async fn receive(
     let _ = span.set_parent(tracecontext::from_headers(&headers));
     let response = match found {
         Some(found) => {
-            handle(&ingress, found, peer, method, uri, headers, body)
-                .instrument(span.clone())
-                .await
+            handle(
+                &ingress,
+                found,
+                routes.max_body,
+                peer,
+                method,
+                uri,
+                headers,
+                body,
+            )
+            .instrument(span.clone())
+            .await
         }
         None => Problem::not_found(format!("no route named `{name}` is configured"))
             .at(uri.path(), None)
@@ -127,9 +160,11 @@ async fn receive(
     response
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn handle(
     ingress: &Ingress,
     route: &Route,
+    max_body: usize,
     peer: SocketAddr,
     method: Method,
     uri: Uri,
@@ -151,11 +186,8 @@ async fn handle(
         );
     }
 
-    let body = match tokio::time::timeout(
-        ingress.read_timeout,
-        read_body(&headers, body, ingress.max_body),
-    )
-    .await
+    let body = match tokio::time::timeout(ingress.read_timeout, read_body(&headers, body, max_body))
+        .await
     {
         Ok(Ok(body)) => body,
         Ok(Err(problem)) => return reject(problem),

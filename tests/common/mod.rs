@@ -52,9 +52,15 @@ impl Hookbridge {
     ) -> Hookbridge {
         let config_path = dir.join("config.yaml");
         std::fs::write(&config_path, config).expect("write config");
+        Hookbridge::start_file(&config_path, args, envs)
+    }
+
+    /// Starts `hookbridge serve` on the config file at `config_path`, which the test may
+    /// change while it runs.
+    pub fn start_file(config_path: &Path, args: &[&str], envs: &[(&str, &str)]) -> Hookbridge {
         let mut child = Command::new(BIN)
             .args(["serve", "--log-format", "json", "--config"])
-            .arg(&config_path)
+            .arg(config_path)
             .args(args)
             .envs(envs.iter().copied())
             .env(

@@ -139,7 +139,10 @@ metadata:
     {{- toYaml . | nindent 4 }}
     {{- end }}
   annotations:
+    hookbridge.io/config-reload: {{ $root.Values.configReload | quote }}
+    {{- if eq $root.Values.configReload "restart" }}
     checksum/config: {{ include (print $root.Template.BasePath "/configmap.yaml") $root | sha256sum }}
+    {{- end }}
     {{- with $root.Values.podAnnotations }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
