@@ -156,7 +156,7 @@ async fn subscriptions_change_live_under_load(backend: Backend) {
     .concat();
     let after = [
         sub("untouched", &topic, &untouched.url, ""),
-        sub("moved", &topic, &moved_to.url, ""),
+        sub("moved", &topic, &moved_to.url, "    max_in_flight: 2\n"),
         sub(
             "rotated",
             &topic,
@@ -218,6 +218,14 @@ async fn subscriptions_change_live_under_load(backend: Backend) {
     let removed_at = removed.count();
     let rotated_at = rotated.count();
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let moved_status = admin_get(&server.admin, "/v1/subscriptions/moved").await;
+    assert_eq!(moved_status["max_in_flight"], 2, "{moved_status}");
+    assert!(
+        moved_status["url"]
+            .as_str()
+            .unwrap()
+            .starts_with(&moved_to.url)
+    );
     let second = http_client()
         .post(server.hook_url("second"))
         .json(&serde_json::json!({"key": "x", "seq": 1_000_000}))

@@ -225,19 +225,22 @@ impl SubscriptionRuntime {
 
     /// Takes new delivery settings in place (see [`Change::Settings`]): attempts started
     /// from now on use them; the partitions, their lanes and commits go on untouched.
-    pub fn apply(&self, config: &SubscriptionConfig) -> Result<(), DeliveryError> {
+    pub fn apply(self: &Arc<Self>, config: &SubscriptionConfig) -> Result<(), DeliveryError> {
         let settings = Settings::from_config(config)?;
         let before = self.settings().max_in_flight;
         let after = settings.max_in_flight;
         if after > before {
             self.in_flight.add_permits(after - before);
         } else if after < before {
-            // Permits on the wire now are forgotten as they come back.
-            let semaphore = &self.in_flight;
-            let mut to_forget = before - after;
-            to_forget -= semaphore.forget_permits(to_forget);
-            if to_forget > 0 {
-                tracing::debug!(subscription = %self.name, to_forget, "max_in_flight lowered; the rest is taken as attempts end");
+            // Free slots go now; those of requests on the wire as they come back.
+            let rest = (before - after) - self.in_flight.forget_permits(before - after);
+            if rest > 0 {
+                let sub = self.clone();
+                tokio::spawn(async move {
+                    if let Ok(permits) = sub.in_flight.acquire_many(rest as u32).await {
+                        permits.forget();
+                    }
+                });
             }
         }
         *self.settings.write().expect("settings lock") = Arc::new(settings);
