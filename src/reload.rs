@@ -1,6 +1,7 @@
 //! Live configuration: `serve` watches its config file and reloads it on change or SIGHUP.
 //!
-//! The file is read every second (through its symlinks, so the atomic swap of a mounted
+//! The file is read every second (unless `HOOKBRIDGE_CONFIG_WATCH=signal`: SIGHUP only)
+//! (through its symlinks, so the atomic swap of a mounted
 //! ConfigMap's `..data` link is seen like any edit) and acted on once its text is the same
 //! on two reads in a row, so a file caught half-written waits for the rest. A new text is
 //! validated whole, as `check-config` would; an invalid one, or one that changes what
@@ -102,6 +103,9 @@ impl Reloader {
             return;
         };
         let mut hangup = hangup_signal();
+        // `HOOKBRIDGE_CONFIG_WATCH=signal`: only SIGHUP reloads, for files edited in place
+        // in several steps.
+        let polling = std::env::var("HOOKBRIDGE_CONFIG_WATCH").as_deref() != Ok("signal");
         let mut tick = tokio::time::interval(POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The text seen on the last read, to act only on one that holds still; and the last
@@ -111,7 +115,7 @@ impl Reloader {
         loop {
             let forced = tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
-                _ = tick.tick() => false,
+                _ = tick.tick(), if polling => false,
                 _ = hangup.recv() => true,
             };
             let text = match tokio::fs::read_to_string(&path).await {

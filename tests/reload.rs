@@ -393,3 +393,56 @@ async fn nats_subscriptions_change_live_under_load() {
 async fn kafka_subscriptions_change_live_under_load() {
     subscriptions_change_live_under_load(Backend::kafka_mock()).await;
 }
+
+/// SIGHUP reloads at once; with `HOOKBRIDGE_CONFIG_WATCH=signal` nothing else does.
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_and_signal_mode_waits_for_it() {
+    let backend = Backend::embedded();
+    let topic = unique("hup");
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(
+        &path,
+        config(
+            &backend,
+            &topic,
+            &sub("s", &topic, &receiver.url, ""),
+            false,
+        ),
+    )
+    .unwrap();
+    let server = Hookbridge::start_file(&path, &[], &[("HOOKBRIDGE_CONFIG_WATCH", "signal")]);
+    let first = admin_get(&server.admin, "/v1/config").await;
+    // Edited in place: not taken until SIGHUP.
+    std::fs::write(
+        &path,
+        config(&backend, &topic, &sub("s", &topic, &receiver.url, ""), true),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        admin_get(&server.admin, "/v1/config").await["hash"],
+        first["hash"]
+    );
+    let not_yet = http_client()
+        .post(server.hook_url("second"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_yet.status(), 404);
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    wait_reloaded(&server.admin, first["hash"].as_str().unwrap()).await;
+    let now = http_client()
+        .post(server.hook_url("second"))
+        .json(&serde_json::json!({"key": "k", "seq": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(now.status(), 202, "the route SIGHUP brought in serves");
+}
