@@ -252,11 +252,16 @@ fn sent_at(body: &[u8]) -> Option<u64> {
 
 /// A bare axum handler answering 202: the HTTP limit of this machine and load generator.
 pub async fn bare_handler() -> String {
+    bare_handler_at("127.0.0.1:0".parse().unwrap()).await
+}
+
+/// The bare handler on `addr`.
+pub async fn bare_handler_at(addr: std::net::SocketAddr) -> String {
     let app = axum::Router::new().route(
         "/hooks/{route}",
         axum::routing::post(|_body: Bytes| async { (StatusCode::ACCEPTED, r#"{"id":"x"}"#) }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let url = format!("http://{}/hooks/bench", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     url

@@ -59,6 +59,11 @@ struct Args {
     /// An existing Kafka-protocol broker instead of starting Tansu.
     #[arg(long)]
     kafka_bootstrap: Option<String>,
+    /// Measure nothing: serve the bare handler (the HTTP limit: `POST /hooks/{route}`
+    /// answered 202 unread) on this address until Ctrl-C, for an outside load generator
+    /// such as wrk to compare with hookbridge under the same load.
+    #[arg(long, value_name = "ADDR")]
+    serve_bare: Option<std::net::SocketAddr>,
 }
 
 /// The longest a limit (bare handler, bare client, raw publish) is measured for.
@@ -491,6 +496,12 @@ async fn delivery_only(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(addr) = args.serve_bare {
+        let url = load::bare_handler_at(addr).await;
+        println!("bare handler at {url}; Ctrl-C stops it");
+        tokio::signal::ctrl_c().await?;
+        return Ok(());
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     load::now_us();
     let load = Load {
