@@ -48,14 +48,7 @@ async fn cli_json(admin: &str, args: &[&str]) -> Value {
 
 /// A config of `subs` on `backend`, the admin API behind [`TOKEN`].
 fn config(backend: &Backend, topic: &str, subs: &str) -> String {
-    events_config(&backend.broker(2), topic, subs).replace(
-        "  admin_listen: 127.0.0.1:0\n",
-        &format!("  admin_listen: 127.0.0.1:0\n  admin_token: {TOKEN}\n"),
-    )
-}
-
-fn subscription(name: &str, topic: &str, url: &str, extra: &str) -> String {
-    format!("  - name: {name}\n    topics: [{topic}]\n    url: {url}\n{extra}")
+    with_admin_token(&events_config(&backend.broker(2), topic, subs), TOKEN)
 }
 
 /// Posts event `seq` with key `key` and type `event_type`.

@@ -55,19 +55,12 @@ impl ConfigMapDir {
     }
 }
 
-fn sub(name: &str, topic: &str, url: &str, extra: &str) -> String {
-    format!("  - name: {name}\n    topics: [{topic}]\n    url: {url}\n{extra}")
-}
-
 fn signed(secrets: &str) -> String {
     format!("    signing: {{ secrets: [{secrets}] }}\n")
 }
 
 fn config(backend: &Backend, topic: &str, subs: &str, extra_route: bool) -> String {
-    let mut text = events_config(&backend.broker(2), topic, subs).replace(
-        "  admin_listen: 127.0.0.1:0\n",
-        &format!("  admin_listen: 127.0.0.1:0\n  admin_token: {TOKEN}\n"),
-    );
+    let mut text = with_admin_token(&events_config(&backend.broker(2), topic, subs), TOKEN);
     if extra_route {
         text = text.replace(
             "subscriptions:\n",
@@ -147,23 +140,23 @@ async fn subscriptions_change_live_under_load(backend: Backend) {
     let rotated = Receiver::start().await;
     let widened = Receiver::start().await;
     let before = [
-        sub("untouched", &topic, &untouched.url, ""),
-        sub("moved", &topic, &moved_from.url, ""),
-        sub("removed", &topic, &removed.url, ""),
-        sub("rotated", &topic, &rotated.url, &signed(OLD_SECRET)),
-        sub("widened", &topic, &widened.url, ""),
+        subscription("untouched", &topic, &untouched.url, ""),
+        subscription("moved", &topic, &moved_from.url, ""),
+        subscription("removed", &topic, &removed.url, ""),
+        subscription("rotated", &topic, &rotated.url, &signed(OLD_SECRET)),
+        subscription("widened", &topic, &widened.url, ""),
     ]
     .concat();
     let after = [
-        sub("untouched", &topic, &untouched.url, ""),
-        sub("moved", &topic, &moved_to.url, "    max_in_flight: 2\n"),
-        sub(
+        subscription("untouched", &topic, &untouched.url, ""),
+        subscription("moved", &topic, &moved_to.url, "    max_in_flight: 2\n"),
+        subscription(
             "rotated",
             &topic,
             &rotated.url,
             &signed(&format!("{NEW_SECRET}, {OLD_SECRET}")),
         ),
-        sub("added", &topic, &added.url, ""),
+        subscription("added", &topic, &added.url, ""),
         format!(
             "  - name: widened\n    topics: [{topic}, {topic}-second]\n    url: {}\n",
             widened.url
@@ -407,7 +400,7 @@ async fn sighup_reloads_and_signal_mode_waits_for_it() {
         config(
             &backend,
             &topic,
-            &sub("s", &topic, &receiver.url, ""),
+            &subscription("s", &topic, &receiver.url, ""),
             false,
         ),
     )
@@ -417,7 +410,12 @@ async fn sighup_reloads_and_signal_mode_waits_for_it() {
     // Edited in place: not taken until SIGHUP.
     std::fs::write(
         &path,
-        config(&backend, &topic, &sub("s", &topic, &receiver.url, ""), true),
+        config(
+            &backend,
+            &topic,
+            &subscription("s", &topic, &receiver.url, ""),
+            true,
+        ),
     )
     .unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;

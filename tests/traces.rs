@@ -66,10 +66,7 @@ async fn one_trace_from_sender_to_subscriber(backend: Backend) {
     let topic = unique("traced");
     backend.create_topics(&topic, 2);
     let receiver = Receiver::start().await;
-    let subs = format!(
-        "  - name: {topic}\n    topics: [{topic}]\n    url: {}\n",
-        receiver.url
-    );
+    let subs = subscription(&topic, &topic, &receiver.url, "");
     let dir = tempfile::tempdir().unwrap();
     let server = Hookbridge::start_with_env(
         dir.path(),
@@ -192,10 +189,7 @@ async fn a_collector_in_trouble_blocks_nothing(
     const EVENTS: u64 = 500;
     let topic = unique("untraced");
     let receiver = Receiver::start().await;
-    let subs = format!(
-        "  - name: {topic}\n    topics: [{topic}]\n    url: {}\n",
-        receiver.url
-    );
+    let subs = subscription(&topic, &topic, &receiver.url, "");
     let dir = tempfile::tempdir().unwrap();
     let backend = Backend::embedded();
     let mut env = vec![

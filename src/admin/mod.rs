@@ -20,7 +20,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use crate::broker::Publisher;
 use crate::config::{Config, SubscriptionConfig};
 use crate::delivery::{Delivery, SubscriptionRuntime};
 use crate::ingress::problem::Problem;
@@ -30,7 +29,6 @@ const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the admin routes work with.
 pub struct AdminState {
-    pub publisher: Arc<dyn Publisher>,
     /// The subscriptions this replica delivers; `None` with `--role ingress`.
     delivery: Option<Arc<Delivery>>,
     /// What a config reload changes.
@@ -68,7 +66,6 @@ impl AdminState {
         delivery: Option<Arc<Delivery>>,
     ) -> AdminState {
         AdminState {
-            publisher: broker.publisher.clone(),
             delivery,
             live: RwLock::new(Arc::new(Live::new(config, version))),
             broker,
@@ -208,7 +205,7 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
         )
         .into_response()
     };
-    match tokio::time::timeout(READINESS_TIMEOUT, state.publisher.check()).await {
+    match tokio::time::timeout(READINESS_TIMEOUT, state.broker.publisher.check()).await {
         Ok(Ok(())) => "ready\n".into_response(),
         Ok(Err(e)) => not_ready(e.to_string()),
         Err(_) => not_ready(format!(

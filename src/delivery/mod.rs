@@ -167,21 +167,23 @@ impl Delivery {
     ) -> Result<Reloaded, DeliveryError> {
         let mut running = self.running.lock().await;
         let mut reloaded = Reloaded::default();
+        // Everything the new config needs is built first (a URL that cannot be a client
+        // fails here), so a config that cannot run changes nothing.
         let mut starting = Vec::new();
+        let mut updating = Vec::new();
         for sub in &config.subscriptions {
             match running.get(&sub.name).map(|r| r.runtime.change(sub)) {
                 None => starting.push((self.runtime(sub)?, false)),
                 Some(subscription::Change::Rejoin) => starting.push((self.runtime(sub)?, true)),
-                Some(subscription::Change::Settings) | Some(subscription::Change::None) => {}
+                Some(subscription::Change::Settings) => {
+                    updating.push((sub, subscription::Settings::from_config(sub)?));
+                }
+                Some(subscription::Change::None) => {}
             }
         }
-        for sub in &config.subscriptions {
-            if let Some(current) = running.get(&sub.name)
-                && current.runtime.change(sub) == subscription::Change::Settings
-            {
-                current.runtime.apply(sub)?;
-                reloaded.updated.push(sub.name.clone());
-            }
+        for (sub, settings) in updating {
+            running[&sub.name].runtime.apply(settings, sub);
+            reloaded.updated.push(sub.name.clone());
         }
         let wanted: Vec<&str> = config
             .subscriptions

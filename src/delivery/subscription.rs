@@ -74,7 +74,7 @@ pub struct Settings {
 }
 
 impl Settings {
-    fn from_config(config: &SubscriptionConfig) -> Result<Settings, DeliveryError> {
+    pub fn from_config(config: &SubscriptionConfig) -> Result<Settings, DeliveryError> {
         // An endpoint that redirects is misconfigured: the client does not follow, since
         // following would send signed payloads somewhere nobody configured.
         let client = WebhookClient::new(
@@ -223,10 +223,10 @@ impl SubscriptionRuntime {
         }
     }
 
-    /// Takes new delivery settings in place (see [`Change::Settings`]): attempts started
-    /// from now on use them; the partitions, their lanes and commits go on untouched.
-    pub fn apply(self: &Arc<Self>, config: &SubscriptionConfig) -> Result<(), DeliveryError> {
-        let settings = Settings::from_config(config)?;
+    /// Takes new delivery settings in place (see [`Change::Settings`]), built from `config`:
+    /// attempts started from now on use them; the partitions, their lanes and commits go on
+    /// untouched.
+    pub fn apply(self: &Arc<Self>, settings: Settings, config: &SubscriptionConfig) {
         let before = self.settings().max_in_flight;
         let after = settings.max_in_flight;
         if after > before {
@@ -246,7 +246,6 @@ impl SubscriptionRuntime {
         *self.settings.write().expect("settings lock") = Arc::new(settings);
         *self.config.write().expect("config lock") = config.clone();
         tracing::info!(subscription = %self.name, "delivery settings reloaded");
-        Ok(())
     }
 
     /// Pauses or resumes delivery; true if that changed anything.

@@ -214,6 +214,20 @@ subscriptions:
     )
 }
 
+/// One entry of the `subs` list of [`events_config`]: subscription `name` on `topic`,
+/// posting to `url`, followed by `extra` (indented YAML lines, each ending in a newline).
+pub fn subscription(name: &str, topic: &str, url: &str, extra: &str) -> String {
+    format!("  - name: {name}\n    topics: [{topic}]\n    url: {url}\n{extra}")
+}
+
+/// `config` (from [`events_config`]) with its `/v1` admin API behind `token`.
+pub fn with_admin_token(config: &str, token: &str) -> String {
+    config.replace(
+        "  admin_listen: 127.0.0.1:0\n",
+        &format!("  admin_listen: 127.0.0.1:0\n  admin_token: {token}\n"),
+    )
+}
+
 /// The body of a `broker:` section for NATS at `url`: `partitions` partitions and a 2 s
 /// lease, so partitions move within seconds when a replica dies.
 pub fn nats_broker(url: &str, partitions: u32) -> String {

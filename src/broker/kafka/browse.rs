@@ -91,27 +91,34 @@ impl TopicReader for KafkaTopicReader {
         partition: u32,
         timestamp_ms: i64,
     ) -> Result<u64, BrokerError> {
-        let (_, end) = self.bounds(topic, partition).await?;
-        let topic = topic.to_string();
-        self.with_consumer(move |consumer| {
-            let mut wanted = TopicPartitionList::new();
-            wanted
-                .add_partition_offset(&topic, partition as i32, Offset::Offset(timestamp_ms))
-                .map_err(kafka_error)?;
-            let found = consumer
-                .offsets_for_times(wanted, REQUEST_TIMEOUT)
-                .map_err(kafka_error)?;
-            let element = found
-                .find_partition(&topic, partition as i32)
-                .ok_or_else(|| BrokerError::Unavailable("no answer for the partition".into()))?;
-            element.error().map_err(kafka_error)?;
-            // No record at or after the instant: the broker answers the end (-1).
-            Ok(match element.offset() {
-                Offset::Offset(offset) if offset >= 0 => offset as u64,
-                _ => end,
+        let name = topic.to_string();
+        let found = self
+            .with_consumer(move |consumer| {
+                let topic = name;
+                let mut wanted = TopicPartitionList::new();
+                wanted
+                    .add_partition_offset(&topic, partition as i32, Offset::Offset(timestamp_ms))
+                    .map_err(kafka_error)?;
+                let found = consumer
+                    .offsets_for_times(wanted, REQUEST_TIMEOUT)
+                    .map_err(kafka_error)?;
+                let element = found
+                    .find_partition(&topic, partition as i32)
+                    .ok_or_else(|| {
+                        BrokerError::Unavailable("no answer for the partition".into())
+                    })?;
+                element.error().map_err(kafka_error)?;
+                Ok(match element.offset() {
+                    Offset::Offset(offset) if offset >= 0 => Some(offset as u64),
+                    _ => None,
+                })
             })
-        })
-        .await
+            .await?;
+        // No record at or after the instant: the broker answers -1, meaning the end.
+        match found {
+            Some(offset) => Ok(offset),
+            None => Ok(self.bounds(topic, partition).await?.1),
+        }
     }
 
     async fn read(
