@@ -20,4 +20,5 @@ pub mod reload;
 pub mod server;
 pub mod standard_webhooks;
 pub mod telemetry;
+pub mod tls;
 pub mod tracecontext;

@@ -196,6 +196,15 @@ impl ConfigArg {
         };
         let env = |name: &str| std::env::var(name).ok();
         let parsed = config::load_str(&file.name, &file.text, &env)?;
+        // The TLS files it names, read as start-up will (each problem names its key).
+        let problems = hookbridge::tls::check_files(&parsed);
+        if !problems.is_empty() {
+            return Err(config::ConfigError::Invalid {
+                file: file.name,
+                problems,
+            }
+            .into());
+        }
         Ok((file, parsed))
     }
 }

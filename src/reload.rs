@@ -69,11 +69,11 @@ pub struct Reloader {
     pub publisher: Arc<dyn Publisher>,
 }
 
-/// Keys whose change needs a restart: the broker, the listeners and their limits. Named in
+/// Keys whose change needs a restart: the broker, the listeners, their limits and TLS files. Named in
 /// a refusal.
 fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     let (a, b) = (&old.server, &new.server);
-    let checks: [(&'static str, bool); 8] = [
+    let checks: [(&'static str, bool); 9] = [
         ("broker.kind", old.broker.kind != new.broker.kind),
         (
             "broker.embedded",
@@ -88,6 +88,8 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
             "server.max_connections",
             a.max_connections != b.max_connections,
         ),
+        // Which files; their contents are re-read on their own when they change.
+        ("server.tls", a.tls != b.tls),
     ];
     checks
         .into_iter()

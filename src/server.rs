@@ -31,6 +31,8 @@ pub enum ServeError {
     Topics { source: BrokerError },
     #[error("cannot start delivery")]
     Delivery(#[from] DeliveryError),
+    #[error("cannot set up the ingress's TLS")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot listen on {addr} ({what})")]
     Bind {
         what: &'static str,
@@ -162,6 +164,11 @@ pub async fn serve(
     if role != Role::All && config.broker.kind == BrokerKind::Embedded {
         return Err(ServeError::RoleNeedsSharedBroker { role });
     }
+    // The ingress's certificate, read (and checked) before anything starts.
+    let tls = match config.server.tls.is_empty() || !role.ingress() {
+        true => None,
+        false => Some(crate::tls::server_config("server.tls", &config.server.tls)?),
+    };
     let Broker {
         publisher,
         subscriber,
@@ -251,11 +258,13 @@ pub async fn serve(
         read_timeout: config.server.read_timeout.0,
         max_connections: config.server.max_connections as usize,
     };
+
     let ingress_task = listener.map(|listener| {
         tokio::spawn(crate::ingress::listener::serve(
             listener,
             ingress.router(),
             limits,
+            tls,
             stopped(stop_rx),
             grace,
         ))

@@ -1,6 +1,7 @@
 //! No secret from the config reaches a log line, even at `RUST_LOG=trace`, nor the `Debug`
 //! output of the config: verifier secrets and tokens, signing secrets, credentials in a
-//! subscription URL, broker properties and the admin token.
+//! subscription URL, a subscription's static headers, broker properties and the admin
+//! token.
 
 mod common;
 
@@ -15,8 +16,9 @@ const SIGNING: &str = "whsec_c2lnbmluZy1TRUNSRVQtOWQzZjAw"; // base64 of "signin
 const URL_PASSWORD: &str = "url-SECRET-e05b13";
 const ADMIN: &str = "adm-SECRET-66c0de";
 const PROPERTY: &str = "prop-SECRET-3a9d7e";
+const HEADER: &str = "hdr-SECRET-71be4c";
 
-fn secrets() -> [&'static str; 7] {
+fn secrets() -> [&'static str; 8] {
     [
         GITHUB,
         TOKEN,
@@ -25,6 +27,7 @@ fn secrets() -> [&'static str; 7] {
         URL_PASSWORD,
         ADMIN,
         PROPERTY,
+        HEADER,
     ]
 }
 
@@ -50,6 +53,7 @@ subscriptions:
     topics: [events]
     url: http://user:{URL_PASSWORD}@127.0.0.1:{receiver_port}/hook
     signing: {{ secret: {SIGNING} }}
+    headers: {{ X-Api-Key: {HEADER} }}
 "#,
         dir.join("data").display()
     )
@@ -101,6 +105,7 @@ async fn no_secret_reaches_the_logs_at_trace_level() {
     // The receiver got what it should: the URL's credentials.
     let got = &receiver.received()[0];
     assert!(got.header("authorization").starts_with("Basic "));
+    assert_eq!(got.header("x-api-key"), HEADER);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let logs = server.log_text();

@@ -142,6 +142,46 @@ pub struct ServerConfig {
         deserialize_with = "units::number"
     )]
     pub max_connections: u32,
+    /// `cert` and `key`: the ingress serves HTTPS (HTTP/1.1 and HTTP/2 by ALPN).
+    #[serde(default)]
+    pub tls: ServerTlsConfig,
+}
+
+/// The ingress's certificate chain and private key, as PEM files, re-read when they
+/// change (see `crate::tls`).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+impl ServerTlsConfig {
+    pub fn is_empty(&self) -> bool {
+        self.cert.is_none() && self.key.is_none()
+    }
+}
+
+/// A client's TLS material, as PEM files: `ca` (trusted in addition to the system's roots)
+/// and `cert` + `key` (its certificate, for mutual TLS). The files are re-read when they
+/// change (see `crate::tls`).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    pub fn is_empty(&self) -> bool {
+        self.ca.is_none() && self.cert.is_none() && self.key.is_none()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -291,6 +331,13 @@ pub struct SubscriptionConfig {
     pub parking_topic: Option<String>,
     #[serde(default)]
     pub breaker: BreakerConfig,
+    /// Static headers sent with every attempt (an `Authorization` the receiver demands, an
+    /// API key): values are secrets, never logged or shown.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Secret>,
+    /// `ca` to trust a private CA besides the system's roots; `cert` + `key` for mutual TLS.
+    #[serde(default)]
+    pub tls: TlsConfig,
 }
 
 /// The circuit breaker: after `failures` consecutive failed attempts, no request goes to
@@ -470,6 +517,7 @@ impl Default for ServerConfig {
             shutdown_timeout: defaults::shutdown_timeout(),
             read_timeout: defaults::read_timeout(),
             max_connections: defaults::max_connections(),
+            tls: ServerTlsConfig::default(),
         }
     }
 }

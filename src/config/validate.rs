@@ -120,6 +120,9 @@ fn check_server(config: &Config, problems: &mut Problems) {
     if server.max_connections == 0 {
         problems.add("server.max_connections", "must be at least 1");
     }
+    if server.tls.cert.is_some() != server.tls.key.is_some() {
+        problems.add("server.tls", "set both `cert` and `key`, or neither");
+    }
 }
 
 fn check_verify(path: &str, verify: &VerifyConfig, problems: &mut Problems) {
@@ -260,6 +263,12 @@ fn check_subscription(at: &str, sub: &SubscriptionConfig, problems: &mut Problem
             ),
         );
     }
+    check_static_headers(at, sub, problems);
+    // The files themselves are read where they are mounted: at start-up and by
+    // `check-config` (`crate::tls::check_files`).
+    if sub.tls.cert.is_some() != sub.tls.key.is_some() {
+        problems.add(format!("{at}.tls"), "set both `cert` and `key`, or neither");
+    }
     let resend = sub.resend_topic();
     if sub.topics.contains(&resend) || [&dead_letter, &parking].contains(&&resend) {
         problems.add(
@@ -268,6 +277,52 @@ fn check_subscription(at: &str, sub: &SubscriptionConfig, problems: &mut Problem
                 "`{resend}` is this subscription's resend topic (redrives and replays); it cannot be one of its topics, its dead-letter or its parking topic"
             ),
         );
+    }
+}
+
+/// Headers hookbridge sets itself on every attempt: a static header cannot replace them
+/// (the signature covers `webhook-id` and `webhook-timestamp`; the others are the
+/// protocol's or the trace's).
+const OWN_HEADERS: &[&str] = &[
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "content-type",
+    "content-length",
+    "host",
+    "transfer-encoding",
+    "connection",
+    "traceparent",
+    "hookbridge-attempt",
+];
+
+fn check_static_headers(at: &str, sub: &SubscriptionConfig, problems: &mut Problems) {
+    for (name, value) in &sub.headers {
+        let key = format!("{at}.headers.{name}");
+        let Ok(header) = http::HeaderName::from_bytes(name.as_bytes()) else {
+            problems.add(key, format!("`{name}` is not a valid HTTP header name"));
+            continue;
+        };
+        if OWN_HEADERS.contains(&header.as_str()) {
+            problems.add(
+                key,
+                "is set by hookbridge on every attempt; it cannot be replaced",
+            );
+            continue;
+        }
+        if header == http::header::AUTHORIZATION && sub.url.expose().contains('@') {
+            problems.add(
+                key.clone(),
+                "is also given by the URL's user info; set one of the two",
+            );
+        }
+        // The value is a secret: the message says what is wrong, never what it is.
+        if http::HeaderValue::from_str(value.expose()).is_err() {
+            problems.add(
+                key,
+                "holds a character an HTTP header value cannot (a line break or a control character)",
+            );
+        }
     }
 }
 

@@ -1,5 +1,7 @@
 //! The HTTP client a subscription delivers with: hyper's pooled HTTP/1.1 client over rustls,
-//! the system's trust store, no redirects, one deadline per attempt.
+//! the system's trust store (plus the subscription's private CA and client certificate,
+//! `tls`, see `crate::tls`), the subscription's static `headers`, no redirects, one deadline
+//! per attempt.
 //!
 //! Why hyper and not reqwest: a delivery is always the same POST to the same URL, so none
 //! of reqwest's layers earn their cost on this path. Its redirect layer and response URL
@@ -11,14 +13,13 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, HeaderMap, HeaderValue, RETRY_AFTER, USER_AGENT};
+use http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use rustls_platform_verifier::BuilderVerifierExt;
 
 /// A response body longer than this is not read to its end: the connection is closed
 /// instead of returned to the pool. Receivers answer a webhook with a few bytes at most.
@@ -28,9 +29,10 @@ const MAX_DRAINED_BODY: usize = 64 * 1024;
 pub struct WebhookClient {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     uri: Uri,
-    /// Basic credentials from the URL's user info (`https://user:pass@host/`), sent as
-    /// `authorization` and kept out of the request line.
-    authorization: Option<HeaderValue>,
+    /// Sent with every request: the subscription's static `headers`, and basic credentials
+    /// from the URL's user info (`https://user:pass@host/`) as `authorization`, kept out of
+    /// the request line. Each value is marked sensitive.
+    headers: Vec<(HeaderName, HeaderValue)>,
     timeout: Duration,
 }
 
@@ -53,39 +55,56 @@ pub enum SendError {
 pub enum ClientError {
     #[error("url: {0}")]
     Url(String),
-    #[error("TLS: {0}")]
-    Tls(#[from] rustls::Error),
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("header {0}: not a valid header")]
+    Header(String),
+}
+
+/// What a subscription's client is built from.
+pub struct ClientOptions<'a> {
+    pub url: &'a str,
+    pub timeout: Duration,
+    /// Connections kept open between deliveries: `max_in_flight`, so a busy subscription
+    /// never reconnects.
+    pub max_idle: usize,
+    pub headers: &'a std::collections::BTreeMap<String, crate::config::Secret>,
+    /// The key the TLS settings are under, for errors (`subscriptions[0].tls`).
+    pub tls_key: &'a str,
+    pub tls: &'a crate::config::TlsConfig,
 }
 
 impl WebhookClient {
-    /// `max_idle` connections are kept open between deliveries: `max_in_flight`, so a busy
-    /// subscription never reconnects.
-    pub fn new(
-        url: &str,
-        timeout: Duration,
-        max_idle: usize,
-    ) -> Result<WebhookClient, ClientError> {
-        let (uri, authorization) = parse_url(url)?;
-        let tls = rustls::ClientConfig::builder()
-            .with_platform_verifier()?
-            .with_no_client_auth();
+    pub fn new(options: ClientOptions<'_>) -> Result<WebhookClient, ClientError> {
+        let (uri, authorization) = parse_url(options.url)?;
+        let tls = crate::tls::client_config(options.tls_key, options.tls)?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
-        http.set_connect_timeout(Some(timeout.min(Duration::from_secs(5))));
+        http.set_connect_timeout(Some(options.timeout.min(Duration::from_secs(5))));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(max_idle)
+            .pool_max_idle_per_host(options.max_idle)
             .build(connector);
+        let mut headers = Vec::new();
+        for (name, value) in options.headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| ClientError::Header(name.clone()))?;
+            let mut value = HeaderValue::from_str(value.expose())
+                .map_err(|_| ClientError::Header(name.to_string()))?;
+            value.set_sensitive(true);
+            headers.push((name, value));
+        }
+        headers.extend(authorization.map(|value| (AUTHORIZATION, value)));
         Ok(WebhookClient {
             client,
             uri,
-            authorization,
-            timeout,
+            headers,
+            timeout: options.timeout,
         })
     }
 
@@ -97,8 +116,8 @@ impl WebhookClient {
     /// goes back to the pool. The whole exchange is bounded by the subscription's timeout.
     pub async fn post(&self, mut headers: HeaderMap, body: Bytes) -> Result<Answer, SendError> {
         headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
-        if let Some(authorization) = &self.authorization {
-            headers.insert(AUTHORIZATION, authorization.clone());
+        for (name, value) in &self.headers {
+            headers.insert(name.clone(), value.clone());
         }
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = Method::POST;

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 
 use super::DeliveryError;
 use super::breaker::Breaker;
-use super::client::WebhookClient;
+use super::client::{ClientOptions, WebhookClient};
 use super::event::{Decode, Event};
 use super::filter::TypeFilter;
 use super::partition;
@@ -77,11 +77,14 @@ impl Settings {
     pub fn from_config(config: &SubscriptionConfig) -> Result<Settings, DeliveryError> {
         // An endpoint that redirects is misconfigured: the client does not follow, since
         // following would send signed payloads somewhere nobody configured.
-        let client = WebhookClient::new(
-            config.url.expose(),
-            config.timeout.0,
-            config.max_in_flight as usize,
-        )
+        let client = WebhookClient::new(ClientOptions {
+            url: config.url.expose(),
+            timeout: config.timeout.0,
+            max_idle: config.max_in_flight as usize,
+            headers: &config.headers,
+            tls_key: "tls",
+            tls: &config.tls,
+        })
         .map_err(|e| DeliveryError::Client {
             subscription: config.name.clone(),
             reason: e.to_string(),

@@ -5,7 +5,10 @@
 //! - a header read timeout (`server.read_timeout`): a connection that does not finish
 //!   sending its request head in time is closed (hyper answers nothing then; the body's
 //!   timeout, which gets a 408 problem, is the handler's, see `read_body`);
-//! - graceful shutdown: no new connections, requests in flight finish.
+//! - graceful shutdown: no new connections, requests in flight finish;
+//! - HTTPS when `server.tls` is set: the handshake runs in the connection's task (bounded by
+//!   the read timeout, so a sender that never finishes it holds nothing long), and ALPN
+//!   picks HTTP/2 or HTTP/1.1.
 //!
 //! axum's `serve` offers none of the first two, hence this small loop over hyper.
 
@@ -18,7 +21,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -38,14 +41,19 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
         .header_read_timeout(limits.read_timeout);
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2.timer(TokioTimer::new());
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     tokio::pin!(shutdown);
     // Said once each time the cap is reached, not once per connection.
     let mut at_capacity = false;
@@ -84,11 +92,39 @@ pub async fn serve(
                 request
             })
             .map_err(|e: Infallible| match e {});
-        let connection =
-            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-        let connection = graceful.watch(connection);
+        let service = TowerToHyperService::new(service);
+        let Some(acceptor) = tls.clone() else {
+            let connection = graceful.watch(http1.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(%peer, error = %e, "ingress connection ended with an error");
+                }
+                drop(permit);
+            });
+            continue;
+        };
+        let (http1, http2, watcher) = (http1.clone(), http2.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let handshake = tokio::time::timeout(limits.read_timeout, acceptor.accept(stream));
+            let stream = match handshake.await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake with a sender failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake with a sender timed out");
+                    return;
+                }
+            };
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let io = TokioIo::new(stream);
+            let ended = if h2 {
+                watcher.watch(http2.serve_connection(io, service)).await
+            } else {
+                watcher.watch(http1.serve_connection(io, service)).await
+            };
+            if let Err(e) = ended {
                 tracing::debug!(%peer, error = %e, "ingress connection ended with an error");
             }
             drop(permit);

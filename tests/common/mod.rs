@@ -18,6 +18,7 @@ use sha2::Sha256;
 pub mod backend;
 pub mod receiver;
 pub mod scrape;
+pub mod tls;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_hookbridge");
 

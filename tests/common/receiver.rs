@@ -63,6 +63,15 @@ pub struct Receiver {
 impl Receiver {
     /// Starts a receiver that answers 200 until told otherwise.
     pub async fn start() -> Receiver {
+        Receiver::serve(None).await
+    }
+
+    /// Like [`Receiver::start`], over HTTPS with `tls` (`https://localhost:PORT/hook`).
+    pub async fn start_tls(tls: Arc<rustls::ServerConfig>) -> Receiver {
+        Receiver::serve(Some(tls)).await
+    }
+
+    async fn serve(tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
         let log: Arc<Mutex<Vec<Received>>> = Arc::default();
         let behaviour: Arc<Mutex<Arc<Behaviour>>> =
             Arc::new(Mutex::new(Arc::new(|_: &HeaderMap, _: &Bytes| {
@@ -95,8 +104,19 @@ impl Receiver {
         };
         let app = axum::Router::new().route("/hook", axum::routing::post(handler));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let port = listener.local_addr().unwrap().port();
+        let url = match &tls {
+            Some(_) => format!("https://localhost:{port}/hook"),
+            None => format!("http://127.0.0.1:{port}/hook"),
+        };
+        match tls {
+            None => {
+                tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            }
+            Some(tls) => {
+                tokio::spawn(serve_tls(listener, app, tls));
+            }
+        }
         Receiver {
             url,
             log,
@@ -153,6 +173,31 @@ impl Receiver {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+}
+
+/// HTTPS: a handshake per connection (a failed one, e.g. a client without the certificate
+/// the receiver demands, only ends that connection), then HTTP/1.1.
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    tls: Arc<rustls::ServerConfig>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let Ok(stream) = acceptor.accept(stream).await else {
+                return;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
     }
 }
 
