@@ -22,3 +22,20 @@ pub mod standard_webhooks;
 pub mod telemetry;
 pub mod tls;
 pub mod tracecontext;
+
+/// An error with its causes, outermost first: "client error (Connect): tcp connect error:
+/// Connection refused (os error 111)" rather than only the outer layer. A cause whose text
+/// the message already holds (many errors repeat their source) is not repeated.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -377,7 +377,7 @@ pub fn client_config(at: &str, tls: &TlsConfig) -> Result<ClientConfig, TlsError
     }
 }
 
-/// Reads every TLS file the config names, as start-up will: each problem names its key
+/// Reads every TLS file (and NATS creds file) the config names, as start-up will: each problem names its key
 /// (`subscriptions[0].tls.ca`) and the cause. Run by `serve` before anything starts and by
 /// `check-config`.
 pub fn check_files(config: &Config) -> Vec<Problem> {
@@ -386,6 +386,14 @@ pub fn check_files(config: &Config) -> Vec<Problem> {
         && let Err(e) = server_config("server.tls", &config.server.tls)
     {
         problems.push(problem(e));
+    }
+    if config.broker.kind == crate::config::BrokerKind::Nats {
+        if !config.broker.nats.tls.is_empty()
+            && let Err(e) = client_config("broker.nats.tls", &config.broker.nats.tls)
+        {
+            problems.push(problem(e));
+        }
+        problems.extend(crate::broker::nats::auth::check_creds(&config.broker.nats));
     }
     for (i, sub) in config.subscriptions.iter().enumerate() {
         if !sub.tls.is_empty()

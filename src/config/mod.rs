@@ -114,6 +114,32 @@ pub struct NatsConfig {
     /// partitions move to the others within this.
     #[serde(default = "defaults::lease")]
     pub lease: ConfigDuration,
+    /// How hookbridge proves itself to the server: at most one way.
+    #[serde(default)]
+    pub auth: NatsAuthConfig,
+    /// `ca` to trust the server's private CA; `cert` + `key` when the server verifies
+    /// clients (`--tlsverify`). Either makes TLS required.
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+/// NATS credentials, each as the NATS server and its tools name them.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsAuthConfig {
+    /// A `.creds` file (user JWT + nkey seed), as operator-mode servers and managed NATS
+    /// hand out; read again on every (re)connect, so a rotated file is picked up.
+    #[serde(default)]
+    pub creds: Option<PathBuf>,
+    /// A user nkey seed (`SU...`).
+    #[serde(default)]
+    pub nkey_seed: Option<Secret>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password: Option<Secret>,
+    #[serde(default)]
+    pub token: Option<Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -503,6 +529,8 @@ impl Default for NatsConfig {
             url: defaults::nats_url(),
             partitions: defaults::partitions(),
             lease: defaults::lease(),
+            auth: NatsAuthConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }

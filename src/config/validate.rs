@@ -68,11 +68,18 @@ fn check_broker(config: &Config, problems: &mut Problems) {
     if broker.kafka.bootstrap_servers.trim().is_empty() {
         problems.add("broker.kafka.bootstrap_servers", "is empty");
     }
-    if !(broker.nats.url.starts_with("nats://") || broker.nats.url.starts_with("tls://")) {
-        problems.add(
-            "broker.nats.url",
-            format!("`{}` is not a nats:// or tls:// URL", broker.nats.url),
-        );
+    // A cluster is several URLs, comma-separated.
+    for url in broker.nats.url.split(',').map(str::trim) {
+        if !(url.starts_with("nats://") || url.starts_with("tls://")) {
+            problems.add(
+                "broker.nats.url",
+                format!("`{url}` is not a nats:// or tls:// URL"),
+            );
+        }
+    }
+    check_nats_auth(&broker.nats.auth, problems);
+    if broker.nats.tls.cert.is_some() != broker.nats.tls.key.is_some() {
+        problems.add("broker.nats.tls", "set both `cert` and `key`, or neither");
     }
     if broker.nats.lease.0 < std::time::Duration::from_secs(1) {
         problems.add("broker.nats.lease", "must be at least 1s");
@@ -90,6 +97,35 @@ fn check_broker(config: &Config, problems: &mut Problems) {
         .is_some_and(|b| b.0 == 0)
     {
         problems.add("broker.embedded.retention.max_bytes", "must be more than 0");
+    }
+}
+
+/// At most one way to authenticate, each complete. The creds file is read with the other
+/// files (`crate::tls::check_files`).
+fn check_nats_auth(auth: &super::NatsAuthConfig, problems: &mut Problems) {
+    let ways = [
+        auth.creds.is_some(),
+        auth.nkey_seed.is_some(),
+        auth.user.is_some() || auth.password.is_some(),
+        auth.token.is_some(),
+    ];
+    if ways.iter().filter(|set| **set).count() > 1 {
+        problems.add(
+            "broker.nats.auth",
+            "set at most one of `creds`, `nkey_seed`, `user` + `password`, `token`",
+        );
+    }
+    if auth.user.is_some() != auth.password.is_some() {
+        problems.add("broker.nats.auth", "set both `user` and `password`");
+    }
+    if let Some(seed) = &auth.nkey_seed
+        && nkeys::KeyPair::from_seed(seed.expose()).is_err()
+    {
+        // Never the value itself: it is a private key.
+        problems.add(
+            "broker.nats.auth.nkey_seed",
+            "is not an nkey seed (a user seed starts with `SU`)",
+        );
     }
 }
 

@@ -129,7 +129,7 @@ impl WebhookClient {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| SendError::Failed(error_chain(&e)))?;
+                .map_err(|e| SendError::Failed(crate::error_chain(&e)))?;
             let (parts, mut body) = response.into_parts();
             let mut read = 0;
             while read <= MAX_DRAINED_BODY {
@@ -179,19 +179,6 @@ fn percent_decode(text: &str) -> String {
     percent_encoding::percent_decode_str(text)
         .decode_utf8_lossy()
         .into_owned()
-}
-
-/// "client error (Connect): tcp connect error: Connection refused (os error 111)" rather
-/// than only the outer layer.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -63,12 +63,13 @@ impl Hookbridge {
             .args(["serve", "--log-format", "json", "--config"])
             .arg(config_path)
             .args(args)
-            .envs(envs.iter().copied())
             .env(
                 "RUST_LOG",
                 std::env::var("HOOKBRIDGE_TEST_LOG")
                     .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()),
             )
+            // Last, so a test's own RUST_LOG wins.
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -405,10 +406,18 @@ pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
     store: tempfile::TempDir,
+    /// More arguments for nats-server (auth, TLS, a config file).
+    extra: Vec<String>,
 }
 
 impl NatsServer {
     pub fn start() -> NatsServer {
+        NatsServer::start_with(Vec::new())
+    }
+
+    /// A server with more arguments: `--user`/`--pass`, `--auth`, `--tls...`, `-c FILE`. A
+    /// config file given with `-c` may use `{PORT}` and `{STORE}` for the server's own.
+    pub fn start_with(extra: Vec<String>) -> NatsServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -418,6 +427,7 @@ impl NatsServer {
             child: None,
             port,
             store: tempfile::tempdir().unwrap(),
+            extra,
         };
         server.restart();
         server
@@ -448,8 +458,9 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.store.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(self.store.path().join("nats-server.log")).unwrap())
             .spawn()
             .expect("nats-server is not installed: run scripts/test, which installs it");
         self.child = Some(child);
@@ -457,8 +468,10 @@ impl NatsServer {
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(
                 Instant::now() < deadline,
-                "nats-server did not start on port {}",
-                self.port
+                "nats-server did not start on port {}: {}",
+                self.port,
+                std::fs::read_to_string(self.store.path().join("nats-server.log"))
+                    .unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -10,6 +10,7 @@
 //!   partitions are shared among replicas through leases in a JetStream KV bucket
 //!   ([`leases`]), handed over without overlap.
 
+pub mod auth;
 mod browse;
 mod consumer;
 mod leases;
@@ -44,13 +45,7 @@ pub struct NatsBroker {
 
 impl NatsBroker {
     pub async fn connect(config: &NatsConfig) -> Result<Arc<NatsBroker>, BrokerError> {
-        let client = async_nats::ConnectOptions::new()
-            .name("hookbridge")
-            .retry_on_initial_connect()
-            .connection_timeout(Duration::from_secs(5))
-            .connect(&config.url)
-            .await
-            .map_err(unavailable)?;
+        let client = auth::connect(config).await?;
         let jetstream = jetstream::new(client.clone());
         Ok(Arc::new(NatsBroker {
             client,

@@ -1,0 +1,385 @@
+//! hookbridge against NATS servers that do not take anonymous plaintext clients: a private
+//! nats-server per test with, in turn, a user and password, a token, an nkey, a `.creds`
+//! file of an operator/account/user set made here, TLS with a private CA, and TLS that
+//! demands a client certificate. Each: webhooks in, deliveries out; with wrong credentials
+//! `serve` fails at start naming the key and the server's answer.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::receiver::Receiver;
+use common::tls::Ca;
+use common::*;
+
+fn yaml_path(path: &Path) -> String {
+    format!("'{}'", path.display())
+}
+
+/// A config on NATS at `url` with `extra` under `broker.nats` (indented four spaces).
+fn config(url: &str, topic: &str, receiver: &str, extra: &str) -> String {
+    events_config(
+        &format!("  kind: nats\n  nats:\n    url: \"{url}\"\n    partitions: 2\n{extra}"),
+        topic,
+        &subscription("out", topic, receiver, ""),
+    )
+}
+
+/// Webhooks in, deliveries out, through a server that demands what `extra` gives; returns
+/// hookbridge's log.
+async fn delivers(url: &str, extra: &str, envs: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start().await;
+    let topic = unique("auth");
+    let server = Hookbridge::start_with_env(
+        dir.path(),
+        &config(url, &topic, &receiver.url, extra),
+        &[],
+        envs,
+    );
+    let client = http_client();
+    for seq in 0..3 {
+        let response = client
+            .post(server.hook_url("events"))
+            .json(&serde_json::json!({ "key": "k", "seq": seq }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202, "{}", server.log_text());
+    }
+    receiver
+        .wait_for("three deliveries", Duration::from_secs(60), |r| {
+            r.len() >= 3
+        })
+        .await;
+    server.log_text()
+}
+
+/// `serve` on a config it must refuse at start: its error output.
+fn refused(url: &str, extra: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(
+        &path,
+        config(url, "refused", "http://127.0.0.1:9/hook", extra),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(!status.success());
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("serve kept running with credentials the server refuses");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    stderr
+}
+
+fn assert_names(said: &str, key: &str, answer: &str) {
+    assert!(
+        said.contains(key) && said.to_lowercase().contains(answer),
+        "expected `{key}` and `{answer}` in:\n{said}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_and_password() {
+    let nats = NatsServer::start_with(vec![
+        "--user".into(),
+        "hb".into(),
+        "--pass".into(),
+        "s3cret-pass".into(),
+    ]);
+    delivers(
+        &nats.url(),
+        "    auth: { user: hb, password: \"${NATS_PASSWORD}\" }\n",
+        &[("NATS_PASSWORD", "s3cret-pass")],
+    )
+    .await;
+    let said = refused(&nats.url(), "    auth: { user: hb, password: wrong }\n");
+    assert_names(&said, "broker.nats.auth", "authorization violation");
+    assert!(
+        !said.contains("wrong"),
+        "the password is not repeated:\n{said}"
+    );
+    let said = refused(&nats.url(), "");
+    assert_names(&said, "broker.nats.auth", "demands credentials");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token() {
+    let nats = NatsServer::start_with(vec!["--auth".into(), "t0ken-value".into()]);
+    delivers(&nats.url(), "    auth: { token: t0ken-value }\n", &[]).await;
+    let said = refused(&nats.url(), "    auth: { token: not-it }\n");
+    assert_names(&said, "broker.nats.auth", "authorization violation");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nkey() {
+    let user = nkeys::KeyPair::new_user();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nats.conf");
+    std::fs::write(
+        &file,
+        format!(
+            "authorization {{ users = [ {{ nkey: \"{}\" }} ] }}\n",
+            user.public_key()
+        ),
+    )
+    .unwrap();
+    let nats = NatsServer::start_with(vec!["-c".into(), file.display().to_string()]);
+    delivers(
+        &nats.url(),
+        &format!("    auth: {{ nkey_seed: {} }}\n", user.seed().unwrap()),
+        &[],
+    )
+    .await;
+    let stranger = nkeys::KeyPair::new_user();
+    let said = refused(
+        &nats.url(),
+        &format!("    auth: {{ nkey_seed: {} }}\n", stranger.seed().unwrap()),
+    );
+    assert_names(&said, "broker.nats.auth", "authorization violation");
+}
+
+/// A JWT as NATS encodes them: `ed25519-nkey` signed by `issuer`.
+fn jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    let header = URL_SAFE_NO_PAD.encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let claims = serde_json::json!({
+        "jti": uuid::Uuid::now_v7().simple().to_string().to_uppercase(),
+        "iat": unix_now(),
+        "iss": issuer.public_key(),
+        "name": name,
+        "sub": subject,
+        "nats": nats,
+    });
+    let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let signed = format!("{header}.{claims}");
+    let signature = URL_SAFE_NO_PAD.encode(issuer.sign(signed.as_bytes()).unwrap());
+    format!("{signed}.{signature}")
+}
+
+fn creds(jwt: &str, seed: &str) -> String {
+    format!(
+        "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n************************* IMPORTANT *************************\nNKEY Seed printed below can be used to sign and prove identity.\n\n-----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creds_file_of_an_operator_mode_server() {
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let operator_jwt = jwt(
+        &operator,
+        &operator.public_key(),
+        "operator",
+        serde_json::json!({ "type": "operator", "version": 2 }),
+    );
+    let unlimited = serde_json::json!({
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+        "wildcards": true, "conn": -1, "leaf": -1,
+        "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1,
+    });
+    let account_jwt = jwt(
+        &operator,
+        &account.public_key(),
+        "hookbridge",
+        serde_json::json!({ "limits": unlimited, "type": "account", "version": 2 }),
+    );
+    let user_jwt = jwt(
+        &account,
+        &user.public_key(),
+        "hookbridge",
+        serde_json::json!({ "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1, "type": "user", "version": 2 }),
+    );
+    // JetStream in operator mode needs a system account.
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt = jwt(
+        &operator,
+        &system.public_key(),
+        "SYS",
+        serde_json::json!({ "type": "account", "version": 2 }),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nats.conf");
+    std::fs::write(
+        &file,
+        format!(
+            "operator: {operator_jwt}\nsystem_account: {}\nresolver: MEMORY\nresolver_preload: {{\n  {}: {account_jwt}\n  {}: {system_jwt}\n}}\n",
+            system.public_key(),
+            account.public_key(),
+            system.public_key()
+        ),
+    )
+    .unwrap();
+    let nats = NatsServer::start_with(vec!["-c".into(), file.display().to_string()]);
+    let creds_path = dir.path().join("hookbridge.creds");
+    std::fs::write(&creds_path, creds(&user_jwt, &user.seed().unwrap())).unwrap();
+    delivers(
+        &nats.url(),
+        &format!("    auth: {{ creds: {} }}\n", yaml_path(&creds_path)),
+        &[],
+    )
+    .await;
+
+    // A user of another account the server does not know.
+    let stranger = nkeys::KeyPair::new_user();
+    let other_account = nkeys::KeyPair::new_account();
+    let stranger_jwt = jwt(
+        &other_account,
+        &stranger.public_key(),
+        "stranger",
+        serde_json::json!({ "type": "user", "version": 2 }),
+    );
+    let stranger_path = dir.path().join("stranger.creds");
+    std::fs::write(
+        &stranger_path,
+        creds(&stranger_jwt, &stranger.seed().unwrap()),
+    )
+    .unwrap();
+    let said = refused(
+        &nats.url(),
+        &format!("    auth: {{ creds: {} }}\n", yaml_path(&stranger_path)),
+    );
+    assert_names(&said, "broker.nats.auth", "authorization violation");
+
+    // A creds file that is not one is named before any connection.
+    let garbage = dir.path().join("garbage.creds");
+    std::fs::write(&garbage, "hello\n").unwrap();
+    let said = refused(
+        &nats.url(),
+        &format!("    auth: {{ creds: {} }}\n", yaml_path(&garbage)),
+    );
+    assert_names(&said, "broker.nats.auth.creds", "not a .creds file");
+}
+
+/// nats-server with TLS from `ca`; with `verify`, clients must show a certificate `ca` signed.
+fn tls_server(dir: &Path, ca: &Ca, verify: bool) -> NatsServer {
+    let (cert, key) = ca.server().write(dir, "nats");
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    let mut args = vec![
+        "--tls".to_string(),
+        "--tlscert".into(),
+        cert.display().to_string(),
+        "--tlskey".into(),
+        key.display().to_string(),
+    ];
+    if verify {
+        args.extend([
+            "--tlsverify".to_string(),
+            "--tlscacert".into(),
+            ca_path.display().to_string(),
+        ]);
+    }
+    NatsServer::start_with(args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("NATS CA");
+    let nats = tls_server(dir.path(), &ca, false);
+    let url = format!("tls://localhost:{}", nats.port);
+    let ca_path = dir.path().join("ca.pem");
+    delivers(
+        &url,
+        &format!("    tls: {{ ca: {} }}\n", yaml_path(&ca_path)),
+        &[],
+    )
+    .await;
+    // Without the CA the server's certificate is not trusted.
+    let said = refused(&url, "");
+    assert_names(&said, "broker.nats.tls", "unknownissuer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_demanding_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("NATS CA");
+    let nats = tls_server(dir.path(), &ca, true);
+    let url = format!("tls://localhost:{}", nats.port);
+    let ca_path = dir.path().join("ca.pem");
+    let (cert, key) = ca.client("hookbridge").write(dir.path(), "client");
+    delivers(
+        &url,
+        &format!(
+            "    tls: {{ ca: {}, cert: {}, key: {} }}\n",
+            yaml_path(&ca_path),
+            yaml_path(&cert),
+            yaml_path(&key)
+        ),
+        &[],
+    )
+    .await;
+    let said = refused(
+        &url,
+        &format!("    tls: {{ ca: {} }}\n", yaml_path(&ca_path)),
+    );
+    // Without a certificate to show, the server ends the handshake.
+    assert_names(&said, "broker.nats.tls", "certificate");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_credential_reaches_the_logs_at_trace_level() {
+    let user = nkeys::KeyPair::new_user();
+    let seed = user.seed().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nats.conf");
+    std::fs::write(
+        &file,
+        format!(
+            "authorization {{ users = [ {{ user: hb, password: pw-SECRET-5e1a }}, {{ nkey: \"{}\" }} ] }}\n",
+            user.public_key()
+        ),
+    )
+    .unwrap();
+    let nats = NatsServer::start_with(vec!["-c".into(), file.display().to_string()]);
+    let trace = [("RUST_LOG", "trace")];
+    let mut logs = delivers(
+        &nats.url(),
+        "    auth: { user: hb, password: pw-SECRET-5e1a }\n",
+        &trace,
+    )
+    .await;
+    logs += &delivers(
+        &nats.url(),
+        &format!("    auth: {{ nkey_seed: {seed} }}\n"),
+        &trace,
+    )
+    .await;
+    let tokened = NatsServer::start_with(vec!["--auth".into(), "tok-SECRET-90c4".into()]);
+    logs += &delivers(
+        &tokened.url(),
+        "    auth: { token: tok-SECRET-90c4 }\n",
+        &trace,
+    )
+    .await;
+    assert!(logs.len() > 10_000, "trace logging is on");
+    for secret in ["pw-SECRET-5e1a", seed.as_str(), "tok-SECRET-90c4"] {
+        assert!(
+            !logs.contains(secret),
+            "a credential appears in the log: {}",
+            logs.lines()
+                .find(|l| l.contains(secret))
+                .unwrap_or_default()
+        );
+    }
+}
