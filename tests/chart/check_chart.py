@@ -40,6 +40,8 @@ VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-[^}]*)?\}")
 PLACEHOLDER_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 WORKLOADS = {"Deployment", "StatefulSet"}
+# Files of `secretMounts` the config names: /etc/hookbridge-secrets/<name>/<file>.
+SECRET_FILE = re.compile(r"/etc/hookbridge-secrets/[a-z0-9-]+/[A-Za-z0-9._-]+")
 # Custom resources: kubernetes-validate has no schema for them; the fields their controllers
 # require are checked here.
 CUSTOM_REQUIRED = {
@@ -173,6 +175,18 @@ def check_workload(where, doc, config, rendered):
                     fail(where, f"resources.{kind}.{resource} {value!r} is not a quantity")
         mounts = {m["name"] for m in c.get("volumeMounts", [])}
         volumes = {v["name"] for v in pod.get("volumes", [])}
+        # Kubernetes refuses a pod with two volumes of one name, or two mounts at one path.
+        for what, items, key in (("volume", pod.get("volumes", []), "name"),
+                                 ("volumeMount", c.get("volumeMounts", []), "mountPath")):
+            seen = [item[key] for item in items]
+            for dup in sorted({x for x in seen if seen.count(x) > 1}):
+                fail(where, f"two {what}s with {key} {dup!r}")
+        # Every mounted Secret's file the config names is under a mount of this container.
+        paths = {m["mountPath"] for m in c.get("volumeMounts", [])}
+        for used in sorted(set(SECRET_FILE.findall(yaml.safe_dump(config)))):
+            if not any(used.startswith(p.rstrip("/") + "/") for p in paths):
+                fail(where, f"the config names {used}, which no volumeMount of {c['name']} provides "
+                            "(add it to secretMounts)")
         claims = {get(t, "metadata.name") for t in spec.get("volumeClaimTemplates", [])}
         for missing in mounts - volumes - claims:
             fail(where, f"volumeMount {missing!r} has no volume")
@@ -295,8 +309,9 @@ def check_config(where, docs, config_text):
             with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
                 f.write(config_text)
                 f.flush()
-                result = subprocess.run([BIN, "check-config", "--config", f.name], env=env,
-                                        capture_output=True, text=True)
+                # The Secrets' files are mounted in the pod, not here: checked above instead.
+                result = subprocess.run([BIN, "check-config", "--skip-files", "--config", f.name],
+                                        env=env, capture_output=True, text=True)
             if result.returncode != 0:
                 fail(where, f"{doc['metadata']['name']} ({role}): hookbridge check-config refused "
                             f"the rendered config:\n{result.stdout}{result.stderr}")

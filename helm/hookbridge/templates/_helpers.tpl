@@ -88,6 +88,15 @@ it first; these are the combinations a schema says less clearly). */}}
 {{- if and .Values.deliveryRole.keda.enabled (ne $kind "kafka") }}
 {{- fail "deliveryRole.keda.enabled: the lag trigger is Kafka's; with NATS scale delivery by deliveryRole.replicaCount (see the chart README)" }}
 {{- end }}
+{{- /* A file the config names under /etc/hookbridge-secrets/<name>/ needs that mount. */}}
+{{- $mounted := list }}
+{{- range .Values.secretMounts }}{{- $mounted = append $mounted .name }}{{- end }}
+{{- range regexFindAll "/etc/hookbridge-secrets/[^/\\s\"']+/" (toYaml .Values.config) -1 }}
+{{- $name := index (splitList "/" .) 3 }}
+{{- if not (has $name $mounted) }}
+{{- fail (printf "config names a file under %s, but secretMounts has no entry named %q" . $name) }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* The config file: the user's `config` with what belongs to the pod set by the chart. */}}
@@ -221,6 +230,11 @@ spec:
         - name: data
           mountPath: /data
         {{- end }}
+        {{- range $root.Values.secretMounts }}
+        - name: secret-{{ .name }}
+          mountPath: /etc/hookbridge-secrets/{{ .name }}
+          readOnly: true
+        {{- end }}
   volumes:
     # Mounted as a directory (not subPath), so a changed ConfigMap reaches the pod.
     - name: config
@@ -228,6 +242,14 @@ spec:
         name: {{ include "hookbridge.fullname" $root }}
     - name: tmp
       emptyDir: { sizeLimit: 64Mi }
+    {{- range $root.Values.secretMounts }}
+    # A directory, not subPath: a renewed Secret reaches the pod.
+    - name: secret-{{ .name }}
+      secret:
+        secretName: {{ .secretName }}
+        # Readable by the pod's fsGroup (hookbridge's group), nobody else.
+        defaultMode: 0440
+    {{- end }}
   {{- with $root.Values.nodeSelector }}
   nodeSelector:
     {{- toYaml . | nindent 4 }}
