@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::http::header::{CONTENT_TYPE, HeaderValue};
+use axum::http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use axum::http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -39,6 +39,8 @@ pub struct Load {
     pub body_size: usize,
     pub keys: usize,
     pub duration: Duration,
+    /// Stop after this many requests, even before `duration` is up.
+    pub count: Option<u64>,
 }
 
 /// A body for `key`, `size` bytes long, saying it was sent at `sent_us` (see [`now_us`]).
@@ -85,6 +87,9 @@ where
             let mut sent = Sent::default();
             loop {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
+                if load.count.is_some_and(|count| n >= count) {
+                    break;
+                }
                 let began = match interval {
                     Some(interval) => {
                         let due = started + interval.mul_f64(n as f64);
@@ -142,16 +147,35 @@ pub fn http_sender(
 + Send
 + Sync
 + 'static {
+    http_sender_with(client, url, Vec::new(), |body| body)
+}
+
+/// An HTTP sender that adds `headers` to every request and sends `wrap(body)`: a peer's
+/// API takes the same event in its own envelope and with its own credentials.
+pub fn http_sender_with(
+    client: HttpClient,
+    url: String,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    wrap: fn(Vec<u8>) -> Vec<u8>,
+) -> impl Fn(Vec<u8>) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
++ Clone
++ Send
++ Sync
++ 'static {
     let uri: Uri = url.parse().expect("a valid URL");
+    let headers = Arc::new(headers);
     move |body: Vec<u8>| {
-        let (client, uri) = (client.clone(), uri.clone());
+        let (client, uri, headers) = (client.clone(), uri.clone(), headers.clone());
         Box::pin(async move {
-            let mut request = Request::new(Full::new(Bytes::from(body)));
+            let mut request = Request::new(Full::new(Bytes::from(wrap(body))));
             *request.method_mut() = Method::POST;
             *request.uri_mut() = uri;
             request
                 .headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            for (name, value) in headers.iter() {
+                request.headers_mut().insert(name.clone(), value.clone());
+            }
             match client.request(request).await {
                 // Read the answer to its end so the connection goes back to the pool.
                 Ok(response) => {
@@ -242,12 +266,15 @@ impl Receiver {
     }
 }
 
-/// `t` of a body made by [`body`], without parsing the whole JSON.
+/// `t` of a body made by [`body`], without parsing the whole JSON. A peer may deliver the
+/// fields in another order (sorted, say), so `t` is looked for wherever it is.
 fn sent_at(body: &[u8]) -> Option<u64> {
-    let text = std::str::from_utf8(&body[..body.len().min(64)]).ok()?;
-    let start = text.find("\"t\":")? + 4;
-    let end = text[start..].find(',')? + start;
-    text[start..end].parse().ok()
+    let at = body.windows(4).position(|w| w == b"\"t\":")? + 4;
+    let digits = body[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&body[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// A bare axum handler answering 202: the HTTP limit of this machine and load generator.

@@ -13,6 +13,7 @@
 //! receiver (the delivery limit).
 
 mod load;
+mod peers;
 mod process;
 mod stats;
 
@@ -64,6 +65,29 @@ struct Args {
     /// such as wrk to compare with hookbridge under the same load.
     #[arg(long, value_name = "ADDR")]
     serve_bare: Option<std::net::SocketAddr>,
+    /// Measure these systems side by side instead of the scenarios above: `svix` (needs
+    /// --svix-server), `embedded`, `nats`, `kafka` (hookbridge on each). `scripts/bench-peers`
+    /// runs this with a Svix build.
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
+    /// Svix server's binary, for `--peers svix`.
+    #[arg(long, value_name = "PATH")]
+    svix_server: Option<std::path::PathBuf>,
+    /// PostgreSQL database Svix uses (created, empty, by scripts/bench-peers).
+    #[arg(
+        long,
+        default_value = "postgresql://svix_bench:svix_bench@127.0.0.1:5432/svix_bench"
+    )]
+    svix_db_dsn: String,
+    /// Redis Svix uses for its queue and cache.
+    #[arg(long, default_value = "redis://127.0.0.1:6379/9")]
+    svix_redis_dsn: String,
+    /// Events of each peer's throughput run (closed loop).
+    #[arg(long, default_value_t = 20_000)]
+    events: u64,
+    /// Rate of each peer's open-loop latency run, per second (for --duration).
+    #[arg(long, default_value_t = 200)]
+    peer_rate: u64,
 }
 
 /// The longest a limit (bare handler, bare client, raw publish) is measured for.
@@ -178,6 +202,14 @@ struct Backend {
     broker_yaml: String,
     raw: Arc<RawPublisher>,
     _server: Option<Server>,
+}
+
+impl Backend {
+    /// The broker process this run started, if any (its CPU counts for hookbridge's peers
+    /// comparison).
+    fn server_pid(&self) -> Option<u32> {
+        self._server.as_ref().map(Server::pid)
+    }
 }
 
 /// The broker limit: the same records published by a plain client.
@@ -504,12 +536,28 @@ async fn main() -> anyhow::Result<()> {
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
     load::now_us();
+    if !args.peers.is_empty() {
+        let peers = peers::PeerArgs {
+            systems: args.peers.clone(),
+            svix_server: args.svix_server.clone(),
+            svix_db_dsn: args.svix_db_dsn.clone(),
+            svix_redis_dsn: args.svix_redis_dsn.clone(),
+            events: args.events,
+            rate: args.peer_rate,
+            duration: args.duration,
+            concurrency: args.concurrency,
+            body_size: args.body_size,
+            keys: args.keys,
+        };
+        return peers::run(peers, &args).await;
+    }
     let load = Load {
         concurrency: args.concurrency,
         rate: None,
         body_size: args.body_size,
         keys: args.keys,
         duration: args.duration,
+        count: None,
     };
     println!(
         "hookbridge-bench: {} per scenario, {} connections, {} B bodies, {} keys, open-loop rates {:?}/s",
