@@ -16,7 +16,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,14 +23,6 @@ use std::time::{Duration, Instant};
 use common::receiver::Receiver;
 use common::tls::{Ca, server_config};
 use common::*;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A private Tansu, advertising `localhost:advertised_port` (the TLS proxy) to its clients.
 struct Tansu {
@@ -97,10 +88,6 @@ async fn tls_proxy(port: u16, upstream: u16, tls: Arc<rustls::ServerConfig>) {
     });
 }
 
-fn yaml_path(path: &Path) -> String {
-    format!("'{}'", path.display())
-}
-
 /// A webhook in and out through Kafka at `bootstrap` with `properties` (YAML flow-map
 /// entries): publish, consumer group, topic creation.
 async fn round_trip(bootstrap: &str, properties: &str) {
@@ -118,17 +105,7 @@ async fn round_trip(bootstrap: &str, properties: &str) {
             &subscription("out", &topic, &receiver.url, ""),
         ),
     );
-    let client = http_client();
-    for seq in 0..3 {
-        let response = client
-            .post(server.hook_url("events"))
-            .json(&serde_json::json!({ "key": "k", "seq": seq }))
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202, "{}", server.log_text());
-    }
+    post_accepted(&server, 3, |_| "k".into()).await;
     receiver
         .wait_for("three deliveries", Duration::from_secs(90), |r| {
             r.len() >= 3

@@ -15,10 +15,6 @@ use common::receiver::Receiver;
 use common::tls::Ca;
 use common::*;
 
-fn yaml_path(path: &Path) -> String {
-    format!("'{}'", path.display())
-}
-
 /// A config on NATS at `url` with `extra` under `broker.nats` (indented four spaces).
 fn config(url: &str, topic: &str, receiver: &str, extra: &str) -> String {
     events_config(
@@ -40,16 +36,7 @@ async fn delivers(url: &str, extra: &str, envs: &[(&str, &str)]) -> String {
         &[],
         envs,
     );
-    let client = http_client();
-    for seq in 0..3 {
-        let response = client
-            .post(server.hook_url("events"))
-            .json(&serde_json::json!({ "key": "k", "seq": seq }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202, "{}", server.log_text());
-    }
+    post_accepted(&server, 3, |_| "k".into()).await;
     receiver
         .wait_for("three deliveries", Duration::from_secs(60), |r| {
             r.len() >= 3

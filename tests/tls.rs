@@ -14,24 +14,6 @@ use common::scrape::{scrape, value};
 use common::tls::{Ca, server_config};
 use common::*;
 
-fn yaml_path(path: &Path) -> String {
-    format!("'{}'", path.display())
-}
-
-/// Posts `n` events to the `events` route; each must be accepted.
-async fn post(server: &Hookbridge, n: usize) {
-    let client = http_client();
-    for seq in 0..n {
-        let response = client
-            .post(server.hook_url("events"))
-            .json(&serde_json::json!({ "key": format!("k{seq}"), "seq": seq }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202);
-    }
-}
-
 async fn attempts(server: &Hookbridge, subscription: &str, outcome: &str) -> f64 {
     let (_, text) = scrape(&server.admin).await;
     value(
@@ -56,7 +38,7 @@ async fn wait_attempts(server: &Hookbridge, subscription: &str, outcome: &str) {
 /// Posts three events, waits for three deliveries and for a failed handshake of `refused`,
 /// then a little more, so that anything delivered by mistake would have arrived.
 async fn deliver_three(server: &Hookbridge, receiver: &Receiver, refused: &str) {
-    post(server, 3).await;
+    post_accepted(server, 3, |seq| format!("k{seq}")).await;
     receiver
         .wait_for("three deliveries", Duration::from_secs(30), |r| {
             r.len() >= 3

@@ -142,6 +142,22 @@ pub struct NatsAuthConfig {
     pub token: Option<Secret>,
 }
 
+impl NatsAuthConfig {
+    /// How many ways to authenticate are (even partly) set: `creds`, `nkey_seed`,
+    /// `user` + `password`, `token`. At most one is valid; none means anonymous.
+    pub fn ways(&self) -> usize {
+        [
+            self.creds.is_some(),
+            self.nkey_seed.is_some(),
+            self.user.is_some() || self.password.is_some(),
+            self.token.is_some(),
+        ]
+        .into_iter()
+        .filter(|set| *set)
+        .count()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {

@@ -2,6 +2,7 @@
 //! bounds. Every problem is collected, so one run of `check-config` shows them all.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{Config, ExtractorConfig, Problem, Secret, SubscriptionConfig, VerifyConfig};
@@ -78,9 +79,11 @@ fn check_broker(config: &Config, problems: &mut Problems) {
         }
     }
     check_nats_auth(&broker.nats.auth, problems);
-    if broker.nats.tls.cert.is_some() != broker.nats.tls.key.is_some() {
-        problems.add("broker.nats.tls", "set both `cert` and `key`, or neither");
-    }
+    problems.cert_and_key(
+        "broker.nats.tls",
+        &broker.nats.tls.cert,
+        &broker.nats.tls.key,
+    );
     if broker.nats.lease.0 < std::time::Duration::from_secs(1) {
         problems.add("broker.nats.lease", "must be at least 1s");
     }
@@ -103,13 +106,7 @@ fn check_broker(config: &Config, problems: &mut Problems) {
 /// At most one way to authenticate, each complete. The creds file is read with the other
 /// files (`crate::tls::check_files`).
 fn check_nats_auth(auth: &super::NatsAuthConfig, problems: &mut Problems) {
-    let ways = [
-        auth.creds.is_some(),
-        auth.nkey_seed.is_some(),
-        auth.user.is_some() || auth.password.is_some(),
-        auth.token.is_some(),
-    ];
-    if ways.iter().filter(|set| **set).count() > 1 {
+    if auth.ways() > 1 {
         problems.add(
             "broker.nats.auth",
             "set at most one of `creds`, `nkey_seed`, `user` + `password`, `token`",
@@ -156,9 +153,7 @@ fn check_server(config: &Config, problems: &mut Problems) {
     if server.max_connections == 0 {
         problems.add("server.max_connections", "must be at least 1");
     }
-    if server.tls.cert.is_some() != server.tls.key.is_some() {
-        problems.add("server.tls", "set both `cert` and `key`, or neither");
-    }
+    problems.cert_and_key("server.tls", &server.tls.cert, &server.tls.key);
 }
 
 fn check_verify(path: &str, verify: &VerifyConfig, problems: &mut Problems) {
@@ -302,9 +297,7 @@ fn check_subscription(at: &str, sub: &SubscriptionConfig, problems: &mut Problem
     check_static_headers(at, sub, problems);
     // The files themselves are read where they are mounted: at start-up and by
     // `check-config` (`crate::tls::check_files`).
-    if sub.tls.cert.is_some() != sub.tls.key.is_some() {
-        problems.add(format!("{at}.tls"), "set both `cert` and `key`, or neither");
-    }
+    problems.cert_and_key(&format!("{at}.tls"), &sub.tls.cert, &sub.tls.key);
     let resend = sub.resend_topic();
     if sub.topics.contains(&resend) || [&dead_letter, &parking].contains(&&resend) {
         problems.add(
@@ -439,6 +432,13 @@ impl Problems {
             self.secret(path, secret);
         } else if let Err(e) = standard_webhooks::Secret::parse(secret) {
             self.add(path, e.to_string());
+        }
+    }
+
+    /// A certificate goes with its key: both or neither.
+    fn cert_and_key(&mut self, path: &str, cert: &Option<PathBuf>, key: &Option<PathBuf>) {
+        if cert.is_some() != key.is_some() {
+            self.add(path, "set both `cert` and `key`, or neither");
         }
     }
 

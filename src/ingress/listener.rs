@@ -93,36 +93,32 @@ pub async fn serve(
             })
             .map_err(|e: Infallible| match e {});
         let service = TowerToHyperService::new(service);
-        let Some(acceptor) = tls.clone() else {
-            let connection = graceful.watch(http1.serve_connection(TokioIo::new(stream), service));
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(%peer, error = %e, "ingress connection ended with an error");
-                }
-                drop(permit);
-            });
-            continue;
-        };
-        let (http1, http2, watcher) = (http1.clone(), http2.clone(), graceful.watcher());
+        let (http1, http2, watcher, tls) = (
+            http1.clone(),
+            http2.clone(),
+            graceful.watcher(),
+            tls.clone(),
+        );
         tokio::spawn(async move {
-            let handshake = tokio::time::timeout(limits.read_timeout, acceptor.accept(stream));
-            let stream = match handshake.await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake with a sender failed");
-                    return;
+            let ended = match tls {
+                None => {
+                    watcher
+                        .watch(http1.serve_connection(TokioIo::new(stream), service))
+                        .await
                 }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake with a sender timed out");
-                    return;
+                Some(acceptor) => {
+                    let Some(stream) = handshake(acceptor, stream, limits.read_timeout, peer).await
+                    else {
+                        return;
+                    };
+                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    let io = TokioIo::new(stream);
+                    if h2 {
+                        watcher.watch(http2.serve_connection(io, service)).await
+                    } else {
+                        watcher.watch(http1.serve_connection(io, service)).await
+                    }
                 }
-            };
-            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            let io = TokioIo::new(stream);
-            let ended = if h2 {
-                watcher.watch(http2.serve_connection(io, service)).await
-            } else {
-                watcher.watch(http1.serve_connection(io, service)).await
             };
             if let Err(e) = ended {
                 tracing::debug!(%peer, error = %e, "ingress connection ended with an error");
@@ -136,5 +132,25 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("in-flight requests did not finish within server.shutdown_timeout");
+    }
+}
+
+/// The sender's TLS handshake, bounded by the read timeout; `None` (logged) if it fails.
+async fn handshake(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    timeout: Duration,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake with a sender failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake with a sender timed out");
+            None
+        }
     }
 }

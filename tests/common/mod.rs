@@ -346,6 +346,36 @@ pub fn kafka_bootstrap() -> String {
     addr
 }
 
+/// A loopback port free right now, for a server the test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A path as a quoted YAML scalar, for a file the config names.
+pub fn yaml_path(path: &Path) -> String {
+    format!("'{}'", path.display())
+}
+
+/// Posts `n` events `{"key": key(seq), "seq": seq}` to the `events` route; each must be
+/// accepted (202) at once.
+pub async fn post_accepted(server: &Hookbridge, n: u64, key: impl Fn(u64) -> String) {
+    let client = http_client();
+    for seq in 0..n {
+        let response = client
+            .post(server.hook_url("events"))
+            .json(&serde_json::json!({ "key": key(seq), "seq": seq }))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202, "{}", server.log_text());
+    }
+}
+
 /// A name no other test run uses (the Kafka broker is shared).
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
@@ -418,11 +448,7 @@ impl NatsServer {
     /// A server with more arguments: `--user`/`--pass`, `--auth`, `--tls...`, `-c FILE`. A
     /// config file given with `-c` may use `{PORT}` and `{STORE}` for the server's own.
     pub fn start_with(extra: Vec<String>) -> NatsServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let mut server = NatsServer {
             child: None,
             port,

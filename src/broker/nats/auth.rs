@@ -73,7 +73,7 @@ pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, BrokerEr
         Ok(client) => Ok(client),
         Err(e) => match e.kind() {
             ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
-                let credentials = if has_credentials(config) {
+                let credentials = if config.auth.ways() > 0 {
                     "the server refused the credentials"
                 } else {
                     "the server demands credentials and none are set"
@@ -120,11 +120,6 @@ fn tls_failure(error: &(dyn std::error::Error + 'static)) -> bool {
         cause = e.source();
     }
     false
-}
-
-fn has_credentials(config: &NatsConfig) -> bool {
-    let auth = &config.auth;
-    auth.creds.is_some() || auth.nkey_seed.is_some() || auth.user.is_some() || auth.token.is_some()
 }
 
 /// The user JWT and nkey seed of a `.creds` file: the first and second decorated blocks.
