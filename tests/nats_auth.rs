@@ -47,42 +47,7 @@ async fn delivers(url: &str, extra: &str, envs: &[(&str, &str)]) -> String {
 
 /// `serve` on a config it must refuse at start: its error output.
 fn refused(url: &str, extra: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.yaml");
-    std::fs::write(
-        &path,
-        config(url, "refused", "http://127.0.0.1:9/hook", extra),
-    )
-    .unwrap();
-    let mut child = std::process::Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&path)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(!status.success());
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("serve kept running with credentials the server refuses");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    stderr
-}
-
-fn assert_names(said: &str, key: &str, answer: &str) {
-    assert!(
-        said.contains(key) && said.to_lowercase().contains(answer),
-        "expected `{key}` and `{answer}` in:\n{said}"
-    );
+    refused_at_start(&config(url, "refused", "http://127.0.0.1:9/hook", extra))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

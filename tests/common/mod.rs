@@ -376,6 +376,45 @@ pub async fn post_accepted(server: &Hookbridge, n: u64, key: impl Fn(u64) -> Str
     }
 }
 
+/// `hookbridge serve` on a config it must refuse at start (within 30 s): its error output.
+pub fn refused_at_start(config: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(!status.success());
+            break;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+            panic!("serve kept running on a config it should refuse; it said:\n{stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    stderr
+}
+
+/// Asserts that an error output names `key` and contains `answer` (any case).
+pub fn assert_names(said: &str, key: &str, answer: &str) {
+    assert!(
+        said.contains(key) && said.to_lowercase().contains(answer),
+        "expected `{key}` and `{answer}` in:\n{said}"
+    );
+}
+
 /// A name no other test run uses (the Kafka broker is shared).
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::now_v7().simple())

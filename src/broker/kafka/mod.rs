@@ -7,12 +7,16 @@
 //!   partition that is simply not read while its stream is full (backpressure);
 //!   assignments and revocations become partition streams.
 //!
+//! - [`refusal`]: the producer's client context, which remembers a refused SASL login or
+//!   TLS handshake so that start-up stops with the broker's reason.
+//!
 //! `broker.kafka.properties` go to librdkafka as they are (SASL, TLS, tuning), applied
 //! last so an operator can override any default set here.
 
 mod browse;
 mod consumer;
 mod producer;
+mod refusal;
 
 pub use browse::KafkaTopicReader;
 
@@ -62,7 +66,7 @@ fn kafka_error(e: impl std::fmt::Display) -> BrokerError {
 #[async_trait]
 impl Publisher for KafkaBroker {
     async fn ensure_topics(&self, topics: &[String]) -> Result<(), BrokerError> {
-        producer::ensure_topics(&self.config, topics).await
+        producer::ensure_topics(&self.config, &self.producer, topics).await
     }
 
     async fn publish(&self, record: Record) -> Result<Receipt, BrokerError> {

@@ -2,7 +2,7 @@
 //! every in-flight publish (linger) into shared produce requests, so concurrent webhooks
 //! share broker round trips; each still resolves on its own delivery report.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -11,6 +11,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
+use super::refusal::RefusalWatch;
 use super::{base_config, kafka_error, with_properties};
 use crate::broker::{BrokerError, Receipt, Record};
 use crate::config::KafkaConfig;
@@ -19,7 +20,9 @@ use crate::config::KafkaConfig;
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct KafkaProducer {
-    producer: FutureProducer,
+    producer: FutureProducer<RefusalWatch>,
+    /// What the producer's connections were refused, if anything.
+    refusals: RefusalWatch,
 }
 
 impl KafkaProducer {
@@ -37,10 +40,11 @@ impl KafkaProducer {
             .set("batch.num.messages", "10000")
             .set("compression.type", "lz4")
             .set("message.timeout.ms", "30000");
-        let producer: FutureProducer = with_properties(client, config)
-            .create()
+        let refusals = RefusalWatch::default();
+        let producer = with_properties(client, config)
+            .create_with_context(refusals.clone())
             .map_err(kafka_error)?;
-        Ok(KafkaProducer { producer })
+        Ok(KafkaProducer { producer, refusals })
     }
 
     pub async fn publish(&self, record: Record) -> Result<Receipt, BrokerError> {
@@ -87,25 +91,23 @@ impl KafkaProducer {
 }
 
 /// Creates the topics that do not exist yet with `broker.kafka.partitions` and
-/// `replication_factor`; existing topics are left as they are.
-pub async fn ensure_topics(config: &KafkaConfig, topics: &[String]) -> Result<(), BrokerError> {
+/// `replication_factor`; existing topics are left as they are. As the first request
+/// `serve` makes, it is also where a broker refusing hookbridge's credentials or TLS stops
+/// start-up, naming the settings and the broker's reason.
+pub async fn ensure_topics(
+    config: &KafkaConfig,
+    producer: &KafkaProducer,
+    topics: &[String],
+) -> Result<(), BrokerError> {
+    let wanted: Vec<String> = topics.to_vec();
+    // Metadata calls block: run them off the async threads.
+    let (client, refusals) = (producer.producer.clone(), producer.refusals.clone());
+    let existing = tokio::task::spawn_blocking(move || topic_names(&client, &refusals))
+        .await
+        .map_err(kafka_error)??;
     let admin: AdminClient<DefaultClientContext> = with_properties(base_config(config), config)
         .create()
         .map_err(kafka_error)?;
-    let wanted: Vec<String> = topics.to_vec();
-    // Metadata calls block: run them off the async threads.
-    let (admin, existing) = tokio::task::spawn_blocking(move || {
-        let names = admin.inner().fetch_metadata(None, ADMIN_TIMEOUT).map(|m| {
-            m.topics()
-                .iter()
-                .map(|t| t.name().to_string())
-                .collect::<Vec<_>>()
-        });
-        (admin, names)
-    })
-    .await
-    .map_err(kafka_error)?;
-    let existing = existing.map_err(kafka_error)?;
     let missing: Vec<&String> = wanted.iter().filter(|t| !existing.contains(t)).collect();
     if missing.is_empty() {
         return Ok(());
@@ -139,4 +141,35 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[String]) -> Result<()
         }
     }
     Ok(())
+}
+
+/// The cluster's topic names. Asks in short rounds, so that a refused authentication or
+/// handshake ends the wait as soon as librdkafka reports it.
+fn topic_names(
+    producer: &FutureProducer<RefusalWatch>,
+    refusals: &RefusalWatch,
+) -> Result<Vec<String>, BrokerError> {
+    let deadline = Instant::now() + ADMIN_TIMEOUT;
+    loop {
+        match producer
+            .client()
+            .fetch_metadata(None, Duration::from_secs(1))
+        {
+            Ok(metadata) => {
+                return Ok(metadata
+                    .topics()
+                    .iter()
+                    .map(|t| t.name().to_string())
+                    .collect());
+            }
+            Err(e) => {
+                if let Some(refusal) = refusals.refusal() {
+                    return Err(refusal);
+                }
+                if Instant::now() >= deadline {
+                    return Err(kafka_error(e));
+                }
+            }
+        }
+    }
 }

@@ -1,0 +1,48 @@
+//! Telling a refused connection from an unreachable broker.
+//!
+//! librdkafka keeps retrying a connection whose SASL authentication or TLS handshake the
+//! broker refused, and tells only its error callback why; a metadata request meanwhile just
+//! times out ("all brokers down"). [`RefusalWatch`] is a client context that remembers such
+//! a refusal (of the producer, whose polling thread serves the error callback), so start-up can stop at once with the broker's (or the verifier's) own reason
+//! and the key to fix, instead of a timeout that reads like a network problem.
+
+use std::sync::{Arc, Mutex};
+
+use rdkafka::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+use crate::broker::BrokerError;
+
+/// Clones share what they saw: one goes into the client as its context, another stays
+/// with whoever asks.
+#[derive(Clone, Default)]
+pub struct RefusalWatch {
+    refusal: Arc<Mutex<Option<String>>>,
+}
+
+impl RefusalWatch {
+    /// The last refusal seen, as the error start-up reports: it names the key that holds
+    /// librdkafka's security settings, then the broker's answer.
+    pub fn refusal(&self) -> Option<BrokerError> {
+        self.refusal
+            .lock()
+            .expect("refusal lock")
+            .clone()
+            .map(BrokerError::Rejected)
+    }
+}
+
+impl ClientContext for RefusalWatch {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::error!(target: "librdkafka", %error, reason, "Kafka client error");
+        let what = match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) => {
+                "the broker refused the SASL authentication"
+            }
+            Some(RDKafkaErrorCode::SSL) => "the TLS handshake with the broker failed",
+            _ => return,
+        };
+        *self.refusal.lock().expect("refusal lock") =
+            Some(format!("broker.kafka.properties: {what}: {reason}"));
+    }
+}
