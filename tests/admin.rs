@@ -141,15 +141,7 @@ async fn the_admin_api_needs_the_token_and_does_nothing_without_it() {
         );
     }
     // Nothing happened: the subscription is not paused.
-    let status: Value = client
-        .get(format!("{}/v1/subscriptions/audited", server.admin))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = admin_get(&server.admin, "/v1/subscriptions/audited", TOKEN).await;
     assert_eq!(status["paused"], false);
     // Health, readiness and metrics stay open to probes and scrapers.
     for path in ["/healthz", "/readyz", "/metrics"] {

@@ -222,6 +222,113 @@ async fn creds_file_of_an_operator_mode_server() {
     assert_names(&said, "broker.nats.auth.creds", "not a .creds file");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_creds_file_is_read_at_the_next_connect() {
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let system = nkeys::KeyPair::new_account();
+    // The server's config: the operator, and the account revoking `revoked` users.
+    let conf = |revoked: &[String]| {
+        let operator_jwt = jwt(
+            &operator,
+            &operator.public_key(),
+            "operator",
+            serde_json::json!({ "type": "operator", "version": 2 }),
+        );
+        let revocations: serde_json::Map<String, serde_json::Value> = revoked
+            .iter()
+            .map(|user| (user.clone(), (unix_now() + 1).into()))
+            .collect();
+        let account_jwt = jwt(
+            &operator,
+            &account.public_key(),
+            "hookbridge",
+            serde_json::json!({
+                "limits": { "subs": -1, "data": -1, "payload": -1, "conn": -1,
+                    "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1 },
+                "revocations": revocations, "type": "account", "version": 2 }),
+        );
+        let system_jwt = jwt(
+            &operator,
+            &system.public_key(),
+            "SYS",
+            serde_json::json!({ "type": "account", "version": 2 }),
+        );
+        format!(
+            "operator: {operator_jwt}\nsystem_account: {}\nresolver: MEMORY\nresolver_preload: {{\n  {}: {account_jwt}\n  {}: {system_jwt}\n}}\n",
+            system.public_key(),
+            account.public_key(),
+            system.public_key()
+        )
+    };
+    let user_creds = |user: &nkeys::KeyPair| {
+        let user_jwt = jwt(
+            &account,
+            &user.public_key(),
+            "hookbridge",
+            serde_json::json!({ "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1, "type": "user", "version": 2 }),
+        );
+        creds(&user_jwt, &user.seed().unwrap())
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let conf_path = dir.path().join("nats.conf");
+    std::fs::write(&conf_path, conf(&[])).unwrap();
+    let mut nats = NatsServer::start_with(vec!["-c".into(), conf_path.display().to_string()]);
+    let first = nkeys::KeyPair::new_user();
+    let creds_path = dir.path().join("hookbridge.creds");
+    std::fs::write(&creds_path, user_creds(&first)).unwrap();
+    let auth = format!("    auth: {{ creds: {} }}\n", yaml_path(&creds_path));
+    let receiver = Receiver::start().await;
+    let server = Hookbridge::start(
+        dir.path(),
+        &config(&nats.url(), "renewed", &receiver.url, &auth),
+    );
+    post_accepted(&server, 2, |seq| format!("k{seq}")).await;
+    receiver
+        .wait_for("two deliveries", Duration::from_secs(30), |r| r.len() >= 2)
+        .await;
+
+    // The credentials are renewed: a new user in the file, the old one revoked by the
+    // account, and the server restarted, so every client connects again.
+    let old_creds = dir.path().join("old.creds");
+    std::fs::copy(&creds_path, &old_creds).unwrap();
+    std::fs::write(&creds_path, user_creds(&nkeys::KeyPair::new_user())).unwrap();
+    std::fs::write(&conf_path, conf(&[first.public_key()])).unwrap();
+    nats.restart();
+    let said = refused(
+        &nats.url(),
+        &format!("    auth: {{ creds: {} }}\n", yaml_path(&old_creds)),
+    );
+    assert_names(&said, "broker.nats.auth", "authorization violation");
+
+    // hookbridge reconnects with the file as it is now: accepted and delivered again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = http_client()
+            .post(server.hook_url("events"))
+            .json(&serde_json::json!({ "key": "after", "seq": 2 }))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 202 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not accepted after the renewal; log:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    receiver
+        .wait_for(
+            "the delivery after the renewal",
+            Duration::from_secs(30),
+            |r| r.len() >= 3,
+        )
+        .await;
+}
+
 /// nats-server with TLS from `ca`; with `verify`, clients must show a certificate `ca` signed.
 fn tls_server(dir: &Path, ca: &Ca, verify: bool) -> NatsServer {
     let (cert, key) = ca.server().write(dir, "nats");

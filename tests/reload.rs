@@ -70,23 +70,11 @@ fn config(backend: &Backend, topic: &str, subs: &str, extra_route: bool) -> Stri
     text
 }
 
-async fn admin_get(admin: &str, path: &str) -> Value {
-    http_client()
-        .get(format!("{admin}{path}"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// Waits until `/v1/config` reports another hash than `before`.
 async fn wait_reloaded(admin: &str, before: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let shown = admin_get(admin, "/v1/config").await;
+        let shown = admin_get(admin, "/v1/config", TOKEN).await;
         if shown["hash"] != before {
             return shown;
         }
@@ -166,7 +154,7 @@ async fn subscriptions_change_live_under_load(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let mut files = ConfigMapDir::new(dir.path(), &config(&backend, &topic, &before, false));
     let server = Hookbridge::start_file(&files.path(), &[], &[]);
-    let first = admin_get(&server.admin, "/v1/config").await;
+    let first = admin_get(&server.admin, "/v1/config", TOKEN).await;
     assert_eq!(
         first["config"]["subscriptions"].as_array().unwrap().len(),
         5
@@ -211,7 +199,7 @@ async fn subscriptions_change_live_under_load(backend: Backend) {
     let removed_at = removed.count();
     let rotated_at = rotated.count();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let moved_status = admin_get(&server.admin, "/v1/subscriptions/moved").await;
+    let moved_status = admin_get(&server.admin, "/v1/subscriptions/moved", TOKEN).await;
     assert_eq!(moved_status["max_in_flight"], 2, "{moved_status}");
     assert!(
         moved_status["url"]
@@ -235,7 +223,7 @@ async fn subscriptions_change_live_under_load(backend: Backend) {
         .replace("  listen: 127.0.0.1:0\n", "  listen: 127.0.0.1:1\n");
     files.write(&listen_moved);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let still = admin_get(&server.admin, "/v1/config").await;
+    let still = admin_get(&server.admin, "/v1/config", TOKEN).await;
     assert_eq!(still["hash"], reloaded["hash"], "the running config stays");
     let (_, metrics) = scrape(&server.admin).await;
     assert_eq!(
@@ -406,7 +394,7 @@ async fn sighup_reloads_and_signal_mode_waits_for_it() {
     )
     .unwrap();
     let server = Hookbridge::start_file(&path, &[], &[("HOOKBRIDGE_CONFIG_WATCH", "signal")]);
-    let first = admin_get(&server.admin, "/v1/config").await;
+    let first = admin_get(&server.admin, "/v1/config", TOKEN).await;
     // Edited in place: not taken until SIGHUP.
     std::fs::write(
         &path,
@@ -420,7 +408,7 @@ async fn sighup_reloads_and_signal_mode_waits_for_it() {
     .unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        admin_get(&server.admin, "/v1/config").await["hash"],
+        admin_get(&server.admin, "/v1/config", TOKEN).await["hash"],
         first["hash"]
     );
     let not_yet = http_client()

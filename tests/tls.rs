@@ -1,6 +1,7 @@
 //! TLS on the connections hookbridge makes and accepts, with certificates made here:
-//! subscribers behind a private CA or demanding a client certificate (`subscriptions[].tls`),
-//! static headers on every attempt (`subscriptions[].headers`), the ingress over HTTPS
+//! subscribers behind a private CA or demanding a client certificate (`subscriptions[].tls`,
+//! its files replaced on disk while hookbridge runs), static headers on every attempt
+//! (`subscriptions[].headers`), the ingress over HTTPS
 //! (`server.tls`) with a certificate replaced on disk, and bad files refused at start-up
 //! naming the key.
 
@@ -154,6 +155,84 @@ async fn a_subscriber_demanding_a_client_certificate_gets_one_with_cert_and_key(
         "only the subscription with a certificate"
     );
     assert_eq!(attempts(&server, "anonymous", "delivered").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribers_replaced_ca_and_client_certificate_are_used_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (receivers, clients) = (Ca::new("receivers' new CA"), Ca::new("clients' new CA"));
+    let receiver = Receiver::start_tls(server_config(&receivers.server(), Some(&clients))).await;
+    // The subscription starts with material from the CAs before: its handshakes fail.
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, Ca::new("receivers' old CA").pem()).unwrap();
+    let (cert, key) = Ca::new("clients' old CA")
+        .client("hookbridge")
+        .write(dir.path(), "client");
+    let server = Hookbridge::start(
+        dir.path(),
+        &with_admin_token(
+            &events_config(
+                &format!(
+                    "  kind: embedded\n  embedded: {{ dir: '{}', partitions: 2 }}\n",
+                    dir.path().join("data").display()
+                ),
+                "rotated-events",
+                &subscription(
+                    "rotated",
+                    "rotated-events",
+                    &receiver.url,
+                    &format!(
+                        "    tls: {{ ca: {}, cert: {}, key: {} }}\n{RETRY_WITHOUT_END}",
+                        yaml_path(&ca_path),
+                        yaml_path(&cert),
+                        yaml_path(&key)
+                    ),
+                ),
+            ),
+            "admin-token",
+        ),
+    );
+    post_accepted(&server, 1, |_| "k".into()).await;
+    wait_attempts(&server, "rotated", "connect_error").await;
+    // The subscription's last error, as `hookbridge status` shows it.
+    let until_failing_with = |what: &'static str| {
+        let server = &server;
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let status =
+                    admin_get(&server.admin, "/v1/subscriptions/rotated", "admin-token").await;
+                let error = status["last_error"]["error"].to_string();
+                if error.contains(what) {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the last error is not `{what}`: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    until_failing_with("UnknownIssuer").await;
+
+    // The receiver's CA replaces the old one: the server is trusted now, and refuses the
+    // old client certificate itself.
+    std::fs::write(&ca_path, receivers.pem()).unwrap();
+    until_failing_with("received fatal alert").await;
+    assert_eq!(receiver.count(), 0);
+
+    // A renewed client certificate, in place: the next connection shows it.
+    let renewed = clients.client("hookbridge");
+    std::fs::write(&key, &renewed.key).unwrap();
+    std::fs::write(&cert, &renewed.cert).unwrap();
+    receiver
+        .wait_for(
+            "the delivery after the renewal",
+            Duration::from_secs(30),
+            |r| r.len() == 1,
+        )
+        .await;
 }
 
 /// `curl` over HTTPS: `--cacert` trusts only `ca`; prints the HTTP version and status.

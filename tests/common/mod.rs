@@ -415,6 +415,19 @@ pub fn assert_names(said: &str, key: &str, answer: &str) {
     );
 }
 
+/// `GET` of an admin API path with the bearer `token`: the JSON answered.
+pub async fn admin_get(admin: &str, path: &str, token: &str) -> serde_json::Value {
+    http_client()
+        .get(format!("{admin}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// A name no other test run uses (the Kafka broker is shared).
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
