@@ -22,6 +22,13 @@ use crate::broker::{
 const READ_AHEAD: usize = 256;
 /// Records read from disk per read.
 const READ_CHUNK: usize = 128;
+/// At most this many records behind the high-water mark, a read is done inline on the
+/// async worker instead of the blocking pool. Records at the tail were just written: they
+/// sit in the memtable (or in a table the OS still caches), so reading them takes
+/// microseconds, less than handing the read to a blocking thread and back. Those two
+/// thread wake-ups were most of an event's CPU at ordinary rates, where every event wakes
+/// idle threads (on a VM, an idle vCPU). A backlog may need the disk: the blocking pool.
+const TAIL_INLINE: u64 = 32;
 
 /// Stops the readers when the subscription is dropped. The partition handles are kept so
 /// the workers' tenure stays held: one process owns every partition of the embedded log.
@@ -108,24 +115,27 @@ impl PartitionReader {
                 }
                 continue;
             }
-            let (log, topic, partition, from) = (
-                self.log.clone(),
-                self.topic.clone(),
-                self.partition,
-                self.next,
-            );
-            let chunk = match tokio::task::spawn_blocking(move || {
-                log.read(&topic, partition, from, READ_CHUNK)
-            })
-            .await
-            {
-                Ok(Ok(chunk)) => chunk,
-                Ok(Err(e)) => {
+            let partition = self.partition;
+            let read = if high - self.next <= TAIL_INLINE {
+                self.log.read(&self.topic, partition, self.next, READ_CHUNK)
+            } else {
+                let (log, topic, from) = (self.log.clone(), self.topic.clone(), self.next);
+                match tokio::task::spawn_blocking(move || {
+                    log.read(&topic, partition, from, READ_CHUNK)
+                })
+                .await
+                {
+                    Ok(read) => read,
+                    Err(_) => return,
+                }
+            };
+            let chunk = match read {
+                Ok(chunk) => chunk,
+                Err(e) => {
                     tracing::error!(topic = %self.topic, partition, error = %e, "reading the embedded log failed; retrying");
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                     continue;
                 }
-                Err(_) => return,
             };
             let Some(first) = chunk.first() else {
                 // Everything up to the high-water mark was removed by retention.
