@@ -133,57 +133,84 @@ fn creds(jwt: &str, seed: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn creds_file_of_an_operator_mode_server() {
-    let operator = nkeys::KeyPair::new_operator();
-    let account = nkeys::KeyPair::new_account();
-    let user = nkeys::KeyPair::new_user();
-    let operator_jwt = jwt(
-        &operator,
-        &operator.public_key(),
-        "operator",
-        serde_json::json!({ "type": "operator", "version": 2 }),
-    );
-    let unlimited = serde_json::json!({
-        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
-        "wildcards": true, "conn": -1, "leaf": -1,
-        "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1,
-    });
-    let account_jwt = jwt(
-        &operator,
-        &account.public_key(),
-        "hookbridge",
-        serde_json::json!({ "limits": unlimited, "type": "account", "version": 2 }),
-    );
-    let user_jwt = jwt(
-        &account,
-        &user.public_key(),
-        "hookbridge",
-        serde_json::json!({ "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1, "type": "user", "version": 2 }),
-    );
-    // JetStream in operator mode needs a system account.
-    let system = nkeys::KeyPair::new_account();
-    let system_jwt = jwt(
-        &operator,
-        &system.public_key(),
-        "SYS",
-        serde_json::json!({ "type": "account", "version": 2 }),
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("nats.conf");
-    std::fs::write(
-        &file,
+/// An operator-mode set made here: the operator, the account hookbridge's users belong
+/// to, and the system account JetStream in operator mode needs.
+struct OperatorMode {
+    operator: nkeys::KeyPair,
+    account: nkeys::KeyPair,
+    system: nkeys::KeyPair,
+}
+
+impl OperatorMode {
+    fn new() -> OperatorMode {
+        OperatorMode {
+            operator: nkeys::KeyPair::new_operator(),
+            account: nkeys::KeyPair::new_account(),
+            system: nkeys::KeyPair::new_account(),
+        }
+    }
+
+    /// nats-server's config trusting the operator, with both accounts preloaded in a memory
+    /// resolver; the account revokes the `revoked` users' JWTs issued so far.
+    fn conf(&self, revoked: &[String]) -> String {
+        let operator_jwt = jwt(
+            &self.operator,
+            &self.operator.public_key(),
+            "operator",
+            serde_json::json!({ "type": "operator", "version": 2 }),
+        );
+        let unlimited = serde_json::json!({
+            "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+            "wildcards": true, "conn": -1, "leaf": -1,
+            "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1,
+        });
+        let revocations: serde_json::Map<String, serde_json::Value> = revoked
+            .iter()
+            .map(|user| (user.clone(), (unix_now() + 1).into()))
+            .collect();
+        let account_jwt = jwt(
+            &self.operator,
+            &self.account.public_key(),
+            "hookbridge",
+            serde_json::json!({
+                "limits": unlimited, "revocations": revocations, "type": "account", "version": 2
+            }),
+        );
+        let system_jwt = jwt(
+            &self.operator,
+            &self.system.public_key(),
+            "SYS",
+            serde_json::json!({ "type": "account", "version": 2 }),
+        );
         format!(
             "operator: {operator_jwt}\nsystem_account: {}\nresolver: MEMORY\nresolver_preload: {{\n  {}: {account_jwt}\n  {}: {system_jwt}\n}}\n",
-            system.public_key(),
-            account.public_key(),
-            system.public_key()
-        ),
-    )
-    .unwrap();
+            self.system.public_key(),
+            self.account.public_key(),
+            self.system.public_key()
+        )
+    }
+
+    /// The `.creds` text of `user` in the account.
+    fn user_creds(&self, user: &nkeys::KeyPair) -> String {
+        let user_jwt = jwt(
+            &self.account,
+            &user.public_key(),
+            "hookbridge",
+            serde_json::json!({ "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1, "type": "user", "version": 2 }),
+        );
+        creds(&user_jwt, &user.seed().unwrap())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creds_file_of_an_operator_mode_server() {
+    let set = OperatorMode::new();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nats.conf");
+    std::fs::write(&file, set.conf(&[])).unwrap();
     let nats = NatsServer::start_with(vec!["-c".into(), file.display().to_string()]);
     let creds_path = dir.path().join("hookbridge.creds");
-    std::fs::write(&creds_path, creds(&user_jwt, &user.seed().unwrap())).unwrap();
+    std::fs::write(&creds_path, set.user_creds(&nkeys::KeyPair::new_user())).unwrap();
     delivers(
         &nats.url(),
         &format!("    auth: {{ creds: {} }}\n", yaml_path(&creds_path)),
@@ -224,59 +251,14 @@ async fn creds_file_of_an_operator_mode_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewed_creds_file_is_read_at_the_next_connect() {
-    let operator = nkeys::KeyPair::new_operator();
-    let account = nkeys::KeyPair::new_account();
-    let system = nkeys::KeyPair::new_account();
-    // The server's config: the operator, and the account revoking `revoked` users.
-    let conf = |revoked: &[String]| {
-        let operator_jwt = jwt(
-            &operator,
-            &operator.public_key(),
-            "operator",
-            serde_json::json!({ "type": "operator", "version": 2 }),
-        );
-        let revocations: serde_json::Map<String, serde_json::Value> = revoked
-            .iter()
-            .map(|user| (user.clone(), (unix_now() + 1).into()))
-            .collect();
-        let account_jwt = jwt(
-            &operator,
-            &account.public_key(),
-            "hookbridge",
-            serde_json::json!({
-                "limits": { "subs": -1, "data": -1, "payload": -1, "conn": -1,
-                    "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1 },
-                "revocations": revocations, "type": "account", "version": 2 }),
-        );
-        let system_jwt = jwt(
-            &operator,
-            &system.public_key(),
-            "SYS",
-            serde_json::json!({ "type": "account", "version": 2 }),
-        );
-        format!(
-            "operator: {operator_jwt}\nsystem_account: {}\nresolver: MEMORY\nresolver_preload: {{\n  {}: {account_jwt}\n  {}: {system_jwt}\n}}\n",
-            system.public_key(),
-            account.public_key(),
-            system.public_key()
-        )
-    };
-    let user_creds = |user: &nkeys::KeyPair| {
-        let user_jwt = jwt(
-            &account,
-            &user.public_key(),
-            "hookbridge",
-            serde_json::json!({ "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1, "type": "user", "version": 2 }),
-        );
-        creds(&user_jwt, &user.seed().unwrap())
-    };
+    let set = OperatorMode::new();
     let dir = tempfile::tempdir().unwrap();
     let conf_path = dir.path().join("nats.conf");
-    std::fs::write(&conf_path, conf(&[])).unwrap();
+    std::fs::write(&conf_path, set.conf(&[])).unwrap();
     let mut nats = NatsServer::start_with(vec!["-c".into(), conf_path.display().to_string()]);
     let first = nkeys::KeyPair::new_user();
     let creds_path = dir.path().join("hookbridge.creds");
-    std::fs::write(&creds_path, user_creds(&first)).unwrap();
+    std::fs::write(&creds_path, set.user_creds(&first)).unwrap();
     let auth = format!("    auth: {{ creds: {} }}\n", yaml_path(&creds_path));
     let receiver = Receiver::start().await;
     let server = Hookbridge::start(
@@ -292,8 +274,8 @@ async fn a_renewed_creds_file_is_read_at_the_next_connect() {
     // account, and the server restarted, so every client connects again.
     let old_creds = dir.path().join("old.creds");
     std::fs::copy(&creds_path, &old_creds).unwrap();
-    std::fs::write(&creds_path, user_creds(&nkeys::KeyPair::new_user())).unwrap();
-    std::fs::write(&conf_path, conf(&[first.public_key()])).unwrap();
+    std::fs::write(&creds_path, set.user_creds(&nkeys::KeyPair::new_user())).unwrap();
+    std::fs::write(&conf_path, set.conf(&[first.public_key()])).unwrap();
     nats.restart();
     let said = refused(
         &nats.url(),

@@ -99,7 +99,6 @@ pub async fn ensure_topics(
     producer: &KafkaProducer,
     topics: &[String],
 ) -> Result<(), BrokerError> {
-    let wanted: Vec<String> = topics.to_vec();
     // Metadata calls block: run them off the async threads.
     let (client, refusals) = (producer.producer.clone(), producer.refusals.clone());
     let existing = tokio::task::spawn_blocking(move || topic_names(&client, &refusals))
@@ -108,7 +107,7 @@ pub async fn ensure_topics(
     let admin: AdminClient<DefaultClientContext> = with_properties(base_config(config), config)
         .create()
         .map_err(kafka_error)?;
-    let missing: Vec<&String> = wanted.iter().filter(|t| !existing.contains(t)).collect();
+    let missing: Vec<&String> = topics.iter().filter(|t| !existing.contains(t)).collect();
     if missing.is_empty() {
         return Ok(());
     }

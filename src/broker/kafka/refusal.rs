@@ -2,9 +2,10 @@
 //!
 //! librdkafka keeps retrying a connection whose SASL authentication or TLS handshake the
 //! broker refused, and tells only its error callback why; a metadata request meanwhile just
-//! times out ("all brokers down"). [`RefusalWatch`] is a client context that remembers such
-//! a refusal (of the producer, whose polling thread serves the error callback), so start-up can stop at once with the broker's (or the verifier's) own reason
-//! and the key to fix, instead of a timeout that reads like a network problem.
+//! times out ("all brokers down"). [`RefusalWatch`] is the producer's client context (its
+//! polling thread is the one that serves the error callback) and remembers such a refusal,
+//! so start-up can stop at once with the broker's (or the verifier's) own reason and the
+//! key to fix, instead of a timeout that reads like a network problem.
 
 use std::sync::{Arc, Mutex};
 
