@@ -120,6 +120,7 @@ async fn partitions_stream_in_order_and_resume_from_the_commit() {
         // Per key, values are in publish order within the partition.
         per_partition.insert(stream.partition, records.len());
         stream
+            .calls()
             .commit(Progress {
                 completion: &Completion::at(10),
                 done: &[],

@@ -350,7 +350,7 @@ pub struct PartitionStream {
     pub topic: Arc<str>,
     pub partition: u32,
     records: mpsc::Receiver<ConsumedRecord>,
-    committer: Arc<dyn Committer>,
+    calls: PartitionCalls,
     tenure: watch::Receiver<Tenure>,
     /// Dropped with the stream, which tells the backend the worker has let go.
     _released: oneshot::Sender<()>,
@@ -367,10 +367,14 @@ impl PartitionStream {
         let (tenure_tx, tenure) = watch::channel(Tenure::Held { until: None });
         let (released_tx, released) = oneshot::channel();
         let stream = PartitionStream {
+            calls: PartitionCalls {
+                topic: topic.clone(),
+                partition,
+                committer,
+            },
             topic,
             partition,
             records,
-            committer,
             tenure,
             _released: released_tx,
         };
@@ -385,6 +389,35 @@ impl PartitionStream {
     /// subscription closed.
     pub async fn next(&mut self) -> Option<ConsumedRecord> {
         self.records.recv().await
+    }
+
+    /// The partition's commits and reads of stored progress, as a handle of their own, so
+    /// that a worker can have one on its way while it goes on taking records.
+    pub fn calls(&self) -> PartitionCalls {
+        self.calls.clone()
+    }
+
+    /// The partition's tenure, to watch for renewal and revocation.
+    pub fn tenure(&self) -> watch::Receiver<Tenure> {
+        self.tenure.clone()
+    }
+}
+
+/// What a partition's worker asks its group's committer, for that partition.
+#[derive(Clone)]
+pub struct PartitionCalls {
+    topic: Arc<str>,
+    partition: u32,
+    committer: Arc<dyn Committer>,
+}
+
+impl PartitionCalls {
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn partition(&self) -> u32 {
+        self.partition
     }
 
     /// Records the partition's progress.
@@ -418,10 +451,5 @@ impl PartitionStream {
         self.committer
             .lag(&self.topic, self.partition, committed)
             .await
-    }
-
-    /// The partition's tenure, to watch for renewal and revocation.
-    pub fn tenure(&self) -> watch::Receiver<Tenure> {
-        self.tenure.clone()
     }
 }

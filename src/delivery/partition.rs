@@ -1,6 +1,11 @@
 //! One assigned partition: records fan out into lanes, lanes run concurrently, and the
 //! commit tracker commits what is done.
 //!
+//! One task per partition: each busy lane's event is a future this worker polls itself
+//! (no task spawned, joined and reported through a channel per event), and the worker's
+//! own calls to the broker (commits, lag reads, parked-key reviews) are futures on their
+//! way beside them, so that a slow commit does not hold up the lanes.
+//!
 //! Lanes by `ordering`: `key` gives each partition key its own lane (records without a key
 //! are unordered), `partition` one lane for the whole partition, `none` a lane per record.
 //! At most `buffer` records are held per partition (queued in lanes or in flight); when the
@@ -24,19 +29,23 @@
 //! so it has stopped before another replica may start.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::watch;
 
-use super::commit::CommitTracker;
+use super::commit::{CommitTracker, Pending};
 use super::event::Event;
 use super::lane::{self, Outcome};
 use super::parking::{self, ParkedKeys, Review};
 use super::subscription::SubscriptionRuntime;
-use crate::broker::{Completion, PartitionStream, Progress, Tenure, sleep_until};
+use crate::broker::{
+    BrokerError, Completion, PartitionCalls, PartitionStream, Progress, Tenure, sleep_until,
+};
 use crate::config::OrderingMode;
 use crate::metrics::{self, GaugeShare};
 
@@ -77,6 +86,26 @@ struct Lanes {
     draining: HashMap<Bytes, VecDeque<Event>>,
 }
 
+/// An event on its way through its lane: the lane, the record's offset, how it ended.
+type LaneRun = Pin<Box<dyn Future<Output = (LaneKey, u64, Outcome)> + Send>>;
+
+/// A broker call (a commit, a lag read, a parked-key review) the worker has on its way while
+/// its lanes go on: at most one of each kind at a time.
+type Call<T> = Option<Pin<Box<dyn Future<Output = T> + Send>>>;
+
+/// A lag read: the commit point it was read against, and the lag.
+type LagRead = (Option<u64>, Result<Option<u64>, BrokerError>);
+
+/// Waits for `call` to finish and clears it; never finishes when there is none.
+async fn finished<T>(call: &mut Call<T>) -> T {
+    let Some(running) = call else {
+        return std::future::pending().await;
+    };
+    let output = running.await;
+    *call = None;
+    output
+}
+
 pub async fn run(
     sub: Arc<SubscriptionRuntime>,
     mut stream: PartitionStream,
@@ -85,6 +114,7 @@ pub async fn run(
     let (topic, partition) = (stream.topic.clone(), stream.partition);
     tracing::info!(subscription = %sub.name, %topic, partition, "partition assigned");
     let mut tenure = stream.tenure();
+    let calls = stream.calls();
     let resumed = resumed(&sub, &stream).await;
     // Keys of this partition park (see `parking`) unless it is a parking partition itself,
     // or the subscription orders by partition or not at all.
@@ -95,7 +125,7 @@ pub async fn run(
         Some(resumed) if parks => ParkedKeys::resumed(&resumed.parked),
         _ => ParkedKeys::default(),
     };
-    let mut tracker = CommitTracker::new(stream.per_record(), resumed);
+    let mut tracker = CommitTracker::new(calls.per_record(), resumed);
     // This worker's shares of the subscription's gauges, taken back when it ends.
     let label = metrics::subscription(&sub.name);
     let mut owned = GaugeShare::new(
@@ -116,8 +146,12 @@ pub async fn run(
         queued: HashMap::new(),
         draining: HashMap::new(),
     };
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(LaneKey, u64, Outcome)>();
-    let mut running: JoinSet<()> = JoinSet::new();
+    // The events on their way, one per busy lane, polled by this task: no task is spawned
+    // per event, and a finished one is seen here without a channel.
+    let mut running: FuturesUnordered<LaneRun> = FuturesUnordered::new();
+    let mut committing: Call<(Pending, Result<(), BrokerError>)> = None;
+    let mut reading_lag: Call<LagRead> = None;
+    let mut reviewing: Call<Vec<(u32, Completion)>> = None;
     let mut held = 0usize;
     let mut commit_tick = tokio::time::interval(COMMIT_INTERVAL);
     commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -139,26 +173,27 @@ pub async fn run(
 
     // Starts the lane's next event: to the subscriber, or to the parking topic when its key
     // is parked.
-    let start =
-        |lane: LaneKey, event: Event, running: &mut JoinSet<()>, parked: &mut ParkedKeys| {
-            let (sub, done, mut stop) = (sub.clone(), done_tx.clone(), released.clone());
-            let key = match &lane {
-                LaneKey::Key(key) if parks => Some(key),
-                _ => None,
-            };
-            // A draining key's events wait in `draining`, so a parked one started here forwards.
-            let forward = key.is_some_and(|key| parked.contains(key));
-            let park_after =
-                (key.is_some() && parked.has_room()).then(|| sub.settings().park_after);
-            running.spawn(async move {
-                let outcome = if forward {
-                    lane::park(&sub, &event, event.prior_attempts, &mut stop).await
-                } else {
-                    lane::deliver(&sub, &event, &mut stop, park_after).await
-                };
-                let _ = done.send((lane, event.record.offset, outcome));
-            });
+    let start = |lane: LaneKey,
+                 event: Event,
+                 running: &mut FuturesUnordered<LaneRun>,
+                 parked: &mut ParkedKeys| {
+        let (sub, mut stop) = (sub.clone(), released.clone());
+        let key = match &lane {
+            LaneKey::Key(key) if parks => Some(key),
+            _ => None,
         };
+        // A draining key's events wait in `draining`, so a parked one started here forwards.
+        let forward = key.is_some_and(|key| parked.contains(key));
+        let park_after = (key.is_some() && parked.has_room()).then(|| sub.settings().park_after);
+        running.push(Box::pin(async move {
+            let outcome = if forward {
+                lane::park(&sub, &event, event.prior_attempts, &mut stop).await
+            } else {
+                lane::deliver(&sub, &event, &mut stop, park_after).await
+            };
+            (lane, event.record.offset, outcome)
+        }));
+    };
 
     let ending = loop {
         let fence = tenure.borrow().held_until();
@@ -171,10 +206,8 @@ pub async fn run(
                 }
             }
             _ = sleep_until(fence), if fence.is_some() => break Ending::Fenced,
-            Some((lane, offset, outcome)) = done_rx.recv() => {
+            Some((lane, offset, outcome)) = running.next(), if !running.is_empty() => {
                 held -= 1;
-                // Reap finished tasks: a JoinSet keeps each one until it is joined.
-                while running.try_join_next().is_some() {}
                 if outcome == Outcome::Abandoned {
                     continue;
                 }
@@ -235,8 +268,12 @@ pub async fn run(
                     }
                 }
             }
-            _ = unpark_tick.tick(), if !parked.is_empty() => {
-                let review = review_parked(&sub, &stream, &mut parked, &lanes).await;
+            (pending, result) = finished(&mut committing) => match result {
+                Ok(()) => tracker.accepted(&pending),
+                Err(e) => tracing::warn!(subscription = %sub.name, %topic, partition, error = %e, "commit failed; will retry"),
+            },
+            stored = finished(&mut reviewing) => {
+                let review = review_parked(&sub, &stream, &mut parked, &lanes, stored);
                 if !review.unparked.is_empty() {
                     tracker.set_parked(parked.snapshot());
                     parked_gauge.set(parked.len() as i64);
@@ -251,14 +288,8 @@ pub async fn run(
                     start(lane, first, &mut running, &mut parked);
                 }
             }
-            _ = commit_tick.tick() => {
-                if let Err(e) = commit(&stream, &mut tracker).await {
-                    tracing::warn!(subscription = %sub.name, %topic, partition, error = %e, "commit failed; will retry");
-                }
-            }
-            _ = lag_tick.tick() => {
-                let committed = tracker.commit_point();
-                let lag = match stream.lag(committed.unwrap_or(0)).await {
+            (committed, lag) = finished(&mut reading_lag) => {
+                let lag = match lag {
                     Ok(lag) => lag,
                     Err(e) => {
                         tracing::debug!(subscription = %sub.name, %topic, partition, error = %e, "cannot read the consumer lag");
@@ -268,15 +299,32 @@ pub async fn run(
                 if let Some(lag) = lag {
                     metrics::metrics().consumer_lag.get_or_create(&lag_labels).set(lag as i64);
                 }
+                let per_record = calls.per_record();
                 row.update(|row| {
                     row.committed = committed;
                     row.lag = lag;
                     // JetStream's sequences run across a stream's partitions: no end follows
                     // from a count there.
-                    row.end = lag.filter(|_| !stream.per_record()).map(|lag| committed.unwrap_or(0) + lag);
+                    row.end = lag.filter(|_| !per_record).map(|lag| committed.unwrap_or(0) + lag);
                     row.held = held;
                     row.parked_keys = parked.len();
                 });
+            }
+            _ = unpark_tick.tick(), if !parked.is_empty() && reviewing.is_none() => {
+                let partitions = parked.idle_partitions(|key| lanes.is_busy(key));
+                reviewing = Some(Box::pin(read_parking_partitions(calls.clone(), sub.parking_topic.clone(), partitions)));
+            }
+            _ = commit_tick.tick(), if committing.is_none() => {
+                if let Some(pending) = tracker.take() {
+                    committing = Some(Box::pin(commit(calls.clone(), pending)));
+                }
+            }
+            _ = lag_tick.tick(), if reading_lag.is_none() => {
+                let committed = tracker.commit_point();
+                let calls = calls.clone();
+                reading_lag = Some(Box::pin(async move {
+                    (committed, calls.lag(committed.unwrap_or(0)).await)
+                }));
             }
         }
     };
@@ -295,11 +343,9 @@ pub async fn run(
     if let Some(fence) = tenure.borrow().held_until() {
         deadline = deadline.min(fence);
     }
-    let mut active = lanes.queued.len();
-    while active > 0 {
+    while !running.is_empty() {
         tokio::select! {
-            Some((_, offset, outcome)) = done_rx.recv() => {
-                active -= 1;
+            Some((_, offset, outcome)) = running.next() => {
                 if outcome != Outcome::Abandoned {
                     tracker.done(offset);
                 }
@@ -308,19 +354,29 @@ pub async fn run(
         }
     }
     // Whatever is still running now is cut off: after a fence it must not go on.
-    running.abort_all();
+    let abandoned = running.len();
+    drop(running);
     if ending == Ending::Fenced {
-        tracing::warn!(subscription = %sub.name, %topic, partition, abandoned = active, "partition ownership not confirmed in time; stopped delivering it");
+        tracing::warn!(subscription = %sub.name, %topic, partition, abandoned, "partition ownership not confirmed in time; stopped delivering it");
     }
+    // A commit on its way finishes first, so that commits reach the broker in order.
     let final_commit_by = Instant::now() + FINAL_COMMIT_FOR;
-    loop {
-        match commit(&stream, &mut tracker).await {
-            Ok(()) => break,
-            Err(e) if Instant::now() >= final_commit_by => {
+    if let Some(on_its_way) = committing.take()
+        && let Ok((pending, Ok(()))) = tokio::time::timeout(FINAL_COMMIT_FOR, on_its_way).await
+    {
+        tracker.accepted(&pending);
+    }
+    while let Some(pending) = tracker.take() {
+        match commit(calls.clone(), pending).await {
+            (pending, Ok(())) => {
+                tracker.accepted(&pending);
+                break;
+            }
+            (_, Err(e)) if Instant::now() >= final_commit_by => {
                 tracing::warn!(subscription = %sub.name, %topic, partition, error = %e, "final commit failed; the next owner redelivers what it did not record");
                 break;
             }
-            Err(_) => tokio::time::sleep(COMMIT_INTERVAL).await,
+            (_, Err(_)) => tokio::time::sleep(COMMIT_INTERVAL).await,
         }
     }
     tracing::info!(subscription = %sub.name, %topic, partition, ?ending, pending = tracker.pending(), skipped_as_done = tracker.skipped(), "partition released");
@@ -328,26 +384,49 @@ pub async fn run(
     drop(stream);
 }
 
-/// Looks at the parked keys' parking partitions (see `ParkedKeys::review`).
-async fn review_parked(
+impl Lanes {
+    /// Whether the key's lane has an event on its way.
+    fn is_busy(&self, key: &Bytes) -> bool {
+        self.queued.contains_key(&LaneKey::Key(key.clone()))
+    }
+}
+
+/// Reads what is done on the parking partitions where parked keys are idle (see
+/// `ParkedKeys::review`); a partition that cannot be read in time is left for the next look.
+async fn read_parking_partitions(
+    calls: PartitionCalls,
+    parking_topic: String,
+    partitions: Vec<u32>,
+) -> Vec<(u32, Completion)> {
+    let mut stored = Vec::with_capacity(partitions.len());
+    for partition in partitions {
+        let read = tokio::time::timeout(UNPARK_INTERVAL, calls.stored(&parking_topic, partition));
+        if let Ok(Ok(Some(done))) = read.await {
+            stored.push((partition, done));
+        }
+    }
+    stored
+}
+
+/// Reviews the parked keys against what their parking partitions had done (see
+/// `ParkedKeys::review`). Whether a key is busy is asked now, not when the reads started.
+fn review_parked(
     sub: &SubscriptionRuntime,
     stream: &PartitionStream,
     parked: &mut ParkedKeys,
     lanes: &Lanes,
+    stored: Vec<(u32, Completion)>,
 ) -> Review {
-    let busy = |key: &Bytes| lanes.queued.contains_key(&LaneKey::Key(key.clone()));
     let mut review = Review::default();
-    for partition in parked.idle_partitions(busy) {
-        let stored = tokio::time::timeout(
-            UNPARK_INTERVAL,
-            stream.stored(&sub.parking_topic, partition),
-        )
-        .await;
-        if let Ok(Ok(Some(done))) = stored {
-            let one = parked.review(partition, &done, busy, sub.settings().park_after);
-            review.unparked.extend(one.unparked);
-            review.forward_again.extend(one.forward_again);
-        }
+    for (partition, done) in stored {
+        let one = parked.review(
+            partition,
+            &done,
+            |key| lanes.is_busy(key),
+            sub.settings().park_after,
+        );
+        review.unparked.extend(one.unparked);
+        review.forward_again.extend(one.forward_again);
     }
     if !review.unparked.is_empty() {
         tracing::info!(subscription = %sub.name, topic = %stream.topic, partition = stream.partition, unparked = review.unparked.len(), still_parked = parked.len(), "parked keys recovered; their new events go to the subscriber directly");
@@ -360,8 +439,9 @@ async fn review_parked(
 /// is safe, only not as economical).
 async fn resumed(sub: &SubscriptionRuntime, stream: &PartitionStream) -> Option<Completion> {
     let give_up = Instant::now() + FINAL_COMMIT_FOR;
+    let calls = stream.calls();
     loop {
-        match stream.resumed().await {
+        match calls.resumed().await {
             Ok(resumed) => {
                 if let Some(known) = resumed.as_ref().filter(|c| c.knows_more()) {
                     tracing::info!(subscription = %sub.name, topic = %stream.topic, partition = stream.partition, next_offset = known.next_offset, known_until = known.known_until, open = known.open.len(), "resuming: records done above the commit point are skipped");
@@ -377,21 +457,21 @@ async fn resumed(sub: &SubscriptionRuntime, stream: &PartitionStream) -> Option<
     }
 }
 
-/// Commits what the tracker has to commit, if anything; counted only once accepted.
-async fn commit(
-    stream: &PartitionStream,
-    tracker: &mut CommitTracker,
-) -> Result<(), crate::broker::BrokerError> {
-    let Some(pending) = tracker.take() else {
-        return Ok(());
-    };
-    tracing::debug!(topic = %stream.topic, partition = stream.partition, next_offset = pending.next_offset(), open = pending.completion.open.len(), done = pending.done.len(), "commit");
-    stream
+/// Makes one commit; the tracker counts it only once accepted (`CommitTracker::accepted`).
+async fn commit(calls: PartitionCalls, pending: Pending) -> (Pending, Result<(), BrokerError>) {
+    tracing::debug!(
+        topic = calls.topic(),
+        partition = calls.partition(),
+        next_offset = pending.next_offset(),
+        open = pending.completion.open.len(),
+        done = pending.done.len(),
+        "commit"
+    );
+    let result = calls
         .commit(Progress {
             completion: &pending.completion,
             done: &pending.done,
         })
-        .await?;
-    tracker.accepted(&pending);
-    Ok(())
+        .await;
+    (pending, result)
 }
