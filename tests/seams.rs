@@ -1,6 +1,7 @@
 //! The guarantees at the seams, on every backend: a partition handed from one replica to
 //! another is never delivered by both at once, a lease that cannot be renewed fences its
-//! replica, and a key that keeps failing holds only its own events.
+//! replica, a key that keeps failing holds only its own events, and a stalled call to the
+//! broker does not hold up the deliveries already in hand.
 //!
 //! NATS runs on a private nats-server; Kafka on the Kafka-protocol broker scripts/test
 //! starts (HOOKBRIDGE_TEST_KAFKA).
@@ -356,23 +357,15 @@ async fn kafka_line_breaks_in_extracted_values_are_refused() {
 /// before they expire, so the replica that takes its partitions never overlaps with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_a_replica_that_cannot_renew_its_leases_fences_itself() {
-    use hookbridge::broker::nats::stream_name;
-    use hookbridge::broker::partitioner::partition_for_key;
     const KEYS: u64 = 40;
     const EVENTS: u64 = 1_200;
-    let nats = NatsServer::start();
-    let proxy = StallableProxy::start(nats.port).await;
-    let topic = unique("fence");
-    let receiver = Receiver::start().await;
-    receiver.answer(|_, _| Reply {
-        status: 200,
-        delay: Duration::from_millis(100),
-        retry_after: None,
-    });
-    let subs = format!(
-        "  - name: {topic}\n    topics: [{topic}]\n    url: {}\n    max_in_flight: 16\n",
-        receiver.url
-    );
+    let Proxied {
+        nats,
+        proxy,
+        topic,
+        receiver,
+        subs,
+    } = Proxied::start("fence", Duration::from_millis(100), 16).await;
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     // Replica A reaches NATS through the proxy.
     let mut a = Hookbridge::start(
@@ -386,29 +379,7 @@ async fn nats_a_replica_that_cannot_renew_its_leases_fences_itself() {
     .await;
 
     // A backlog of foreign messages, published straight to the partitions' subjects.
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while js.get_stream(stream_name(&topic)).await.is_err() {
-        assert!(Instant::now() < deadline, "the stream exists");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut acks = Vec::new();
-    for seq in 0..EVENTS {
-        let key = format!("k{}", seq % KEYS);
-        let partition = partition_for_key(key.as_bytes(), 4);
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Hb-Key", key.as_str());
-        let body = serde_json::json!({"key": key, "seq": seq}).to_string();
-        acks.push(
-            js.publish_with_headers(format!("{topic}.{partition}"), headers, body.into())
-                .await
-                .unwrap(),
-        );
-    }
-    for ack in acks {
-        ack.await.unwrap();
-    }
+    publish_foreign(&nats, &topic, EVENTS, KEYS, 4).await;
     receiver
         .wait_for("A delivering", Duration::from_secs(30), |r| r.len() >= 100)
         .await;
@@ -444,4 +415,146 @@ async fn nats_a_replica_that_cannot_renew_its_leases_fences_itself() {
         received.len()
     );
     a.kill();
+}
+
+/// A partition worker's own calls to the broker (commits, lag reads) do not hold up its
+/// lanes: while the connection to NATS is stalled (shorter than the lease), the records
+/// already read keep being delivered at the receiver's pace, though every lag read on the
+/// way waits for its timeout. Afterwards everything is delivered, in order per key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_stalled_broker_call_does_not_hold_up_deliveries_in_hand() {
+    const KEYS: u64 = 20;
+    const EVENTS: u64 = 300;
+    const STALL: Duration = Duration::from_secs(8);
+    // About 20 deliveries a second: far fewer than the records read ahead before the stall.
+    let Proxied {
+        nats,
+        proxy,
+        topic,
+        receiver,
+        subs,
+    } = Proxied::start("stall", Duration::from_millis(200), 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    // A lease well beyond the stall: the replica keeps its partition throughout.
+    let broker = format!(
+        "  kind: nats\n  nats: {{ url: \"{}\", partitions: 1, lease: 60s }}\n",
+        proxy.url()
+    );
+    let server = Hookbridge::start(dir.path(), &events_config(&broker, &topic, &subs));
+    server
+        .wait_assigned(2, "the partition and its parking partition")
+        .await;
+
+    publish_foreign(&nats, &topic, EVENTS, KEYS, 1).await;
+    receiver
+        .wait_for("deliveries under way", Duration::from_secs(30), |r| {
+            r.len() >= 20
+        })
+        .await;
+
+    proxy.stall(true);
+    let stalled_at = Instant::now();
+    tokio::time::sleep(STALL).await;
+    let during: Vec<Instant> = receiver
+        .received()
+        .iter()
+        .map(|r| r.at)
+        .filter(|at| *at >= stalled_at)
+        .collect();
+    proxy.stall(false);
+
+    // The longest wait between two deliveries while the connection was stalled, the ends
+    // of the stall included.
+    let mut marks = vec![stalled_at];
+    marks.extend(&during);
+    marks.push(stalled_at + STALL);
+    let longest = marks
+        .windows(2)
+        .map(|w| w[1].saturating_duration_since(w[0]))
+        .max()
+        .unwrap();
+    assert!(
+        during.len() >= 40 && longest < Duration::from_millis(2_500),
+        "deliveries went on through the stall: {} delivered in {STALL:?}, longest pause {longest:?}",
+        during.len()
+    );
+
+    receiver
+        .wait_for("every event delivered", Duration::from_secs(60), |r| {
+            all_delivered(r, 0..EVENTS)
+        })
+        .await;
+    let received = receiver.received();
+    assert_no_overlap_per_key(&received);
+    assert_first_deliveries_in_order(&received);
+    eprintln!(
+        "{} delivered during the {STALL:?} stall, longest pause {longest:?}",
+        during.len()
+    );
+}
+
+/// Publishes `events` foreign messages (`{"key", "seq"}` bodies over `keys` keys, the key in
+/// `Hb-Key`) straight to the subjects of `topic`'s `partitions`, once hookbridge has made its
+/// stream, and waits until JetStream has stored them all.
+async fn publish_foreign(nats: &NatsServer, topic: &str, events: u64, keys: u64, partitions: u32) {
+    use hookbridge::broker::nats::stream_name;
+    use hookbridge::broker::partitioner::partition_for_key;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while js.get_stream(stream_name(topic)).await.is_err() {
+        assert!(Instant::now() < deadline, "the stream exists");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut acks = Vec::new();
+    for seq in 0..events {
+        let key = format!("k{}", seq % keys);
+        let partition = partition_for_key(key.as_bytes(), partitions);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Hb-Key", key.as_str());
+        let body = serde_json::json!({"key": key, "seq": seq}).to_string();
+        acks.push(
+            js.publish_with_headers(format!("{topic}.{partition}"), headers, body.into())
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+}
+
+/// A private nats-server reached through a proxy that can stall, a receiver answering 200
+/// after a delay, and a subscription (named as its topic) delivering to it.
+struct Proxied {
+    nats: NatsServer,
+    proxy: StallableProxy,
+    topic: String,
+    receiver: Receiver,
+    subs: String,
+}
+
+impl Proxied {
+    async fn start(prefix: &str, answer_after: Duration, max_in_flight: u32) -> Proxied {
+        let nats = NatsServer::start();
+        let proxy = StallableProxy::start(nats.port).await;
+        let topic = unique(prefix);
+        let receiver = Receiver::start().await;
+        receiver.answer(move |_, _| Reply {
+            status: 200,
+            delay: answer_after,
+            retry_after: None,
+        });
+        let subs = format!(
+            "  - name: {topic}\n    topics: [{topic}]\n    url: {}\n    max_in_flight: {max_in_flight}\n",
+            receiver.url
+        );
+        Proxied {
+            nats,
+            proxy,
+            topic,
+            receiver,
+            subs,
+        }
+    }
 }
