@@ -40,6 +40,9 @@ pub fn from_traceparent(traceparent: &str) -> Context {
 
 /// The `traceparent` of `span`, if it has an OpenTelemetry context (OTLP export is on).
 pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
+    if span.is_disabled() {
+        return None;
+    }
     let context = span.context();
     if !context.span().span_context().is_valid() {
         return None;

@@ -51,7 +51,7 @@ pub async fn deliver(
         hookbridge.offset = record.offset,
         hookbridge.attempts = tracing::field::Empty,
     );
-    if !event.traceparent.is_empty() {
+    if !event.traceparent.is_empty() && !span.is_disabled() {
         let _ = span.set_parent(tracecontext::from_traceparent(&event.traceparent));
     }
     deliver_in_span(sub, event, stop, park_after)

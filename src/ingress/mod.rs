@@ -128,7 +128,10 @@ async fn receive(
         hookbridge.route = %route,
         http.response.status_code = tracing::field::Empty,
     );
-    let _ = span.set_parent(tracecontext::from_headers(&headers));
+    // Without an exporter the span is not created (see `telemetry`): nothing to continue.
+    if !span.is_disabled() {
+        let _ = span.set_parent(tracecontext::from_headers(&headers));
+    }
     let response = match found {
         Some(found) => {
             handle(

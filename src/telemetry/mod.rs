@@ -6,7 +6,7 @@
 //! the standard `OTEL_*` variables (headers, service name, resource attributes, sampler).
 //! Export runs on the batch processor's own thread with a bounded queue: a collector that
 //! is down loses spans, never slows a webhook, and the spans lost are counted
-//! (`span_queue`). Unset, nothing is exported and spans cost what `tracing` costs.
+//! (`span_queue`). Unset, nothing is exported and no span is created.
 
 mod span_queue;
 
@@ -16,6 +16,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer;
+use tracing_subscriber::filter::{FilterExt, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -54,10 +55,19 @@ fn otlp_configured() -> bool {
     .any(|name| std::env::var(name).is_ok_and(|v| !v.is_empty()))
 }
 
+/// `RUST_LOG`, or the default filter. Each layer gets its own (a filter is not `Clone`).
+fn directives() -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER))
+}
+
 /// Installs the logger, and the OTLP span exporter if the environment asks for one.
+///
+/// The logger takes events only: log lines carry their own fields (route, subscription,
+/// id), and a span seen by the logger has its fields formatted when it opens, which cost
+/// every webhook and every delivery several µs at the default `info` level while nothing
+/// was logged (BENCHMARKS.md). Spans go to the OTLP exporter alone; without one they are
+/// not created at all.
 pub fn init(format: LogFormat) -> Telemetry {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
@@ -70,6 +80,7 @@ pub fn init(format: LogFormat) -> Telemetry {
             .with_span_list(false)
             .boxed(),
     };
+    let fmt = fmt.with_filter(directives().and(filter_fn(|metadata| metadata.is_event())));
     let provider = if otlp_configured() {
         // The exporter's HTTP client (reqwest, rustls) takes the process's default crypto
         // provider: ring, as everywhere else in hookbridge. An error means one is set already.
@@ -98,13 +109,18 @@ pub fn init(format: LogFormat) -> Telemetry {
     } else {
         None
     };
-    let otel = provider
-        .as_ref()
-        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("hookbridge")));
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .with(otel)
-        .init();
+    let registry = tracing_subscriber::registry().with(fmt);
+    match &provider {
+        Some(provider) => registry
+            .with(
+                tracing_opentelemetry::layer()
+                    .with_tracer(provider.tracer("hookbridge"))
+                    .with_filter(directives()),
+            )
+            .init(),
+        // No layer at all, not a `None` one: an absent `Option` layer would still have every
+        // span created.
+        None => registry.init(),
+    }
     Telemetry { provider }
 }
