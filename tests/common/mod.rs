@@ -438,6 +438,11 @@ pub fn unique(prefix: &str) -> String {
 /// `ingresses` takes them (a replica may be stopping), `concurrency` at a time, with the
 /// seq as idempotency key so a retried post keeps its envelope id. Every event ends up
 /// accepted (202), or the call panics.
+///
+/// A key's events are posted one after the other, each once the one before was accepted:
+/// their order in `events` is then the order the broker stored them in, which is the order
+/// per key the tests check deliveries against. (Posted concurrently, a later event of a key
+/// could overtake an earlier one whose request was slower or retried.)
 pub async fn post_events(
     ingresses: Arc<Mutex<Vec<String>>>,
     events: Vec<(String, u64)>,
@@ -446,10 +451,24 @@ pub async fn post_events(
 ) {
     use futures_util::StreamExt;
     let client = http_client();
+    // Each event waits for the acceptance of its key's previous one.
+    let mut previous: std::collections::HashMap<String, tokio::sync::oneshot::Receiver<()>> =
+        Default::default();
+    let events: Vec<_> = events
+        .into_iter()
+        .map(|(key, seq)| {
+            let (accepted, accepted_rx) = tokio::sync::oneshot::channel();
+            let after = previous.insert(key.clone(), accepted_rx);
+            (key, seq, after, accepted)
+        })
+        .collect();
     futures_util::stream::iter(events)
-        .for_each_concurrent(concurrency, |(key, seq)| {
+        .for_each_concurrent(concurrency, |(key, seq, after, accepted)| {
             let (client, ingresses) = (client.clone(), ingresses.clone());
             async move {
+                if let Some(after) = after {
+                    let _ = after.await;
+                }
                 let body = serde_json::json!({"key": key, "seq": seq});
                 let deadline = Instant::now() + Duration::from_secs(60);
                 for attempt in 0.. {
@@ -474,6 +493,7 @@ pub async fn post_events(
                     );
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
+                let _ = accepted.send(());
                 if !pause.is_zero() {
                     tokio::time::sleep(pause).await;
                 }
