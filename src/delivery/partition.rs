@@ -125,7 +125,9 @@ pub async fn run(
         Some(resumed) if parks => ParkedKeys::resumed(&resumed.parked),
         _ => ParkedKeys::default(),
     };
-    let mut tracker = CommitTracker::new(calls.per_record(), resumed);
+    // Asked once: for the tracker, and for the partition's row (see the lag read below).
+    let per_record = calls.per_record();
+    let mut tracker = CommitTracker::new(per_record, resumed);
     // This worker's shares of the subscription's gauges, taken back when it ends.
     let label = metrics::subscription(&sub.name);
     let mut owned = GaugeShare::new(
@@ -299,7 +301,6 @@ pub async fn run(
                 if let Some(lag) = lag {
                     metrics::metrics().consumer_lag.get_or_create(&lag_labels).set(lag as i64);
                 }
-                let per_record = calls.per_record();
                 row.update(|row| {
                     row.committed = committed;
                     row.lag = lag;
