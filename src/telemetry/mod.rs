@@ -16,8 +16,8 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::{FilterExt, filter_fn};
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::filter::{FilterExt, LevelFilter, filter_fn};
+use tracing_subscriber::layer::{Filter, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -60,6 +60,18 @@ fn directives() -> EnvFilter {
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER))
 }
 
+/// What the logger takes: events only, as `directives` filter them.
+///
+/// The events filter's hint says "any level", so that the directives' own hint bounds the
+/// logger's. Without one the combination has no hint, the `log` crate's maximum level stays
+/// at trace, and every `log::trace!` of a library (fjall's block loads, about four per
+/// delivered event) went through the `log` bridge only to be filtered out there: 2% of
+/// delivery's instructions (BENCHMARKS.md).
+fn logged<S: tracing::Subscriber>(directives: EnvFilter) -> impl Filter<S> {
+    let events = filter_fn(|metadata| metadata.is_event()).with_max_level_hint(LevelFilter::TRACE);
+    directives.and(events)
+}
+
 /// Installs the logger, and the OTLP span exporter if the environment asks for one.
 ///
 /// The logger takes events only: log lines carry their own fields (route, subscription,
@@ -80,7 +92,7 @@ pub fn init(format: LogFormat) -> Telemetry {
             .with_span_list(false)
             .boxed(),
     };
-    let fmt = fmt.with_filter(directives().and(filter_fn(|metadata| metadata.is_event())));
+    let fmt = fmt.with_filter(logged(directives()));
     let provider = if otlp_configured() {
         // The exporter's HTTP client (reqwest, rustls) takes the process's default crypto
         // provider: ring, as everywhere else in hookbridge. An error means one is set already.
@@ -123,4 +135,29 @@ pub fn init(format: LogFormat) -> Telemetry {
         None => registry.init(),
     }
     Telemetry { provider }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing_subscriber::Registry;
+
+    /// The `log` crate's maximum level is set from this hint at start-up: without it, every
+    /// library's `log::trace!` is bridged to tracing to be dropped there.
+    #[test]
+    fn the_logger_filter_hints_the_directives_level() {
+        for (directives, level) in [
+            ("warn", LevelFilter::WARN),
+            ("warn,hookbridge::server=info", LevelFilter::INFO),
+            ("info", LevelFilter::INFO),
+            ("fjall=trace", LevelFilter::TRACE),
+        ] {
+            let filter = logged::<Registry>(EnvFilter::new(directives));
+            assert_eq!(
+                Filter::<Registry>::max_level_hint(&filter),
+                Some(level),
+                "{directives}"
+            );
+        }
+    }
 }
