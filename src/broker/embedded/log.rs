@@ -188,7 +188,10 @@ impl Log {
         let mut out = Vec::new();
         for item in self.records.range(start..=end).take(max) {
             let (key, value) = item.into_inner().map_err(storage_error)?;
-            let stored: StoredRecord = prost::Message::decode(&*value).map_err(storage_error)?;
+            // One copy of the stored bytes, which the record's key, header values and value
+            // then share; decoded from a slice, each of them was copied on its own.
+            let stored: StoredRecord =
+                prost::Message::decode(Bytes::copy_from_slice(&value)).map_err(storage_error)?;
             out.push(ConsumedRecord {
                 topic: topic.clone(),
                 partition,
