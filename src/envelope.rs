@@ -2,6 +2,7 @@
 //! record.
 
 use bytes::Bytes;
+use bytestring::ByteString;
 use prost::Message;
 use uuid::Uuid;
 
@@ -107,22 +108,36 @@ fn is_envelope(record: &ConsumedRecord) -> bool {
 /// unknown fields. Delivery decodes this per record and the whole envelope only for the
 /// payload modes that send it. Tags are those of `envelope.proto`; the test below keeps
 /// them in step.
+///
+/// The text fields are read as bytes (the wire format of `string` and `bytes` is the same):
+/// decoded from a record's shared buffer they are slices of it, not copies, and become
+/// header values without another copy. [`EnvelopeHead::text`] checks them for UTF-8.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct EnvelopeHead {
-    #[prost(string, tag = "1")]
-    pub id: String,
-    #[prost(string, tag = "2")]
-    pub source: String,
-    #[prost(string, tag = "3")]
-    pub r#type: String,
+    #[prost(bytes = "bytes", tag = "1")]
+    pub id: Bytes,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub source: Bytes,
+    #[prost(bytes = "bytes", tag = "3")]
+    pub r#type: Bytes,
     #[prost(message, optional, tag = "4")]
     pub received_at: Option<prost_types::Timestamp>,
-    #[prost(string, tag = "10")]
-    pub content_type: String,
+    #[prost(bytes = "bytes", tag = "10")]
+    pub content_type: Bytes,
     #[prost(bytes = "bytes", tag = "11")]
     pub body: Bytes,
-    #[prost(string, tag = "13")]
-    pub traceparent: String,
+    #[prost(bytes = "bytes", tag = "13")]
+    pub traceparent: Bytes,
+}
+
+impl EnvelopeHead {
+    /// A text field as text. hookbridge writes them from Rust strings; a record claiming to
+    /// be an envelope with bytes that are not UTF-8 gets them replaced, as a `string` field
+    /// decoded whole would not decode at all.
+    pub fn text(field: Bytes) -> ByteString {
+        ByteString::try_from(field.clone())
+            .unwrap_or_else(|_| ByteString::from(String::from_utf8_lossy(&field).into_owned()))
+    }
 }
 
 #[cfg(test)]
@@ -153,18 +168,14 @@ mod tests {
             ..Envelope::default()
         };
         let head = EnvelopeHead::decode(Bytes::from(envelope.encode_to_vec())).unwrap();
-        assert_eq!(
-            head,
-            EnvelopeHead {
-                id: envelope.id.clone(),
-                source: envelope.source.clone(),
-                r#type: envelope.r#type.clone(),
-                received_at: envelope.received_at,
-                content_type: envelope.content_type.clone(),
-                body: envelope.body.clone(),
-                traceparent: envelope.traceparent.clone(),
-            }
-        );
+        let text = |field: &Bytes| EnvelopeHead::text(field.clone());
+        assert_eq!(text(&head.id), envelope.id);
+        assert_eq!(text(&head.source), envelope.source);
+        assert_eq!(text(&head.r#type), envelope.r#type);
+        assert_eq!(head.received_at, envelope.received_at);
+        assert_eq!(text(&head.content_type), envelope.content_type);
+        assert_eq!(head.body, envelope.body);
+        assert_eq!(text(&head.traceparent), envelope.traceparent);
     }
 
     #[test]

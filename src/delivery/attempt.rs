@@ -2,11 +2,12 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytestring::ByteString;
 use http::StatusCode;
-use http::header::{HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::client::{Answer, SendError};
-use super::payload::Payload;
+use super::payload::{Payload, shared_value};
 use super::retry::parse_retry_after;
 use super::subscription::{Settings, SubscriptionRuntime};
 use crate::{metrics, standard_webhooks, tracecontext};
@@ -27,11 +28,21 @@ pub enum AttemptResult {
     Permanent { status: u16, error: String },
 }
 
+/// Headers an attempt adds to its payload's, with the client's `user-agent`: the attempt's
+/// map is made with room for them, so that adding them does not grow it.
+const ATTEMPT_HEADERS: usize = 6;
+
+const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const HOOKBRIDGE_ATTEMPT: HeaderName = HeaderName::from_static("hookbridge-attempt");
+
 pub async fn attempt(
     sub: &SubscriptionRuntime,
     settings: &Settings,
-    id: &str,
-    traceparent: &str,
+    id: &ByteString,
+    traceparent: &ByteString,
     payload: &Payload,
     attempt: u32,
 ) -> AttemptResult {
@@ -39,19 +50,22 @@ pub async fn attempt(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let mut headers = payload.headers.clone();
-    let mut put = |name: &'static str, value: &str| {
-        if let Ok(value) = HeaderValue::from_str(value) {
-            headers.insert(HeaderName::from_static(name), value);
-        }
-    };
-    put("webhook-id", id);
-    put("webhook-timestamp", &timestamp.to_string());
+    // A new map rather than a clone of the payload's: a clone has no room for what the
+    // attempt adds. The payload's values share their bytes, so copying them over is cheap.
+    let mut headers = HeaderMap::with_capacity(payload.headers.len() + ATTEMPT_HEADERS);
+    for (name, value) in &payload.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    if let Some(id) = shared_value(id) {
+        headers.insert(WEBHOOK_ID, id);
+    }
+    headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
     if !settings.secrets.is_empty() {
-        put(
-            "webhook-signature",
-            &standard_webhooks::signature_header(&settings.secrets, id, timestamp, &payload.body),
-        );
+        let signature =
+            standard_webhooks::signature_header(&settings.secrets, id, timestamp, &payload.body);
+        if let Ok(signature) = HeaderValue::from_str(&signature) {
+            headers.insert(WEBHOOK_SIGNATURE, signature);
+        }
     }
     // The attempt's CLIENT span; its context is what the subscriber receives when traces
     // are exported, else the event's own trace context goes on unchanged.
@@ -64,12 +78,15 @@ pub async fn attempt(
         http.response.status_code = tracing::field::Empty,
         error.type = tracing::field::Empty,
     );
-    let traceparent =
-        tracecontext::traceparent_of(&span).unwrap_or_else(|| traceparent.to_string());
-    if !traceparent.is_empty() {
-        put("traceparent", &traceparent);
+    let traceparent = match tracecontext::traceparent_of(&span) {
+        Some(exported) => HeaderValue::from_str(&exported).ok(),
+        None if traceparent.is_empty() => None,
+        None => shared_value(traceparent),
+    };
+    if let Some(traceparent) = traceparent {
+        headers.insert(TRACEPARENT, traceparent);
     }
-    put("hookbridge-attempt", &attempt.to_string());
+    headers.insert(HOOKBRIDGE_ATTEMPT, HeaderValue::from(attempt));
     let m = &sub.metrics;
     m.in_flight.inc();
     let started = Instant::now();

@@ -25,7 +25,7 @@ pub struct Failure {
 pub fn record(sub: &SubscriptionRuntime, event: &Event, failure: &Failure) -> Record {
     let mut headers = vec![
         ("hb-dlq-subscription", sub.name.clone()),
-        ("hb-dlq-id", event.id.clone()),
+        ("hb-dlq-id", event.id.to_string()),
         ("hb-dlq-topic", event.record.topic.to_string()),
         ("hb-dlq-partition", event.record.partition.to_string()),
         ("hb-dlq-offset", event.record.offset.to_string()),

@@ -4,24 +4,28 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use bytestring::ByteString;
 use prost::Message;
 
 use crate::broker::ConsumedRecord;
-use crate::envelope::{self, Envelope};
+use crate::envelope::{self, Envelope, EnvelopeHead};
 
 pub struct Event {
     /// The record as read, kept for the dead-letter topic (value and headers unchanged).
     pub record: ConsumedRecord,
     /// `webhook-id`: the envelope id, or for a foreign record an id derived from where it
     /// sits, so a redelivery after a crash carries the same id (G5).
-    pub id: String,
-    pub event_type: String,
+    ///
+    /// Text fields are shared bytes: for an envelope, slices of the record's buffer, which
+    /// become header values without a copy.
+    pub id: ByteString,
+    pub event_type: ByteString,
     /// The route name, or the topic for a foreign record.
-    pub source: String,
+    pub source: ByteString,
     pub received_at: SystemTime,
-    pub content_type: String,
+    pub content_type: ByteString,
     pub body: Bytes,
-    pub traceparent: String,
+    pub traceparent: ByteString,
     /// The whole envelope, decoded only when the subscription asked for [`Decode::Full`].
     /// Boxed: an `Envelope` is hundreds of bytes, and events are moved through queues.
     pub envelope: Option<Box<Envelope>>,
@@ -50,7 +54,7 @@ impl Event {
         let text_header = |name: &str| {
             record
                 .header(name)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .map(|v| EnvelopeHead::text(v.clone()))
                 .unwrap_or_default()
         };
         let decoded = Envelope::head_from_record(&record).map(|head| {
@@ -73,12 +77,12 @@ impl Event {
                         UNIX_EPOCH.checked_add(since_epoch)
                     })
                     .unwrap_or_else(|| record_time(&record)),
-                id: head.id,
-                event_type: head.r#type,
-                source: head.source,
-                content_type: head.content_type,
+                id: EnvelopeHead::text(head.id),
+                event_type: EnvelopeHead::text(head.r#type),
+                source: EnvelopeHead::text(head.source),
+                content_type: EnvelopeHead::text(head.content_type),
                 body: head.body,
-                traceparent: head.traceparent,
+                traceparent: EnvelopeHead::text(head.traceparent),
                 envelope,
                 undeliverable: None,
                 prior_attempts: 0,
@@ -87,13 +91,15 @@ impl Event {
             decoded => {
                 let name = format!("{}/{}/{}", record.topic, record.partition, record.offset);
                 let content_type = match text_header("content-type") {
-                    ct if ct.is_empty() => "application/octet-stream".to_string(),
+                    ct if ct.is_empty() => ByteString::from_static("application/octet-stream"),
                     ct => ct,
                 };
                 Event {
-                    id: uuid::Uuid::new_v5(&FOREIGN_NAMESPACE, name.as_bytes()).to_string(),
+                    id: uuid::Uuid::new_v5(&FOREIGN_NAMESPACE, name.as_bytes())
+                        .to_string()
+                        .into(),
                     event_type: text_header(envelope::HEADER_TYPE),
-                    source: record.topic.to_string(),
+                    source: ByteString::from(&*record.topic),
                     received_at: record_time(&record),
                     content_type,
                     body: record.value.clone(),

@@ -28,6 +28,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use bytestring::ByteString;
 
 use super::dead_letter;
 use super::event::Event;
@@ -52,7 +53,7 @@ pub fn record(sub: &SubscriptionRuntime, event: &Event, attempts: u32) -> Record
         event.record.topic, event.record.partition, event.record.offset
     );
     let headers = vec![
-        (HEADER_ID, event.id.clone()),
+        (HEADER_ID, event.id.to_string()),
         (HEADER_RECEIVED_AT, received_ms.to_string()),
         (HEADER_ATTEMPTS, attempts.to_string()),
         (HEADER_FROM, from),
@@ -76,8 +77,7 @@ pub fn restore(event: &mut Event) {
         event
             .record
             .header(name)
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .map(str::to_owned)
+            .and_then(|v| ByteString::try_from(v.clone()).ok())
     };
     if let Some(id) = text(HEADER_ID).filter(|id| !id.is_empty()) {
         event.id = id;

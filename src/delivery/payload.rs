@@ -9,7 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use bytestring::ByteString;
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value, json};
 
 use super::event::Event;
@@ -23,20 +24,41 @@ pub struct Payload {
     pub body: Bytes,
 }
 
+const HOOKBRIDGE_EVENT_TYPE: HeaderName = HeaderName::from_static("hookbridge-event-type");
+const HOOKBRIDGE_SOURCE: HeaderName = HeaderName::from_static("hookbridge-source");
+const CE_SPECVERSION: HeaderName = HeaderName::from_static("ce-specversion");
+const CE_ID: HeaderName = HeaderName::from_static("ce-id");
+const CE_SOURCE: HeaderName = HeaderName::from_static("ce-source");
+const CE_TYPE: HeaderName = HeaderName::from_static("ce-type");
+const CE_TIME: HeaderName = HeaderName::from_static("ce-time");
+const CE_SUBJECT: HeaderName = HeaderName::from_static("ce-subject");
+
+/// A header value sharing `text`'s bytes (for an envelope, the record's buffer) instead of
+/// copying them; none unless it is visible ASCII, as `HeaderValue::from_str` requires.
+pub fn shared_value(text: &ByteString) -> Option<HeaderValue> {
+    let visible = text
+        .bytes()
+        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
+    visible
+        .then(|| HeaderValue::from_maybe_shared(text.as_bytes().clone()).ok())
+        .flatten()
+}
+
 pub fn build(mode: PayloadMode, event: &Event, forward_headers: &[HeaderName]) -> Payload {
-    let mut headers = HeaderMap::new();
-    let mut put = |name: &'static str, value: &str| {
-        if let Ok(value) = HeaderValue::from_str(value) {
-            headers.insert(HeaderName::from_static(name), value);
+    let mut headers = HeaderMap::with_capacity(8 + forward_headers.len());
+    let mut put = |name: HeaderName, value: Option<HeaderValue>| {
+        if let Some(value) = value {
+            headers.insert(name, value);
         }
     };
+    let text = |value: &str| HeaderValue::from_str(value).ok();
     let body = match mode {
         PayloadMode::Raw => {
-            put("content-type", &event.content_type);
+            put(CONTENT_TYPE, shared_value(&event.content_type));
             if !event.event_type.is_empty() {
-                put("hookbridge-event-type", &event.event_type);
+                put(HOOKBRIDGE_EVENT_TYPE, shared_value(&event.event_type));
             }
-            put("hookbridge-source", &event.source);
+            put(HOOKBRIDGE_SOURCE, shared_value(&event.source));
             for name in forward_headers {
                 for value in original_header_values(event, name) {
                     if let Ok(value) = HeaderValue::from_bytes(&value) {
@@ -47,7 +69,10 @@ pub fn build(mode: PayloadMode, event: &Event, forward_headers: &[HeaderName]) -
             event.body.clone()
         }
         PayloadMode::EnvelopeJson => {
-            put("content-type", "application/json");
+            put(
+                CONTENT_TYPE,
+                Some(HeaderValue::from_static("application/json")),
+            );
             let json = match &event.envelope {
                 Some(envelope) => envelope_json(envelope),
                 None => foreign_envelope_json(event),
@@ -55,21 +80,21 @@ pub fn build(mode: PayloadMode, event: &Event, forward_headers: &[HeaderName]) -
             Bytes::from(serde_json::to_vec(&json).expect("JSON serializes"))
         }
         PayloadMode::Cloudevents => {
-            put("content-type", &event.content_type);
-            put("ce-specversion", "1.0");
-            put("ce-id", &event.id);
-            put("ce-source", &format!("/hookbridge/{}", event.source));
+            put(CONTENT_TYPE, shared_value(&event.content_type));
+            put(CE_SPECVERSION, Some(HeaderValue::from_static("1.0")));
+            put(CE_ID, shared_value(&event.id));
+            put(CE_SOURCE, text(&format!("/hookbridge/{}", event.source)));
             put(
-                "ce-type",
+                CE_TYPE,
                 if event.event_type.is_empty() {
-                    "hookbridge.webhook"
+                    Some(HeaderValue::from_static("hookbridge.webhook"))
                 } else {
-                    &event.event_type
+                    shared_value(&event.event_type)
                 },
             );
-            put("ce-time", &rfc3339(event.received_at));
+            put(CE_TIME, text(&rfc3339(event.received_at)));
             if let Some(key) = event.key() {
-                put("ce-subject", &String::from_utf8_lossy(key));
+                put(CE_SUBJECT, text(&String::from_utf8_lossy(key)));
             }
             event.body.clone()
         }

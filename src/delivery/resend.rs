@@ -10,6 +10,8 @@
 
 use std::time::SystemTime;
 
+use bytestring::ByteString;
+
 use super::event::Event;
 
 /// The operation that resent the event.
@@ -29,10 +31,10 @@ pub fn restore(event: &mut Event) {
     if let Some(id) = event
         .record
         .header(HEADER_ID)
-        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| ByteString::try_from(v.clone()).ok())
         .filter(|id| !id.is_empty())
     {
-        event.id = id.to_string();
+        event.id = id;
     }
     let resent = super::event::record_time(&event.record);
     event.received_at = resent.min(SystemTime::now());

@@ -73,8 +73,8 @@ pub fn describe(record: &ConsumedRecord) -> DeadLetter {
     let event = Event::from_record(record.clone(), Decode::Head);
     DeadLetter {
         position: format!("{}/{}", record.partition, record.offset),
-        id: text(record, "hb-dlq-id").unwrap_or(event.id),
-        event_type: event.event_type,
+        id: text(record, "hb-dlq-id").unwrap_or_else(|| event.id.to_string()),
+        event_type: event.event_type.to_string(),
         key: record
             .key
             .as_ref()
