@@ -47,23 +47,23 @@ impl Envelope {
     pub fn to_record(&self, topic: &str) -> Record {
         let mut headers = vec![
             RecordHeader {
-                name: HEADER_CONTENT_TYPE.into(),
+                name: ByteString::from_static(HEADER_CONTENT_TYPE),
                 value: Bytes::from_static(RECORD_CONTENT_TYPE.as_bytes()),
             },
             RecordHeader {
-                name: HEADER_ID.into(),
+                name: ByteString::from_static(HEADER_ID),
                 value: Bytes::from(self.id.clone()),
             },
         ];
         if !self.r#type.is_empty() {
             headers.push(RecordHeader {
-                name: HEADER_TYPE.into(),
+                name: ByteString::from_static(HEADER_TYPE),
                 value: Bytes::from(self.r#type.clone()),
             });
         }
         if !self.traceparent.is_empty() {
             headers.push(RecordHeader {
-                name: HEADER_TRACEPARENT.into(),
+                name: ByteString::from_static(HEADER_TRACEPARENT),
                 value: Bytes::from(self.traceparent.clone()),
             });
         }
@@ -111,7 +111,7 @@ fn is_envelope(record: &ConsumedRecord) -> bool {
 ///
 /// The text fields are read as bytes (the wire format of `string` and `bytes` is the same):
 /// decoded from a record's shared buffer they are slices of it, not copies, and become
-/// header values without another copy. [`EnvelopeHead::text`] checks them for UTF-8.
+/// header values without another copy. [`crate::broker::text`] checks them for UTF-8.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct EnvelopeHead {
     #[prost(bytes = "bytes", tag = "1")]
@@ -128,16 +128,6 @@ pub struct EnvelopeHead {
     pub body: Bytes,
     #[prost(bytes = "bytes", tag = "13")]
     pub traceparent: Bytes,
-}
-
-impl EnvelopeHead {
-    /// A text field as text. hookbridge writes them from Rust strings; a record claiming to
-    /// be an envelope with bytes that are not UTF-8 gets them replaced, as a `string` field
-    /// decoded whole would not decode at all.
-    pub fn text(field: Bytes) -> ByteString {
-        ByteString::try_from(field.clone())
-            .unwrap_or_else(|_| ByteString::from(String::from_utf8_lossy(&field).into_owned()))
-    }
 }
 
 #[cfg(test)]
@@ -168,7 +158,7 @@ mod tests {
             ..Envelope::default()
         };
         let head = EnvelopeHead::decode(Bytes::from(envelope.encode_to_vec())).unwrap();
-        let text = |field: &Bytes| EnvelopeHead::text(field.clone());
+        let text = |field: &Bytes| crate::broker::text(field.clone());
         assert_eq!(text(&head.id), envelope.id);
         assert_eq!(text(&head.source), envelope.source);
         assert_eq!(text(&head.r#type), envelope.r#type);

@@ -32,16 +32,28 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use bytestring::ByteString;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use completion::Completion;
 
 /// A header of a broker record. Values are bytes: Kafka headers are, and foreign producers
-/// put anything there.
+/// put anything there. Names are shared text: hookbridge's own are static, and a name read
+/// from the embedded log is a slice of the record's buffer, so reading a record allocates
+/// nothing per header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordHeader {
-    pub name: String,
+    pub name: ByteString,
     pub value: Bytes,
+}
+
+/// Shared bytes as text, without a copy when they are UTF-8 (as everything hookbridge writes
+/// is); other bytes are replaced, as `String::from_utf8_lossy` does.
+pub fn text(bytes: Bytes) -> ByteString {
+    match std::str::from_utf8(&bytes) {
+        Ok(_) => ByteString::try_from(bytes).expect("checked as UTF-8"),
+        Err(_) => ByteString::from(String::from_utf8_lossy(&bytes).into_owned()),
+    }
 }
 
 /// A record to publish.

@@ -7,6 +7,7 @@
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use bytestring::ByteString;
 
 use super::event::Event;
 use super::payload::rfc3339;
@@ -65,7 +66,7 @@ pub fn copy(
     topic: &str,
     prefix: &str,
     record_id: String,
-    headers: Vec<(&str, String)>,
+    headers: Vec<(&'static str, String)>,
 ) -> Record {
     let mut copied: Vec<RecordHeader> = original
         .headers
@@ -77,7 +78,7 @@ pub fn copy(
         std::iter::once((envelope::HEADER_RECORD_ID, record_id))
             .chain(headers)
             .map(|(name, value)| RecordHeader {
-                name: name.into(),
+                name: ByteString::from_static(name),
                 value: Bytes::from(value),
             }),
     );

@@ -8,7 +8,8 @@ use bytestring::ByteString;
 use prost::Message;
 
 use crate::broker::ConsumedRecord;
-use crate::envelope::{self, Envelope, EnvelopeHead};
+use crate::broker::text;
+use crate::envelope::{self, Envelope};
 
 pub struct Event {
     /// The record as read, kept for the dead-letter topic (value and headers unchanged).
@@ -54,7 +55,7 @@ impl Event {
         let text_header = |name: &str| {
             record
                 .header(name)
-                .map(|v| EnvelopeHead::text(v.clone()))
+                .map(|v| text(v.clone()))
                 .unwrap_or_default()
         };
         let decoded = Envelope::head_from_record(&record).map(|head| {
@@ -77,12 +78,12 @@ impl Event {
                         UNIX_EPOCH.checked_add(since_epoch)
                     })
                     .unwrap_or_else(|| record_time(&record)),
-                id: EnvelopeHead::text(head.id),
-                event_type: EnvelopeHead::text(head.r#type),
-                source: EnvelopeHead::text(head.source),
-                content_type: EnvelopeHead::text(head.content_type),
+                id: text(head.id),
+                event_type: text(head.r#type),
+                source: text(head.source),
+                content_type: text(head.content_type),
                 body: head.body,
-                traceparent: EnvelopeHead::text(head.traceparent),
+                traceparent: text(head.traceparent),
                 envelope,
                 undeliverable: None,
                 prior_attempts: 0,

@@ -205,7 +205,7 @@ fn foreign_envelope_json(event: &Event) -> Value {
         .iter()
         .map(|h| {
             (
-                h.name.clone(),
+                h.name.to_string(),
                 Value::String(String::from_utf8_lossy(&h.value).into_owned()),
             )
         })

@@ -168,7 +168,7 @@ pub async fn show(
                 .iter()
                 .map(|h| {
                     (
-                        h.name.clone(),
+                        h.name.to_string(),
                         String::from_utf8_lossy(&h.value).into_owned(),
                     )
                 })

@@ -34,8 +34,10 @@ pub struct StoredRecord {
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct StoredHeader {
-    #[prost(string, tag = "1")]
-    pub name: String,
+    /// Read as bytes (a `string`'s wire format), so that the name is a slice of the stored
+    /// record rather than a copy; see [`crate::broker::text`].
+    #[prost(bytes = "bytes", tag = "1")]
+    pub name: Bytes,
     #[prost(bytes = "bytes", tag = "2")]
     pub value: Bytes,
 }
@@ -202,7 +204,7 @@ impl Log {
                     .headers
                     .into_iter()
                     .map(|h| RecordHeader {
-                        name: h.name,
+                        name: crate::broker::text(h.name),
                         value: h.value,
                     })
                     .collect(),

@@ -373,7 +373,7 @@ impl Writer {
             headers: std::mem::take(&mut record.headers)
                 .into_iter()
                 .map(|h| StoredHeader {
-                    name: h.name,
+                    name: h.name.into_bytes(),
                     value: h.value,
                 })
                 .collect(),

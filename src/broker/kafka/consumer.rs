@@ -459,7 +459,7 @@ pub(super) fn to_record(message: &BorrowedMessage<'_>) -> ConsumedRecord {
             headers
                 .iter()
                 .map(|h| RecordHeader {
-                    name: h.key.to_string(),
+                    name: h.key.into(),
                     value: Bytes::copy_from_slice(h.value.unwrap_or_default()),
                 })
                 .collect()

@@ -120,7 +120,7 @@ impl Publisher for NatsBroker {
         let mut headers = async_nats::HeaderMap::new();
         for header in &record.headers {
             headers.append(
-                header.name.as_str(),
+                &*header.name,
                 String::from_utf8_lossy(&header.value).as_ref(),
             );
         }

@@ -317,7 +317,7 @@ pub(super) fn to_record(
         .flat_map(|(name, values)| {
             values.iter().map(move |v| RecordHeader {
                 // One allocation: `to_string` would format, then copy again.
-                name: AsRef::<str>::as_ref(name).to_ascii_lowercase(),
+                name: AsRef::<str>::as_ref(name).to_ascii_lowercase().into(),
                 value: Bytes::copy_from_slice(v.as_str().as_bytes()),
             })
         })
