@@ -30,12 +30,14 @@ use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::consumer::pull::BatchConfig;
 use async_nats::{StatusCode, Subject};
 use bytes::Bytes;
+use bytestring::ByteString;
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 
 use super::KEY_HEADER;
 use super::consumer::{Pending, Unit};
 use crate::broker::{ConsumedRecord, RecordHeader, Tenure, sleep_until};
+use crate::envelope;
 
 /// Messages one pull request asks for.
 const PULL_BATCH: usize = 256;
@@ -301,6 +303,29 @@ impl Reader {
     }
 }
 
+/// Header names hookbridge's own records carry, lowercased: shared instead of lowercased
+/// into a new string per record.
+const KNOWN_NAMES: [&str; 6] = [
+    envelope::HEADER_CONTENT_TYPE,
+    envelope::HEADER_ID,
+    envelope::HEADER_TYPE,
+    envelope::HEADER_TRACEPARENT,
+    "nats-msg-id",
+    "hb-key",
+];
+
+/// A header name as a record carries it: lowercased.
+fn record_header_name(name: &str) -> ByteString {
+    match KNOWN_NAMES
+        .iter()
+        .find(|known| known.eq_ignore_ascii_case(name))
+    {
+        Some(known) => ByteString::from_static(known),
+        // One allocation: `to_string` would format, then copy again.
+        None => name.to_ascii_lowercase().into(),
+    }
+}
+
 /// A JetStream message of `topic`'s `partition` as a record: the key from its `Hb-Key`
 /// header, the header names lowercased.
 pub(super) fn to_record(
@@ -315,18 +340,18 @@ pub(super) fn to_record(
         .iter()
         .flat_map(|headers| headers.iter())
         .flat_map(|(name, values)| {
+            let name = record_header_name(name.as_ref());
             values.iter().map(move |v| RecordHeader {
-                // One allocation: `to_string` would format, then copy again.
-                name: AsRef::<str>::as_ref(name).to_ascii_lowercase().into(),
+                name: name.clone(),
                 value: Bytes::copy_from_slice(v.as_str().as_bytes()),
             })
         })
         .collect();
-    let key = message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(KEY_HEADER))
-        .map(|v| Bytes::copy_from_slice(v.as_str().as_bytes()));
+    // The key is the `hb-key` header's value, shared rather than copied again.
+    let key = headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(KEY_HEADER))
+        .map(|h| h.value.clone());
     ConsumedRecord {
         topic,
         partition,
@@ -387,5 +412,57 @@ impl Reader {
             .client
             .publish(reply, Bytes::from_static(b"+ACK"))
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Names are lowercased, hookbridge's own shared and others copied; the key is the
+    /// `Hb-Key` header's value.
+    #[test]
+    fn a_message_becomes_a_record() {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Content-Type", "application/json");
+        headers.insert("Nats-Msg-Id", "id-1");
+        headers.insert(KEY_HEADER, "k1");
+        headers.append("X-Custom", "a");
+        headers.append("X-Custom", "b");
+        let message = async_nats::Message {
+            subject: "t.0".into(),
+            reply: None,
+            payload: Bytes::from_static(b"{}"),
+            headers: Some(headers),
+            status: None,
+            description: None,
+            length: 0,
+        };
+        let record = to_record("t".into(), 0, &message, 7, 1_000);
+        let mut seen: Vec<(String, String)> = record
+            .headers
+            .iter()
+            .map(|h| (h.name.to_string(), String::from_utf8_lossy(&h.value).into()))
+            .collect();
+        seen.sort();
+        let expected = [
+            ("content-type", "application/json"),
+            ("hb-key", "k1"),
+            ("nats-msg-id", "id-1"),
+            ("x-custom", "a"),
+            ("x-custom", "b"),
+        ];
+        assert_eq!(
+            seen,
+            expected
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .to_vec()
+        );
+        assert_eq!(record.key.as_deref(), Some(&b"k1"[..]));
+        assert_eq!((record.offset, record.timestamp_ms), (7, 1_000));
+        assert_eq!(
+            record.header("Content-Type").unwrap().as_ref(),
+            b"application/json"
+        );
     }
 }
