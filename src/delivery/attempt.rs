@@ -28,9 +28,10 @@ pub enum AttemptResult {
     Permanent { status: u16, error: String },
 }
 
-/// Headers an attempt adds to its payload's, with the client's `user-agent`: the attempt's
-/// map is made with room for them, so that adding them does not grow it.
-const ATTEMPT_HEADERS: usize = 6;
+/// Headers an attempt adds to its payload's (id, timestamp, signature, traceparent, attempt
+/// number): the attempt's map is made with room for them and for the client's, so that
+/// adding them does not grow it.
+const ATTEMPT_HEADERS: usize = 5;
 
 const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
 const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
@@ -52,7 +53,9 @@ pub async fn attempt(
         .unwrap_or(0);
     // A new map rather than a clone of the payload's: a clone has no room for what the
     // attempt adds. The payload's values share their bytes, so copying them over is cheap.
-    let mut headers = HeaderMap::with_capacity(payload.headers.len() + ATTEMPT_HEADERS);
+    let mut headers = HeaderMap::with_capacity(
+        payload.headers.len() + ATTEMPT_HEADERS + settings.client.added_headers(),
+    );
     for (name, value) in &payload.headers {
         headers.append(name.clone(), value.clone());
     }

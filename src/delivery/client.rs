@@ -121,6 +121,12 @@ impl WebhookClient {
         &self.uri
     }
 
+    /// How many headers [`WebhookClient::post`] adds to the ones it is given, so a caller
+    /// can make its map with room for them.
+    pub fn added_headers(&self) -> usize {
+        1 + self.headers.len()
+    }
+
     /// POSTs `body` with `headers`; the answer's body is read and dropped so the connection
     /// goes back to the pool. The whole exchange is bounded by the subscription's timeout.
     pub async fn post(&self, mut headers: HeaderMap, body: Bytes) -> Result<Answer, SendError> {

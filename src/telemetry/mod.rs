@@ -64,9 +64,9 @@ fn directives() -> EnvFilter {
 ///
 /// The events filter's hint says "any level", so that the directives' own hint bounds the
 /// logger's. Without one the combination has no hint, the `log` crate's maximum level stays
-/// at trace, and every `log::trace!` of a library (fjall's block loads, about four per
-/// delivered event) went through the `log` bridge only to be filtered out there: 2% of
-/// delivery's instructions (BENCHMARKS.md).
+/// at trace, and every `log::trace!` of a library went through the `log` bridge only to be
+/// filtered out there: fjall's, about 82,000 in a start with a 20,000-record journal and
+/// the delivery of those records, most of them from the journal's replay (BENCHMARKS.md).
 fn logged<S: tracing::Subscriber>(directives: EnvFilter) -> impl Filter<S> {
     let events = filter_fn(|metadata| metadata.is_event()).with_max_level_hint(LevelFilter::TRACE);
     directives.and(events)
