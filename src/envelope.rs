@@ -1,4 +1,4 @@
-//! The envelope (DESIGN.md §2): generated types, ids, and how an envelope sits in a broker
+//! The envelope (ARCHITECTURE.md §2): generated types, ids, and how an envelope sits in a broker
 //! record.
 
 use bytes::Bytes;

@@ -210,7 +210,7 @@ impl ConfigArg {
         let parsed = config::load_str(&file.name, &file.text, &env)?;
         // The TLS files it names, read as start-up will (each problem names its key).
         let problems = match files {
-            true => hookbridge::tls::check_files(&parsed),
+            true => hookbridge::preflight::check_files(&parsed),
             false => Vec::new(),
         };
         if !problems.is_empty() {
@@ -225,6 +225,10 @@ impl ConfigArg {
 }
 
 fn main() -> ExitCode {
+    // Process-wide set-up, once: rustls is built without a default crypto provider, and
+    // the clients that take the process's default (the CLI's, the OTLP exporter's) get ring,
+    // the one hookbridge's own TLS configs name explicitly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve {
@@ -306,7 +310,7 @@ fn serve(arg: &ConfigArg, role: Role) -> anyhow::Result<()> {
         file,
         config,
         role,
-        hookbridge::server::shutdown_signal(),
+        shutdown_signal(),
         |_| {},
     ))?;
     Ok(())
@@ -319,4 +323,20 @@ fn run(verb: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::R
         .build()
         .context("cannot start the async runtime")?
         .block_on(verb)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }

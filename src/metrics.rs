@@ -17,7 +17,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::{Metric, Registry, Unit};
 
 /// The content type of `encode()`'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -124,26 +124,11 @@ struct ProcessMetrics {
 }
 
 impl Metrics {
+    /// Every series, registered under `hookbridge_` with its help text; the struct is the
+    /// list of what hookbridge exports.
     fn new() -> Metrics {
         let mut registry = Registry::default();
-        let ingress_requests = Family::<RouteStatus, Counter>::default();
-        let ingress_publish_duration: HistogramFamily<RouteLabel> =
-            Family::new_with_constructor(latency_buckets);
-        let delivery_attempts = Family::<SubscriptionOutcome, Counter>::default();
-        let delivery_attempt_duration: HistogramFamily<SubscriptionLabel> =
-            Family::new_with_constructor(latency_buckets);
-        let delivery_end_to_end: HistogramFamily<SubscriptionLabel> =
-            Family::new_with_constructor(end_to_end_buckets);
-        let delivered = Family::<SubscriptionLabel, Counter>::default();
-        let dead_letters = Family::<SubscriptionReason, Counter>::default();
-        let consumer_lag = Family::<SubscriptionPartition, Gauge>::default();
-        let in_flight = Family::<SubscriptionLabel, Gauge>::default();
-        let parked_keys = Family::<SubscriptionLabel, Gauge>::default();
-        let breaker_open = Family::<SubscriptionLabel, Gauge>::default();
-        let partitions_owned = Family::<SubscriptionLabel, Gauge>::default();
-        let spans_exported = Counter::default();
-        let spans_dropped = Family::<ReasonLabel, Counter>::default();
-        let config_reloads = Family::<OutcomeLabel, Counter>::default();
+        let r = registry.sub_registry_with_prefix("hookbridge");
         let config_last_reload_successful = Gauge::default();
         config_last_reload_successful.set(1);
         let build_info = Family::<VersionLabel, Gauge>::default();
@@ -152,98 +137,130 @@ impl Metrics {
                 version: env!("CARGO_PKG_VERSION"),
             })
             .set(1);
-
-        let r = registry.sub_registry_with_prefix("hookbridge");
-        r.register(
-            "ingress_requests",
-            "Webhook requests answered, by route and HTTP status",
-            ingress_requests.clone(),
-        );
-        r.register_with_unit(
-            "ingress_publish_duration",
-            "From the start of a webhook's publish to the broker's durable ack",
-            Unit::Seconds,
-            ingress_publish_duration.clone(),
-        );
-        r.register(
-            "delivery_attempts",
-            "Delivery attempts, by outcome: delivered, retry (a retryable HTTP status), \
-             failed (a status retrying cannot help), timeout, connect_error",
-            delivery_attempts.clone(),
-        );
-        r.register_with_unit(
-            "delivery_attempt_duration",
-            "One delivery attempt, request sent to answer (or timeout)",
-            Unit::Seconds,
-            delivery_attempt_duration.clone(),
-        );
-        r.register_with_unit(
-            "delivery_end_to_end",
-            "From the broker's timestamp of an event to its delivery",
-            Unit::Seconds,
-            delivery_end_to_end.clone(),
-        );
-        r.register(
-            "delivered",
-            "Events delivered (a 2xx answer)",
-            delivered.clone(),
-        );
-        r.register(
-            "dead_letters",
-            "Events sent to the dead-letter topic, by reason: failed (a status retrying \
-             cannot help), exhausted (retries or max_age used up), undeliverable (the record \
-             cannot be decoded)",
-            dead_letters.clone(),
-        );
-        r.register(
-            "consumer_lag",
-            "Records of a partition this replica owns that are not yet delivered and committed",
-            consumer_lag.clone(),
-        );
-        r.register(
-            "in_flight",
-            "Delivery requests on the wire",
-            in_flight.clone(),
-        );
-        r.register(
-            "parked_keys",
-            "Keys parked by this replica's partitions (their events go on from the parking topic)",
-            parked_keys.clone(),
-        );
-        r.register(
-            "breaker_open",
-            "1 while the subscription's circuit breaker is open or probing",
-            breaker_open.clone(),
-        );
-        r.register(
-            "partitions_owned",
-            "Partitions this replica delivers, the parking topic's included",
-            partitions_owned.clone(),
-        );
-        r.register(
-            "trace_spans_exported",
-            "Spans the OTLP collector accepted (when OTEL_EXPORTER_OTLP_ENDPOINT is set)",
-            spans_exported.clone(),
-        );
-        r.register(
-            "trace_spans_dropped",
-            "Spans lost, by reason: queue_full (the export queue, OTEL_BSP_MAX_QUEUE_SIZE, \
-             was full: the collector is slow or down), export_failed (the collector refused \
-             or could not be reached)",
-            spans_dropped.clone(),
-        );
-        r.register(
-            "config_reloads",
-            "Config reloads (file change or SIGHUP), by outcome: applied, refused",
-            config_reloads.clone(),
-        );
-        r.register(
-            "config_last_reload_successful",
-            "0 while the last reload attempt was refused (the running config is older than the file)",
-            config_last_reload_successful.clone(),
-        );
         r.register("build_info", "hookbridge's version", build_info);
+        Metrics {
+            ingress_requests: add(
+                r,
+                "ingress_requests",
+                "Webhook requests answered, by route and HTTP status",
+                Family::default(),
+            ),
+            ingress_publish_duration: add_seconds(
+                r,
+                "ingress_publish_duration",
+                "From the start of a webhook's publish to the broker's durable ack",
+                Family::new_with_constructor(latency_buckets),
+            ),
+            delivery_attempts: add(
+                r,
+                "delivery_attempts",
+                "Delivery attempts, by outcome: delivered, retry (a retryable HTTP status), \
+                 failed (a status retrying cannot help), timeout, connect_error",
+                Family::default(),
+            ),
+            delivery_attempt_duration: add_seconds(
+                r,
+                "delivery_attempt_duration",
+                "One delivery attempt, request sent to answer (or timeout)",
+                Family::new_with_constructor(latency_buckets),
+            ),
+            delivery_end_to_end: add_seconds(
+                r,
+                "delivery_end_to_end",
+                "From the broker's timestamp of an event to its delivery",
+                Family::new_with_constructor(end_to_end_buckets),
+            ),
+            delivered: add(
+                r,
+                "delivered",
+                "Events delivered (a 2xx answer)",
+                Family::default(),
+            ),
+            dead_letters: add(
+                r,
+                "dead_letters",
+                "Events sent to the dead-letter topic, by reason: failed (a status retrying \
+                 cannot help), exhausted (retries or max_age used up), undeliverable (the record \
+                 cannot be decoded)",
+                Family::default(),
+            ),
+            consumer_lag: add(
+                r,
+                "consumer_lag",
+                "Records of a partition this replica owns that are not yet delivered and committed",
+                Family::default(),
+            ),
+            in_flight: add(
+                r,
+                "in_flight",
+                "Delivery requests on the wire",
+                Family::default(),
+            ),
+            parked_keys: add(
+                r,
+                "parked_keys",
+                "Keys parked by this replica's partitions (their events go on from the parking topic)",
+                Family::default(),
+            ),
+            breaker_open: add(
+                r,
+                "breaker_open",
+                "1 while the subscription's circuit breaker is open or probing",
+                Family::default(),
+            ),
+            partitions_owned: add(
+                r,
+                "partitions_owned",
+                "Partitions this replica delivers, the parking topic's included",
+                Family::default(),
+            ),
+            spans_exported: add(
+                r,
+                "trace_spans_exported",
+                "Spans the OTLP collector accepted (when OTEL_EXPORTER_OTLP_ENDPOINT is set)",
+                Counter::default(),
+            ),
+            spans_dropped: add(
+                r,
+                "trace_spans_dropped",
+                "Spans lost, by reason: queue_full (the export queue, OTEL_BSP_MAX_QUEUE_SIZE, \
+                 was full: the collector is slow or down), export_failed (the collector refused \
+                 or could not be reached)",
+                Family::default(),
+            ),
+            config_reloads: add(
+                r,
+                "config_reloads",
+                "Config reloads (file change or SIGHUP), by outcome: applied, refused",
+                Family::default(),
+            ),
+            config_last_reload_successful: add(
+                r,
+                "config_last_reload_successful",
+                "0 while the last reload attempt was refused (the running config is older than the file)",
+                config_last_reload_successful,
+            ),
+            process: ProcessMetrics::registered(&mut registry),
+            registry,
+        }
+    }
+}
 
+/// Registers `metric` with its help text and hands it back.
+fn add<M: Metric + Clone>(r: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    r.register(name, help, metric.clone());
+    metric
+}
+
+/// [`add`], for a metric counted in seconds.
+fn add_seconds<M: Metric + Clone>(r: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    r.register_with_unit(name, help, Unit::Seconds, metric.clone());
+    metric
+}
+
+impl ProcessMetrics {
+    /// The conventional `process_*` series, registered without hookbridge's prefix.
+    fn registered(registry: &mut Registry) -> ProcessMetrics {
         let process = ProcessMetrics::default();
         registry.register_with_unit(
             "process_cpu",
@@ -273,26 +290,7 @@ impl Metrics {
             Unit::Seconds,
             process.start_time_seconds.clone(),
         );
-        Metrics {
-            registry,
-            ingress_requests,
-            ingress_publish_duration,
-            delivery_attempts,
-            delivery_attempt_duration,
-            delivery_end_to_end,
-            delivered,
-            dead_letters,
-            consumer_lag,
-            in_flight,
-            parked_keys,
-            breaker_open,
-            partitions_owned,
-            spans_exported,
-            spans_dropped,
-            config_reloads,
-            config_last_reload_successful,
-            process,
-        }
+        process
     }
 }
 

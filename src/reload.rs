@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::admin::{AdminState, ConfigVersion};
 use crate::broker::Publisher;
@@ -42,7 +42,7 @@ impl ConfigFile {
         ConfigVersion {
             source: self.name.clone(),
             hash: hash(&self.text),
-            loaded_at: crate::delivery::rfc3339(SystemTime::now()),
+            loaded_at: crate::rfc3339::rfc3339(SystemTime::now()),
         }
     }
 }
@@ -53,7 +53,7 @@ pub fn hash(text: &str) -> String {
 
 /// What a reload did.
 #[derive(Debug)]
-pub enum Outcome {
+pub enum ReloadOutcome {
     Applied,
     Unchanged,
     Refused(String),
@@ -100,7 +100,7 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
 
 impl Reloader {
     /// Reloads on every change of the file and on SIGHUP, until `stop`.
-    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+    pub async fn run(mut self, stop: CancellationToken) {
         let Some(path) = self.file.path.clone() else {
             return;
         };
@@ -116,7 +116,7 @@ impl Reloader {
         let mut tried = self.file.text.clone();
         loop {
             let forced = tokio::select! {
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stop.cancelled() => return,
                 _ = tick.tick(), if polling => false,
                 _ = hangup.recv() => true,
             };
@@ -139,18 +139,18 @@ impl Reloader {
     }
 
     /// Validates `text` and applies it, or refuses it.
-    pub async fn reload(&mut self, text: String) -> Outcome {
+    pub async fn reload(&mut self, text: String) -> ReloadOutcome {
         let outcome = self.apply(text).await;
         let m = metrics();
         match &outcome {
-            Outcome::Applied => {
+            ReloadOutcome::Applied => {
                 m.config_reloads
                     .get_or_create(&reload_outcome("applied"))
                     .inc();
                 m.config_last_reload_successful.set(1);
             }
-            Outcome::Unchanged => {}
-            Outcome::Refused(why) => {
+            ReloadOutcome::Unchanged => {}
+            ReloadOutcome::Refused(why) => {
                 m.config_reloads
                     .get_or_create(&reload_outcome("refused"))
                     .inc();
@@ -161,29 +161,25 @@ impl Reloader {
         outcome
     }
 
-    async fn apply(&mut self, text: String) -> Outcome {
+    async fn apply(&mut self, text: String) -> ReloadOutcome {
         if text == self.file.text {
-            return Outcome::Unchanged;
+            return ReloadOutcome::Unchanged;
         }
         let env = |name: &str| std::env::var(name).ok();
         let new = match config::load_str(&self.file.name, &text, &env) {
             Ok(new) => new,
-            Err(e) => return Outcome::Refused(format!("{e:#}")),
+            Err(e) => return ReloadOutcome::Refused(format!("{e:#}")),
         };
         let fixed = restart_only(&self.running, &new);
         if !fixed.is_empty() {
-            return Outcome::Refused(format!(
+            return ReloadOutcome::Refused(format!(
                 "{} cannot change while hookbridge runs; restart it to apply them",
                 fixed.join(", ")
             ));
         }
         // New topics exist before anything publishes to or reads them.
-        if let Err(e) = self
-            .publisher
-            .ensure_topics(&crate::server::configured_topics(&new))
-            .await
-        {
-            return Outcome::Refused(format!("cannot create the new config's topics: {e}"));
+        if let Err(e) = self.publisher.ensure_topics(&new.topics()).await {
+            return ReloadOutcome::Refused(format!("cannot create the new config's topics: {e}"));
         }
         if let Some(delivery) = &self.delivery {
             match delivery.reload(&new, new.server.shutdown_timeout.0).await {
@@ -192,7 +188,7 @@ impl Reloader {
                     updated = ?changed.updated, rejoined = ?changed.rejoined,
                     "subscriptions reloaded"
                 ),
-                Err(e) => return Outcome::Refused(e.to_string()),
+                Err(e) => return ReloadOutcome::Refused(e.to_string()),
             }
         }
         self.ingress.reload(&new);
@@ -201,7 +197,7 @@ impl Reloader {
         self.admin.reload(&new, &version);
         tracing::info!(config = %self.file.name, hash = %version.hash, routes = new.routes.len(), subscriptions = new.subscriptions.len(), "config reloaded");
         self.running = new;
-        Outcome::Applied
+        ReloadOutcome::Applied
     }
 }
 

@@ -10,23 +10,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
-use crate::broker::embedded::EmbeddedBroker;
-use crate::broker::kafka::KafkaBroker;
-use crate::broker::kafka::KafkaTopicReader;
-use crate::broker::nats::NatsBroker;
-use crate::broker::{BrokerError, Publisher, Subscriber, TopicReader};
+use crate::broker::{Broker, BrokerError, OpenError};
 use crate::config::{BrokerKind, Config};
 use crate::delivery::{Delivery, DeliveryError};
 use crate::ingress::Ingress;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot open the {kind} broker")]
-    Broker {
-        kind: &'static str,
-        source: BrokerError,
-    },
+    #[error(transparent)]
+    Broker(#[from] OpenError),
     #[error("cannot create the configured topics")]
     Topics { source: BrokerError },
     #[error("cannot start delivery")]
@@ -93,65 +87,6 @@ pub struct Bound {
     pub admin: SocketAddr,
 }
 
-/// The faces of the broker the config names.
-pub struct Broker {
-    pub publisher: Arc<dyn Publisher>,
-    pub subscriber: Arc<dyn Subscriber>,
-    /// Outside any group, for the operator's dead-letter listings, redrives and replays.
-    pub reader: Arc<dyn TopicReader>,
-}
-
-/// Opens the broker the config names.
-pub async fn open_broker(config: &Config) -> Result<Broker, ServeError> {
-    match config.broker.kind {
-        BrokerKind::Embedded => {
-            let broker = EmbeddedBroker::open(&config.broker.embedded).map_err(|source| {
-                ServeError::Broker {
-                    kind: "embedded",
-                    source,
-                }
-            })?;
-            Ok(Broker {
-                publisher: broker.clone(),
-                subscriber: broker.clone(),
-                reader: broker,
-            })
-        }
-        BrokerKind::Kafka => {
-            let broker = KafkaBroker::connect(&config.broker.kafka).map_err(|source| {
-                ServeError::Broker {
-                    kind: "kafka",
-                    source,
-                }
-            })?;
-            let reader = KafkaTopicReader::new(&config.broker.kafka).map_err(|source| {
-                ServeError::Broker {
-                    kind: "kafka",
-                    source,
-                }
-            })?;
-            Ok(Broker {
-                publisher: broker.clone(),
-                subscriber: broker,
-                reader: Arc::new(reader),
-            })
-        }
-        BrokerKind::Nats => {
-            let broker = NatsBroker::connect(&config.broker.nats)
-                .await
-                .map_err(|source| ServeError::Broker {
-                    kind: "nats",
-                    source,
-                })?;
-            Ok(Broker {
-                publisher: broker.clone(),
-                subscriber: broker.clone(),
-                reader: broker,
-            })
-        }
-    }
-}
-
 /// Runs hookbridge in `role` until `shutdown` resolves. `on_bound` learns the bound
 /// addresses.
 pub async fn serve(
@@ -169,20 +104,17 @@ pub async fn serve(
         true => None,
         false => Some(crate::tls::server_config("server.tls", &config.server.tls)?),
     };
-    let Broker {
-        publisher,
-        subscriber,
-        reader,
-    } = open_broker(&config).await?;
+    let broker = Broker::open(&config).await?;
+    let publisher = broker.publisher.clone();
     let ingress = Ingress::new(&config, publisher.clone());
     publisher
-        .ensure_topics(&configured_topics(&config))
+        .ensure_topics(&config.topics())
         .await
         .map_err(|source| ServeError::Topics { source })?;
     let delivery = if role.delivery() {
         Some(Arc::new(Delivery::start(
             &config,
-            subscriber,
+            broker.subscriber.clone(),
             publisher.clone(),
         )?))
     } else {
@@ -229,19 +161,14 @@ pub async fn serve(
     let admin_state = Arc::new(crate::admin::AdminState::new(
         &config,
         &file.version(),
-        crate::operations::Broker {
-            reader,
-            publisher: publisher.clone(),
-        },
+        broker,
         delivery.clone(),
     ));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
+    // Every task of the process watches this one token to stop.
+    let stop = CancellationToken::new();
     let admin = tokio::spawn(
         axum::serve(admin_listener, crate::admin::router(admin_state.clone()))
-            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
             .into_future(),
     );
     let reloader = crate::reload::Reloader {
@@ -252,7 +179,7 @@ pub async fn serve(
         admin: admin_state,
         publisher: publisher.clone(),
     };
-    let reloading = tokio::spawn(reloader.run(stop_rx.clone()));
+    let reloading = tokio::spawn(reloader.run(stop.clone()));
     let grace = config.server.shutdown_timeout.0;
     let limits = crate::ingress::listener::Limits {
         read_timeout: config.server.read_timeout.0,
@@ -265,13 +192,13 @@ pub async fn serve(
             ingress.router(),
             limits,
             tls,
-            stopped(stop_rx),
+            stop.clone().cancelled_owned(),
             grace,
         ))
     });
     shutdown.await;
     tracing::info!(grace = ?grace, "shutting down: no new connections, finishing in-flight requests");
-    let _ = stop_tx.send(true);
+    stop.cancel();
     if let Some(task) = ingress_task {
         let _ = task.await;
     }
@@ -286,35 +213,4 @@ pub async fn serve(
         Err(_) => tracing::warn!("broker flush did not finish within the shutdown timeout"),
     }
     Ok(())
-}
-
-/// Every topic the config names: routes', subscriptions', dead-letter, parking and resend
-/// topics.
-pub fn configured_topics(config: &Config) -> Vec<String> {
-    let mut topics: Vec<String> = config.routes.iter().map(|r| r.topic.clone()).collect();
-    for sub in &config.subscriptions {
-        topics.extend(sub.topics.iter().cloned());
-        topics.push(sub.dead_letter_topic());
-        topics.push(sub.parking_topic());
-        topics.push(sub.resend_topic());
-    }
-    topics.sort();
-    topics.dedup();
-    topics
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

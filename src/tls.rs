@@ -25,7 +25,7 @@ use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-use crate::config::{Config, Problem, ServerTlsConfig, TlsConfig};
+use crate::config::{ServerTlsConfig, TlsConfig};
 
 /// How often a handshake may look at the files for a change.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -375,49 +375,4 @@ pub fn client_config(at: &str, tls: &TlsConfig) -> Result<ClientConfig, TlsError
             reason: "set both `cert` and `key`, or neither".into(),
         }),
     }
-}
-
-/// Reads every TLS file (and NATS creds file) the config names, as start-up will: each problem names its key
-/// (`subscriptions[0].tls.ca`) and the cause. Run by `serve` before anything starts and by
-/// `check-config`.
-pub fn check_files(config: &Config) -> Vec<Problem> {
-    let mut problems = Vec::new();
-    if !config.server.tls.is_empty()
-        && let Err(e) = server_config("server.tls", &config.server.tls)
-    {
-        problems.push(problem(e));
-    }
-    if config.broker.kind == crate::config::BrokerKind::Nats {
-        if !config.broker.nats.tls.is_empty()
-            && let Err(e) = client_config("broker.nats.tls", &config.broker.nats.tls)
-        {
-            problems.push(problem(e));
-        }
-        problems.extend(crate::broker::nats::auth::check_creds(&config.broker.nats));
-    }
-    for (i, sub) in config.subscriptions.iter().enumerate() {
-        if !sub.tls.is_empty()
-            && let Err(e) = client_config(&format!("subscriptions[{i}].tls"), &sub.tls)
-        {
-            problems.push(problem(e));
-        }
-    }
-    problems
-}
-
-/// Splits an error into the key it names and the rest of its message.
-fn problem(e: TlsError) -> Problem {
-    let key = match &e {
-        TlsError::Read { key, .. }
-        | TlsError::NoCertificate { key, .. }
-        | TlsError::NoKey { key, .. }
-        | TlsError::Mismatch { key, .. }
-        | TlsError::Invalid { key, .. } => key.clone(),
-    };
-    let message = e.to_string();
-    let message = message
-        .strip_prefix(&format!("{key}: "))
-        .unwrap_or(&message)
-        .to_string();
-    Problem::new(key, message)
 }

@@ -8,11 +8,10 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use sha2::{Digest, Sha256};
 
-use super::AdminState;
+use super::state::{AdminState, digest};
 use crate::crypto::constant_time_eq;
-use crate::ingress::problem::Problem;
+use crate::problem::Problem;
 use std::sync::Arc;
 
 pub async fn require_token(
@@ -50,8 +49,4 @@ pub async fn require_token(
         header::HeaderValue::from_static("Bearer realm=\"hookbridge-admin\""),
     );
     response
-}
-
-pub fn digest(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
 }

@@ -15,13 +15,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::{AdminState, not_found};
+use super::state::{AdminState, not_found};
+use crate::broker::Broker;
 use crate::config::SubscriptionConfig;
-use crate::ingress::problem::Problem;
 use crate::operations::{
-    Broker, Operation, OperationError, OperationView, Operations, ResendRequest, dead_letters,
-    replay,
+    Operation, OperationError, OperationView, Operations, ResendRequest, dlq, replay,
 };
+use crate::problem::Problem;
 
 /// A page holds at most this many dead letters.
 const MAX_PAGE: usize = 1000;
@@ -93,7 +93,7 @@ pub async fn list_dead_letters(
         .into_response()
     })?;
     let limit = query.limit.unwrap_or(100).clamp(1, MAX_PAGE);
-    let page = dead_letters::list(&state.broker, &sub, query.after.as_deref(), limit)
+    let page = dlq::list(&state.broker, &sub, query.after.as_deref(), limit)
         .await
         .map_err(|e| problem(e).into_response())?;
     Ok(Json(page).into_response())
@@ -104,7 +104,7 @@ pub async fn show_dead_letter(
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Response, Response> {
     let sub = configured(&state, &name).map_err(IntoResponse::into_response)?;
-    match dead_letters::show(&state.broker, &sub, &id)
+    match dlq::show(&state.broker, &sub, &id)
         .await
         .map_err(|e| problem(e).into_response())?
     {
@@ -121,7 +121,7 @@ pub async fn redrive(
     Path(name): Path<String>,
     body: Result<Json<ResendRequest>, JsonRejection>,
 ) -> Response {
-    start(&state, &name, body, dead_letters::redrive)
+    start(&state, &name, body, dlq::redrive)
 }
 
 pub async fn replay(
@@ -132,7 +132,7 @@ pub async fn replay(
     start(&state, &name, body, replay::replay)
 }
 
-/// `dead_letters::redrive` or `replay::replay`.
+/// `dlq::redrive` or `replay::replay`.
 type Start = fn(
     &Operations,
     &Broker,

@@ -13,7 +13,7 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use super::AdminState;
+use super::state::AdminState;
 use crate::delivery::SubscriptionStatus;
 
 #[derive(Serialize)]

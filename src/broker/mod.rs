@@ -25,6 +25,7 @@ pub mod completion;
 pub mod embedded;
 pub mod kafka;
 pub mod nats;
+mod open;
 pub mod partitioner;
 
 use std::sync::Arc;
@@ -36,6 +37,7 @@ use bytestring::ByteString;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use completion::Completion;
+pub use open::{Broker, OpenError};
 
 /// A header of a broker record. Values are bytes: Kafka headers are, and foreign producers
 /// put anything there. Names are shared text: hookbridge's own are static, and a name read

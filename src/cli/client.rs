@@ -46,7 +46,6 @@ pub struct Refused {
 
 impl AdminClient {
     pub async fn new(admin_url: &str, token: Option<String>) -> anyhow::Result<AdminClient> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let base: Uri = admin_url
             .trim_end_matches('/')
             .parse()

@@ -83,7 +83,7 @@ fn time_arg(flag: &str, value: &str) -> anyhow::Result<String> {
     let at = SystemTime::now()
         .checked_sub(ago)
         .with_context(|| format!("{flag} {value}: too far back"))?;
-    Ok(hookbridge::delivery::rfc3339(at))
+    Ok(hookbridge::rfc3339::rfc3339(at))
 }
 
 /// `user@host`, for the record an operation leaves.
@@ -244,7 +244,7 @@ async fn run(args: &AdminArgs, path: &str, body: &Value, what: &str) -> anyhow::
         .as_str()
         .context("the answer names no operation")?
         .to_string();
-    let progress = Progress::new(what, &id);
+    let progress = ProgressDisplay::new(what, &id);
     let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
     let mut cancelled = false;
     while operation["state"] == "running" {
@@ -294,14 +294,14 @@ fn summary(what: &str, op: &Value) -> String {
 }
 
 /// The progress display: a bar on a terminal, lines otherwise.
-struct Progress {
+struct ProgressDisplay {
     bar: Option<ProgressBar>,
     what: String,
     last_line: std::sync::Mutex<std::time::Instant>,
 }
 
-impl Progress {
-    fn new(what: &str, id: &str) -> Progress {
+impl ProgressDisplay {
+    fn new(what: &str, id: &str) -> ProgressDisplay {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(0);
             bar.set_style(
@@ -317,7 +317,7 @@ impl Progress {
         if bar.is_none() {
             eprintln!("{what} {id} started");
         }
-        Progress {
+        ProgressDisplay {
             bar,
             what: what.to_string(),
             last_line: std::sync::Mutex::new(std::time::Instant::now()),

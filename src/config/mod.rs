@@ -1,4 +1,4 @@
-//! The configuration contract (DESIGN.md §3): the YAML file an operator writes.
+//! The configuration contract (ARCHITECTURE.md §3): the YAML file an operator writes.
 //!
 //! This module holds only the shape of the file and its defaults. `load` turns a file into
 //! a [`Config`] (environment substitution, parsing, key paths in errors) and `validate`
@@ -38,6 +38,23 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     #[serde(default)]
     pub subscriptions: Vec<SubscriptionConfig>,
+}
+
+impl Config {
+    /// Every topic the config names: routes', subscriptions', dead-letter, parking and
+    /// resend topics, each once.
+    pub fn topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = self.routes.iter().map(|r| r.topic.clone()).collect();
+        for sub in &self.subscriptions {
+            topics.extend(sub.topics.iter().cloned());
+            topics.push(sub.dead_letter_topic());
+            topics.push(sub.parking_topic());
+            topics.push(sub.resend_topic());
+        }
+        topics.sort();
+        topics.dedup();
+        topics
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

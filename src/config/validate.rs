@@ -104,7 +104,7 @@ fn check_broker(config: &Config, problems: &mut Problems) {
 }
 
 /// At most one way to authenticate, each complete. The creds file is read with the other
-/// files (`crate::tls::check_files`).
+/// files (`crate::preflight::check_files`).
 fn check_nats_auth(auth: &super::NatsAuthConfig, problems: &mut Problems) {
     if auth.ways() > 1 {
         problems.add(
@@ -296,7 +296,7 @@ fn check_subscription(at: &str, sub: &SubscriptionConfig, problems: &mut Problem
     }
     check_static_headers(at, sub, problems);
     // The files themselves are read where they are mounted: at start-up and by
-    // `check-config` (`crate::tls::check_files`).
+    // `check-config` (`crate::preflight::check_files`).
     problems.cert_and_key(&format!("{at}.tls"), &sub.tls.cert, &sub.tls.key);
     let resend = sub.resend_topic();
     if sub.topics.contains(&resend) || [&dead_letter, &parking].contains(&&resend) {

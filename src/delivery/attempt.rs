@@ -9,7 +9,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use super::client::{Answer, SendError};
 use super::payload::{Payload, shared_value};
 use super::retry::parse_retry_after;
-use super::subscription::{Settings, SubscriptionRuntime};
+use super::runtime::{Settings, SubscriptionRuntime};
 use crate::{metrics, standard_webhooks, tracecontext};
 use tracing::Instrument;
 

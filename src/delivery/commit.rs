@@ -19,8 +19,41 @@
 //! tick, with whatever finished meanwhile.
 
 use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
 
 use crate::broker::completion::{Completion, ParkedKey};
+use crate::broker::{BrokerError, PartitionCalls, Progress};
+
+/// How often a partition commits its progress while it runs.
+pub const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
+
+/// A commit on its way to the broker.
+pub type Committing =
+    Pin<Box<dyn Future<Output = (PendingCommit, Result<(), BrokerError>)> + Send>>;
+
+/// Makes one commit; the tracker counts it only once accepted (`CommitTracker::accepted`).
+pub async fn send(
+    calls: PartitionCalls,
+    pending: PendingCommit,
+) -> (PendingCommit, Result<(), BrokerError>) {
+    tracing::debug!(
+        topic = calls.topic(),
+        partition = calls.partition(),
+        next_offset = pending.next_offset(),
+        open = pending.completion.open.len(),
+        done = pending.done.len(),
+        "commit"
+    );
+    let result = calls
+        .commit(Progress {
+            completion: &pending.completion,
+            done: &pending.done,
+        })
+        .await;
+    (pending, result)
+}
 
 #[derive(Debug, Default)]
 pub struct CommitTracker {
@@ -51,14 +84,14 @@ pub struct CommitTracker {
 /// A commit to make: the offset below which everything is done, what is done above it, and
 /// the records finished since the last accepted commit.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Pending {
+pub struct PendingCommit {
     pub completion: Completion,
     pub done: Vec<u64>,
     finished: u64,
     parked_changes: u64,
 }
 
-impl Pending {
+impl PendingCommit {
     pub fn next_offset(&self) -> u64 {
         self.completion.next_offset
     }
@@ -130,14 +163,14 @@ impl CommitTracker {
 
     /// The progress to commit now, if there is any news since the last accepted commit.
     /// Stays the same (growing with what finishes) until [`CommitTracker::accepted`].
-    pub fn take(&mut self) -> Option<Pending> {
+    pub fn take(&mut self) -> Option<PendingCommit> {
         let completion = self.completion()?;
         let news = (completion.next_offset, self.finished, self.parked_changes);
         if self.committed == Some(news) && self.done.is_empty() {
             return None;
         }
         self.done.sort_unstable();
-        Some(Pending {
+        Some(PendingCommit {
             completion,
             done: self.done.clone(),
             finished: self.finished,
@@ -146,7 +179,7 @@ impl CommitTracker {
     }
 
     /// The broker accepted `commit`.
-    pub fn accepted(&mut self, commit: &Pending) {
+    pub fn accepted(&mut self, commit: &PendingCommit) {
         self.committed = Some((commit.next_offset(), commit.finished, commit.parked_changes));
         // Only what the commit carried: records may have finished while it was on its way.
         self.done.retain(|o| commit.done.binary_search(o).is_err());

@@ -4,16 +4,16 @@
 //! A dead letter is the original record, value and headers unchanged (so redriving it is
 //! republishing it), plus `hb-dlq-*` headers that say what happened.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use bytes::Bytes;
-use bytestring::ByteString;
+use tokio_util::sync::CancellationToken;
 
 use super::event::Event;
-use super::payload::rfc3339;
-use super::subscription::SubscriptionRuntime;
-use crate::broker::{ConsumedRecord, Receipt, Record, RecordHeader};
-use crate::envelope;
+use super::resend;
+use super::runtime::SubscriptionRuntime;
+use super::side_topic;
+use crate::broker::Record;
+use crate::rfc3339::rfc3339;
 
 /// Why an event was given up on.
 #[derive(Debug, Clone)]
@@ -40,7 +40,7 @@ pub fn record(sub: &SubscriptionRuntime, event: &Event, failure: &Failure) -> Re
     // Two subscriptions dead-lettering one envelope into one topic are two records; one
     // subscription dead-lettering it again (after a restart) is the same record.
     // A resent event failing again is a new dead letter, not the first one repeated.
-    let record_id = match event.record.header(super::resend::HEADER_OPERATION) {
+    let record_id = match event.record.header(resend::HEADER_OPERATION) {
         Some(operation) => format!(
             "{}.dlq.{}.{}",
             event.id,
@@ -49,45 +49,13 @@ pub fn record(sub: &SubscriptionRuntime, event: &Event, failure: &Failure) -> Re
         ),
         None => format!("{}.dlq.{}", event.id, sub.name),
     };
-    copy(
+    side_topic::copy(
         &event.record,
         &sub.dead_letter_topic,
         "hb-dlq-",
         record_id,
         headers,
     )
-}
-
-/// A copy of a record for a topic hookbridge writes (dead letters, parked and resent
-/// events): key, value and headers unchanged, but for the headers starting with `prefix`
-/// and the record id, which the copy sets anew, followed by `headers`.
-pub fn copy(
-    original: &ConsumedRecord,
-    topic: &str,
-    prefix: &str,
-    record_id: String,
-    headers: Vec<(&'static str, String)>,
-) -> Record {
-    let mut copied: Vec<RecordHeader> = original
-        .headers
-        .iter()
-        .filter(|h| !h.name.starts_with(prefix) && h.name != envelope::HEADER_RECORD_ID)
-        .cloned()
-        .collect();
-    copied.extend(
-        std::iter::once((envelope::HEADER_RECORD_ID, record_id))
-            .chain(headers)
-            .map(|(name, value)| RecordHeader {
-                name: ByteString::from_static(name),
-                value: Bytes::from(value),
-            }),
-    );
-    Record {
-        topic: topic.to_string(),
-        key: original.key.clone(),
-        headers: copied,
-        value: original.value.clone(),
-    }
 }
 
 /// Publishes a dead letter, retrying until the broker takes it: an event is only done (and
@@ -97,9 +65,9 @@ pub async fn publish(
     sub: &SubscriptionRuntime,
     event: &Event,
     failure: &Failure,
-    stop: &mut tokio::sync::watch::Receiver<bool>,
+    stop: &CancellationToken,
 ) -> bool {
-    let Some(receipt) = publish_until_taken(sub, record(sub, event, failure), stop).await else {
+    let Some(receipt) = side_topic::publish(sub, record(sub, event, failure), stop).await else {
         return false;
     };
     tracing::warn!(
@@ -108,27 +76,4 @@ pub async fn publish(
         partition = receipt.partition, offset = receipt.offset, "event dead-lettered"
     );
     true
-}
-
-/// Publishes a record the delivery engine writes (a dead letter, a parked event), retrying
-/// with backoff until the broker takes it; `None` if asked to stop first.
-pub async fn publish_until_taken(
-    sub: &SubscriptionRuntime,
-    record: Record,
-    stop: &mut tokio::sync::watch::Receiver<bool>,
-) -> Option<Receipt> {
-    let mut wait = Duration::from_millis(100);
-    loop {
-        match sub.publisher.publish(record.clone()).await {
-            Ok(receipt) => return Some(receipt),
-            Err(e) => {
-                tracing::error!(subscription = %sub.name, topic = %record.topic, error = %e, "publish failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = super::stopped(stop) => return None,
-                }
-                wait = (wait * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
 }

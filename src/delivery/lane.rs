@@ -4,12 +4,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::attempt::{AttemptResult, attempt};
+use super::breaker::BreakerState;
 use super::dead_letter::{self, Failure};
 use super::event::Event;
-use super::subscription::SubscriptionRuntime;
+use super::runtime::SubscriptionRuntime;
 use super::{parking, payload};
 use crate::broker::Receipt;
 use crate::{metrics, tracecontext};
@@ -35,7 +36,7 @@ pub enum Outcome {
 pub async fn deliver(
     sub: &SubscriptionRuntime,
     event: &Event,
-    stop: &mut watch::Receiver<bool>,
+    stop: &CancellationToken,
     park_after: Option<Duration>,
 ) -> Outcome {
     let record = &event.record;
@@ -62,7 +63,7 @@ pub async fn deliver(
 async fn deliver_in_span(
     sub: &SubscriptionRuntime,
     event: &Event,
-    stop: &mut watch::Receiver<bool>,
+    stop: &CancellationToken,
     park_after: Option<Duration>,
 ) -> Outcome {
     if let Some(reason) = &event.undeliverable {
@@ -105,7 +106,7 @@ async fn deliver_in_span(
         };
         let (admission, permit) = tokio::select! {
             admitted = admitted => admitted,
-            _ = super::stopped(stop) => return Outcome::Abandoned,
+            _ = stop.cancelled() => return Outcome::Abandoned,
         };
         attempts += 1;
         tracing::Span::current().record("hookbridge.attempts", attempts);
@@ -121,7 +122,7 @@ async fn deliver_in_span(
         .await;
         drop(permit);
         admission.record(matches!(result, AttemptResult::Delivered { .. }));
-        let open = settings.breaker.state() != super::breaker::BreakerState::Closed;
+        let open = settings.breaker.state() != BreakerState::Closed;
         sub.metrics.breaker_open.set(i64::from(open));
         tracing::debug!(subscription = %sub.name, id = %event.id, attempts, ?result, took = ?started.elapsed(), "attempt");
 
@@ -168,7 +169,7 @@ async fn deliver_in_span(
             Some(delay) => {
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = super::stopped(stop) => return Outcome::Abandoned,
+                    _ = stop.cancelled() => return Outcome::Abandoned,
                 }
             }
             None => {
@@ -184,7 +185,7 @@ pub async fn park(
     sub: &SubscriptionRuntime,
     event: &Event,
     attempts: u32,
-    stop: &mut watch::Receiver<bool>,
+    stop: &CancellationToken,
 ) -> Outcome {
     match parking::publish(sub, event, attempts, stop).await {
         Some(receipt) => Outcome::Parked(receipt),
@@ -207,7 +208,7 @@ async fn dead_letter_or_abandon(
     event: &Event,
     failure: &Failure,
     reason: &Counter,
-    stop: &mut watch::Receiver<bool>,
+    stop: &CancellationToken,
 ) -> Outcome {
     if dead_letter::publish(sub, event, failure, stop).await {
         reason.inc();

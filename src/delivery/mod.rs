@@ -1,233 +1,46 @@
-//! Delivery (DESIGN.md §5): events on topics become signed, retried, ordered webhooks.
+//! Delivery (ARCHITECTURE.md §5): events on topics become signed, retried, ordered webhooks.
 //!
-//! The data path, one module per step:
+//! The data path, one module per step, each using only the ones after it:
+//! [`engine`] runs the configured subscriptions →
 //! [`subscription`] joins a consumer group and gets partition streams →
-//! [`partition`] fans records out into lanes and tracks commits ([`commit`]) →
+//! [`partition`] fans records out into [`lanes`] and tracks commits ([`commit`]), handing
+//! the partition back through [`release`] →
 //! [`lane`] delivers one event at a time, retrying in place ([`retry`], [`breaker`]) →
-//! [`attempt`] signs and POSTs the request [`payload`] built → done, or [`dead_letter`], or,
-//! for a key failing too long, [`parking`].
+//! [`attempt`] signs and POSTs the request [`payload`] built through the [`client`] → done,
+//! or [`dead_letter`], or, for a key failing too long, [`parking`] (its keys kept in
+//! [`parked_keys`]). Dead letters, parked events and resent events ([`resend`]) are copies
+//! written to side topics by one publish path ([`side_topic`]).
 //!
-//! One engine serves every broker: it only sees the `Subscriber` and `Publisher` traits.
+//! [`runtime`] is what every step reads about its subscription: settings, limits, breaker,
+//! status. One engine serves every broker: it only sees the `Subscriber` and `Publisher`
+//! traits.
 
 mod attempt;
 mod breaker;
 mod client;
 mod commit;
 mod dead_letter;
+mod engine;
 mod event;
-mod filter;
 mod lane;
+mod lanes;
+mod parked_keys;
 mod parking;
 mod partition;
 mod payload;
+mod release;
 pub mod resend;
 mod retry;
+mod runtime;
+mod side_topic;
 mod status;
 mod subscription;
+mod type_filter;
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use std::collections::BTreeMap;
-
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
-
-use crate::broker::{Publisher, Subscriber};
-use crate::config::{Config, SubscriptionConfig};
-
-pub use dead_letter::copy as copy_record;
+pub use engine::{Delivery, Reloaded};
 pub use event::{Decode, Event};
-pub use filter::TypeFilter;
-pub use payload::{envelope_json, rfc3339};
+pub use payload::envelope_json;
+pub use runtime::{DeliveryError, RateStatus, Settings, SubscriptionRuntime, SubscriptionStatus};
+pub use side_topic::copy as copy_record;
 pub use status::{LastError, PartitionStatus};
-pub use subscription::{RateStatus, Settings, SubscriptionRuntime, SubscriptionStatus};
-
-#[derive(Debug, thiserror::Error)]
-pub enum DeliveryError {
-    #[error("subscription `{subscription}`: cannot build its HTTP client: {reason}")]
-    Client {
-        subscription: String,
-        reason: String,
-    },
-}
-
-/// One running subscription: its runtime, its stop signal, its task.
-struct Running {
-    runtime: Arc<subscription::SubscriptionRuntime>,
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
-
-impl Running {
-    /// Stops taking records, lets attempts on the wire finish within `grace`, commits what
-    /// is done; abandons the rest after it (redelivered later).
-    async fn stop(mut self, grace: Duration) {
-        let _ = self.stop.send(true);
-        if tokio::time::timeout(grace, &mut self.task).await.is_err() {
-            tracing::warn!(subscription = %self.runtime.name, "delivery did not stop within the shutdown timeout; abandoning in-flight work");
-            self.task.abort();
-        }
-    }
-}
-
-/// What a reload did to the subscriptions, by name.
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct Reloaded {
-    pub added: Vec<String>,
-    pub removed: Vec<String>,
-    /// Delivery settings taken in place.
-    pub updated: Vec<String>,
-    /// Left their group and joined it again (topics, ordering, dead-letter or parking topic).
-    pub rejoined: Vec<String>,
-}
-
-/// The running subscriptions.
-pub struct Delivery {
-    subscriber: Arc<dyn Subscriber>,
-    publisher: Arc<dyn Publisher>,
-    running: tokio::sync::Mutex<BTreeMap<String, Running>>,
-}
-
-impl Delivery {
-    pub fn start(
-        config: &Config,
-        subscriber: Arc<dyn Subscriber>,
-        publisher: Arc<dyn Publisher>,
-    ) -> Result<Delivery, DeliveryError> {
-        // rustls is built without a default crypto provider; ring is the one linked in.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut delivery = Delivery {
-            subscriber,
-            publisher,
-            running: Default::default(),
-        };
-        let mut running = BTreeMap::new();
-        for sub in &config.subscriptions {
-            running.insert(sub.name.clone(), delivery.launch(delivery.runtime(sub)?));
-        }
-        delivery.running = tokio::sync::Mutex::new(running);
-        Ok(delivery)
-    }
-
-    fn runtime(
-        &self,
-        config: &SubscriptionConfig,
-    ) -> Result<Arc<subscription::SubscriptionRuntime>, DeliveryError> {
-        Ok(Arc::new(subscription::SubscriptionRuntime::from_config(
-            config,
-            self.publisher.clone(),
-        )?))
-    }
-
-    fn launch(&self, runtime: Arc<subscription::SubscriptionRuntime>) -> Running {
-        let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(subscription::run(
-            runtime.clone(),
-            self.subscriber.clone(),
-            stopped,
-        ));
-        Running {
-            runtime,
-            stop,
-            task,
-        }
-    }
-
-    /// The running subscriptions, for the admin API (waiting for a reload under way).
-    pub async fn subscriptions(&self) -> Vec<Arc<subscription::SubscriptionRuntime>> {
-        self.running
-            .lock()
-            .await
-            .values()
-            .map(|r| r.runtime.clone())
-            .collect()
-    }
-
-    /// The running subscription `name`.
-    pub async fn subscription(&self, name: &str) -> Option<Arc<subscription::SubscriptionRuntime>> {
-        self.running
-            .lock()
-            .await
-            .get(name)
-            .map(|r| r.runtime.clone())
-    }
-
-    /// Runs `config`'s subscriptions instead of the current ones, disturbing as little as
-    /// possible: unchanged ones are not touched; new delivery settings are taken in place
-    /// (no rebalance, nothing redelivered); a change of topics, ordering, dead-letter or
-    /// parking topic stops the subscription (within `grace`, committing what is done) and
-    /// starts it again in its group; removed ones stop the same way, added ones start.
-    /// Every new runtime is built before anything stops, so a config that cannot run
-    /// changes nothing.
-    pub async fn reload(
-        &self,
-        config: &Config,
-        grace: Duration,
-    ) -> Result<Reloaded, DeliveryError> {
-        let mut running = self.running.lock().await;
-        let mut reloaded = Reloaded::default();
-        // Everything the new config needs is built first (a URL that cannot be a client
-        // fails here), so a config that cannot run changes nothing.
-        let mut starting = Vec::new();
-        let mut updating = Vec::new();
-        for sub in &config.subscriptions {
-            match running.get(&sub.name).map(|r| r.runtime.change(sub)) {
-                None => starting.push((self.runtime(sub)?, false)),
-                Some(subscription::Change::Rejoin) => starting.push((self.runtime(sub)?, true)),
-                Some(subscription::Change::Settings) => {
-                    updating.push((sub, subscription::Settings::from_config(sub)?));
-                }
-                Some(subscription::Change::None) => {}
-            }
-        }
-        for (sub, settings) in updating {
-            running[&sub.name].runtime.apply(settings, sub);
-            reloaded.updated.push(sub.name.clone());
-        }
-        let wanted: Vec<&str> = config
-            .subscriptions
-            .iter()
-            .map(|s| s.name.as_str())
-            .collect();
-        let gone: Vec<String> = running
-            .keys()
-            .filter(|name| !wanted.contains(&name.as_str()))
-            .cloned()
-            .collect();
-        for name in gone {
-            if let Some(old) = running.remove(&name) {
-                old.stop(grace).await;
-                tracing::info!(subscription = %name, "subscription removed");
-                reloaded.removed.push(name);
-            }
-        }
-        for (runtime, rejoin) in starting {
-            let name = runtime.name.clone();
-            if rejoin && let Some(old) = running.remove(&name) {
-                old.stop(grace).await;
-                tracing::info!(subscription = %name, "subscription rejoining its group with its new topics or ordering");
-                reloaded.rejoined.push(name.clone());
-            } else {
-                tracing::info!(subscription = %name, "subscription added");
-                reloaded.added.push(name.clone());
-            }
-            running.insert(name, self.launch(runtime));
-        }
-        Ok(reloaded)
-    }
-
-    /// Stops taking records, lets attempts on the wire finish within `grace`, commits what
-    /// is done. Whatever is not done is redelivered after the restart (G2).
-    pub async fn shutdown(&self, grace: Duration) {
-        let running = std::mem::take(&mut *self.running.lock().await);
-        let stopping = running.into_values().map(|r| r.stop(grace));
-        futures_util::future::join_all(stopping).await;
-    }
-}
-
-/// Resolves once `stop` says so (or its sender is gone). Keeps the watch guard out of the
-/// caller's future, which must stay `Send`.
-pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
+pub use type_filter::TypeFilter;

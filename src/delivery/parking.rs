@@ -17,24 +17,22 @@
 //! seen delivering the key's events again, the key *drains*: its new events wait on the
 //! partition instead, until the parked ones are done (then they go directly) or until
 //! `park_after` passes without that (then they follow to the parking topic after all).
-//! Which keys are parked is stored with every commit of the partition, so it holds across
-//! restarts and moves too.
+//! Which keys are parked ([`super::parked_keys`]) is stored with every commit of the
+//! partition, so it holds across restarts and moves too.
 //!
 //! A parked copy is the original record, value and headers unchanged, plus `hb-parked-*`
 //! headers that keep what the copy must not lose: the webhook id and arrival time of a
 //! foreign record (otherwise derived from where it sits), and the attempts made so far.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use bytestring::ByteString;
+use tokio_util::sync::CancellationToken;
 
-use super::dead_letter;
 use super::event::Event;
-use super::subscription::SubscriptionRuntime;
-use crate::broker::completion::{MAX_PARKED, ParkedKey, key_hash};
-use crate::broker::{Completion, Receipt, Record};
+use super::runtime::SubscriptionRuntime;
+use super::side_topic;
+use crate::broker::{Receipt, Record};
 
 const HEADER_ID: &str = "hb-parked-id";
 const HEADER_RECEIVED_AT: &str = "hb-parked-received-at";
@@ -61,7 +59,7 @@ pub fn record(sub: &SubscriptionRuntime, event: &Event, attempts: u32) -> Record
     // Parking one event again (after a restart) is the same record: brokers that
     // deduplicate (JetStream's Nats-Msg-Id) keep one.
     let record_id = format!("{}.park.{}", event.id, sub.name);
-    dead_letter::copy(
+    side_topic::copy(
         &event.record,
         &sub.parking_topic,
         "hb-parked-",
@@ -99,210 +97,9 @@ pub async fn publish(
     sub: &SubscriptionRuntime,
     event: &Event,
     attempts: u32,
-    stop: &mut tokio::sync::watch::Receiver<bool>,
+    stop: &CancellationToken,
 ) -> Option<Receipt> {
-    let receipt = dead_letter::publish_until_taken(sub, record(sub, event, attempts), stop).await?;
+    let receipt = side_topic::publish(sub, record(sub, event, attempts), stop).await?;
     tracing::debug!(subscription = %sub.name, id = %event.id, partition = receipt.partition, offset = receipt.offset, "event parked");
     Some(receipt)
-}
-
-/// A partition's parked keys.
-#[derive(Debug, Default)]
-pub struct ParkedKeys {
-    keys: HashMap<u64, Parked>,
-}
-
-#[derive(Debug)]
-struct Parked {
-    /// The key, once one of its events was seen since this worker started.
-    key: Option<Bytes>,
-    partition: u32,
-    last: u64,
-    /// `last` when the parking partition was last looked at.
-    seen_last: Option<u64>,
-    /// Since when the key's new events wait for its parked ones instead of following them.
-    draining_since: Option<Instant>,
-}
-
-impl Parked {
-    fn new(key: Option<Bytes>, partition: u32, last: u64) -> Parked {
-        Parked {
-            key,
-            partition,
-            last,
-            seen_last: None,
-            draining_since: None,
-        }
-    }
-}
-
-/// What one look at a parking partition changed.
-#[derive(Debug, Default)]
-pub struct Review {
-    /// Keys whose parked events are all done: unparked.
-    pub unparked: Vec<Bytes>,
-    /// Keys that drained too long: their waiting events follow to the parking topic.
-    pub forward_again: Vec<Bytes>,
-}
-
-impl ParkedKeys {
-    /// The keys a previous owner stored with its last commit.
-    pub fn resumed(parked: &[ParkedKey]) -> ParkedKeys {
-        ParkedKeys {
-            keys: parked
-                .iter()
-                .map(|p| (p.key, Parked::new(None, p.partition, p.last)))
-                .collect(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    /// Whether another key may be parked.
-    pub fn has_room(&self) -> bool {
-        self.keys.len() < MAX_PARKED
-    }
-
-    /// Whether `key` is parked: its events go to the parking topic, or wait while it
-    /// drains.
-    pub fn contains(&mut self, key: &Bytes) -> bool {
-        self.get(key).is_some()
-    }
-
-    /// Whether `key` is draining: its events wait on the partition.
-    pub fn is_draining(&mut self, key: &Bytes) -> bool {
-        self.get(key).is_some_and(|p| p.draining_since.is_some())
-    }
-
-    fn get(&mut self, key: &Bytes) -> Option<&mut Parked> {
-        if self.keys.is_empty() {
-            return None;
-        }
-        let parked = self.keys.get_mut(&key_hash(key))?;
-        parked.key.get_or_insert_with(|| key.clone());
-        Some(parked)
-    }
-
-    /// `key`'s event went to the parking topic at `receipt`. A key parked already keeps
-    /// what the reviews learnt about it: a key whose events keep coming is forwarding all
-    /// the time, and would otherwise never be seen making progress there, so never drain.
-    pub fn sent(&mut self, key: &Bytes, receipt: Receipt) {
-        let parked = self
-            .keys
-            .entry(key_hash(key))
-            .or_insert_with(|| Parked::new(None, receipt.partition, receipt.offset));
-        parked.key.get_or_insert_with(|| key.clone());
-        parked.partition = receipt.partition;
-        parked.last = receipt.offset;
-    }
-
-    /// The parking partitions to look at: those of parked keys with nothing on the way
-    /// there (`busy` says whether a key has an event in its lane).
-    pub fn idle_partitions(&self, busy: impl Fn(&Bytes) -> bool) -> Vec<u32> {
-        let mut partitions: Vec<u32> = self
-            .keys
-            .values()
-            .filter(|p| !p.key.as_ref().is_some_and(&busy))
-            .map(|p| p.partition)
-            .collect();
-        partitions.sort_unstable();
-        partitions.dedup();
-        partitions
-    }
-
-    /// Looks at the keys parked on `partition`, given what is `done` there: a key with
-    /// nothing on its way (`busy` says whether its lane has an event out) whose last parked
-    /// event is done is unparked; a key whose earlier parked events got done since the last
-    /// look starts draining; one that drained longer than `patience` forwards again.
-    pub fn review(
-        &mut self,
-        partition: u32,
-        done: &Completion,
-        busy: impl Fn(&Bytes) -> bool,
-        patience: Duration,
-    ) -> Review {
-        let mut review = Review::default();
-        self.keys.retain(|_, p| {
-            if p.partition != partition || p.key.as_ref().is_some_and(&busy) {
-                return true;
-            }
-            if done.is_done(p.last) {
-                review.unparked.extend(p.key.clone());
-                return false;
-            }
-            match p.draining_since {
-                Some(since) if since.elapsed() > patience => {
-                    p.draining_since = None;
-                    review.forward_again.extend(p.key.clone());
-                }
-                None if p.seen_last.is_some_and(|seen| done.is_done(seen)) => {
-                    p.draining_since = Some(Instant::now());
-                }
-                _ => {}
-            }
-            p.seen_last = Some(p.last);
-            true
-        });
-        review
-    }
-
-    /// What goes with the partition's commits.
-    pub fn snapshot(&self) -> Vec<ParkedKey> {
-        let mut parked: Vec<ParkedKey> = self
-            .keys
-            .iter()
-            .map(|(&key, p)| ParkedKey {
-                key,
-                partition: p.partition,
-                last: p.last,
-            })
-            .collect();
-        parked.sort_unstable_by_key(|p| p.key);
-        parked
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn receipt(offset: u64) -> Receipt {
-        Receipt {
-            partition: 0,
-            offset,
-        }
-    }
-
-    #[test]
-    fn a_key_whose_events_keep_coming_drains_once_the_parking_topic_catches_up() {
-        let key = Bytes::from_static(b"A");
-        let idle = |_: &Bytes| false;
-        let mut parked = ParkedKeys::default();
-        parked.sent(&key, receipt(10));
-        // First look: nothing done there yet.
-        parked.review(0, &Completion::at(0), idle, Duration::from_secs(60));
-        // More events follow before the next look, while the parking topic delivers the
-        // ones seen at the first look.
-        parked.sent(&key, receipt(11));
-        parked.sent(&key, receipt(12));
-        let review = parked.review(0, &Completion::at(11), idle, Duration::from_secs(60));
-        assert!(
-            review.unparked.is_empty(),
-            "its last parked event is not done yet"
-        );
-        assert!(
-            parked.is_draining(&key),
-            "its new events wait for the parked ones"
-        );
-        // Once the last one is done there, the key is back on the normal path.
-        let review = parked.review(0, &Completion::at(13), idle, Duration::from_secs(60));
-        assert_eq!(review.unparked, vec![key.clone()]);
-        assert!(!parked.contains(&key));
-    }
 }

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use super::payload::rfc3339;
+use crate::rfc3339::rfc3339;
 
 /// One partition this replica delivers.
 #[derive(Debug, Clone, Default, Serialize)]

@@ -4,8 +4,8 @@
 use axum::http::{HeaderMap, HeaderName, StatusCode};
 use serde_json::Value;
 
-use super::problem::Problem;
 use crate::config::{ExtractorConfig, IdempotencyConfig};
+use crate::problem::Problem;
 
 #[derive(Debug, Clone)]
 enum Source {

@@ -1,4 +1,4 @@
-//! The ingress (DESIGN.md §4): `POST /hooks/{route}` → size limit → verify → envelope →
+//! The ingress (ARCHITECTURE.md §4): `POST /hooks/{route}` → size limit → verify → envelope →
 //! publish → `202 {"id": ...}`, only after the broker's durable ack.
 //!
 //! Every rejection is an RFC 9457 problem and publishes nothing. The steps are in the order
@@ -10,7 +10,6 @@
 
 mod extract;
 pub mod listener;
-pub mod problem;
 pub mod route;
 mod verify;
 
@@ -27,12 +26,12 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
 use self::extract::JsonBody;
-use self::problem::Problem;
 use self::route::Route;
 use crate::broker::{BrokerError, Publisher};
 use crate::config::Config;
 use crate::envelope::{self, Envelope, Header};
 use crate::metrics;
+use crate::problem::Problem;
 use crate::tracecontext;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;

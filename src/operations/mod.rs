@@ -16,23 +16,23 @@
 //! and when. A later operation reads the resend topic first and skips sources sent again
 //! already, unless forced: a redrive repeated by accident sends nothing twice.
 
-pub mod dead_letters;
-mod filter;
+pub mod dlq;
 pub mod replay;
-mod resend;
 mod scan;
+mod selection;
+mod sender;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
-use crate::broker::{BrokerError, Publisher, TopicReader};
-use crate::delivery::rfc3339;
+use crate::broker::BrokerError;
+use crate::rfc3339::rfc3339;
 
-pub use filter::{EventFilter, FilterError, FilterRequest};
+pub use selection::{EventFilter, FilterError, FilterRequest};
 
 /// Finished operations are remembered, newest first, up to this many.
 const KEEP_FINISHED: usize = 100;
@@ -65,7 +65,7 @@ pub enum State {
 
 /// How far an operation got.
 #[derive(Debug, Clone, Serialize)]
-pub struct Progress {
+pub struct OperationProgress {
     pub state: State,
     /// Records read so far.
     pub scanned: u64,
@@ -93,8 +93,8 @@ pub struct Operation {
     pub started_at: String,
     pub dry_run: bool,
     started: Instant,
-    progress: Mutex<Progress>,
-    cancel: watch::Sender<bool>,
+    progress: Mutex<OperationProgress>,
+    cancel: CancellationToken,
 }
 
 /// An operation as `GET /v1/operations/{id}` shows it.
@@ -110,7 +110,7 @@ pub struct OperationView {
     /// Matches handled per second (sent, or skipped), over the whole run.
     pub rate: f64,
     #[serde(flatten)]
-    pub progress: Progress,
+    pub progress: OperationProgress,
 }
 
 impl Operation {
@@ -123,7 +123,7 @@ impl Operation {
             started_at: rfc3339(SystemTime::now()),
             dry_run,
             started: Instant::now(),
-            progress: Mutex::new(Progress {
+            progress: Mutex::new(OperationProgress {
                 state: State::Running,
                 scanned: 0,
                 total: None,
@@ -134,7 +134,7 @@ impl Operation {
                 error: None,
                 finished_at: None,
             }),
-            cancel: watch::Sender::new(false),
+            cancel: CancellationToken::new(),
         }
     }
 
@@ -159,21 +159,22 @@ impl Operation {
         }
     }
 
-    fn update(&self, update: impl FnOnce(&mut Progress)) {
+    fn update(&self, update: impl FnOnce(&mut OperationProgress)) {
         update(&mut self.progress.lock().expect("progress lock"));
     }
 
     /// Asks the operation to stop after the record it is writing.
     pub fn cancel(&self) {
-        let _ = self.cancel.send(true);
+        self.cancel.cancel();
     }
 
-    fn cancelled(&self) -> watch::Receiver<bool> {
-        self.cancel.subscribe()
+    /// Resolves once the operation is cancelled.
+    async fn cancelled(&self) {
+        self.cancel.cancelled().await
     }
 
     fn is_cancelled(&self) -> bool {
-        *self.cancel.borrow()
+        self.cancel.is_cancelled()
     }
 
     fn finish(&self, result: Result<(), OperationError>) {
@@ -249,13 +250,6 @@ impl ResendRequest {
             until: self.until.clone(),
         })?)
     }
-}
-
-/// What operations run with: the broker, read and written.
-#[derive(Clone)]
-pub struct Broker {
-    pub reader: Arc<dyn TopicReader>,
-    pub publisher: Arc<dyn Publisher>,
 }
 
 /// The operations of this process, running and recently finished.

@@ -8,10 +8,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::filter::EventFilter;
-use super::resend::{self, Sender};
 use super::scan::CHUNK;
-use super::{Broker, Kind, Operation, OperationError, Operations, ResendRequest};
+use super::selection::EventFilter;
+use super::sender::{self, Sender};
+use super::{Kind, Operation, OperationError, Operations, ResendRequest};
+use crate::broker::Broker;
 use crate::config::SubscriptionConfig;
 use crate::delivery::{Decode, Event, TypeFilter};
 
@@ -68,7 +69,7 @@ pub fn replay(
         let sent_before = if request.force {
             Default::default()
         } else {
-            resend::sent_before(&broker, &resend_topic).await?
+            sender::sent_before(&broker, &resend_topic).await?
         };
         let mut sender = Sender::new(broker.clone(), request.rate);
         for range in ranges {
@@ -94,14 +95,14 @@ pub fn replay(
                         continue;
                     }
                     op.update(|p| p.matched += 1);
-                    if sent_before.contains(&resend::source(&record)) {
+                    if sent_before.contains(&sender::source(&record)) {
                         op.update(|p| p.skipped += 1);
                         continue;
                     }
                     if op.dry_run {
                         continue;
                     }
-                    let copy = resend::copy(&op, &resend_topic, &record, &event.id);
+                    let copy = sender::copy(&op, &resend_topic, &record, &event.id);
                     if !sender.send(&op, copy).await {
                         return Ok(());
                     }

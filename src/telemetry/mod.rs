@@ -95,8 +95,7 @@ pub fn init(format: LogFormat) -> Telemetry {
     let fmt = fmt.with_filter(logged(directives()));
     let provider = if otlp_configured() {
         // The exporter's HTTP client (reqwest, rustls) takes the process's default crypto
-        // provider: ring, as everywhere else in hookbridge. An error means one is set already.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        // provider, which `main` installs.
         match opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .build()

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::client::{base_config, kafka_error, with_properties};
 use super::consumer::to_record;
-use super::{base_config, kafka_error, with_properties};
 use crate::broker::{BrokerError, ConsumedRecord, TopicReader};
 use crate::config::KafkaConfig;
 

@@ -46,7 +46,7 @@ use tokio::runtime::RuntimeFlavor;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
-use super::{base_config, kafka_error, with_properties};
+use super::client::{base_config, kafka_error, with_properties};
 use crate::broker::{
     BrokerError, Committer, Completion, ConsumedRecord, PartitionEvent, PartitionHandle,
     PartitionStream, Progress, RecordHeader, StartFrom, Subscription,

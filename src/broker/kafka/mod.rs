@@ -10,10 +10,13 @@
 //! - [`refusal`]: the producer's client context, which remembers a refused SASL login or
 //!   TLS handshake so that start-up stops with the broker's reason.
 //!
+//! - [`client`]: what every client starts from, and the operator's properties over it.
+//!
 //! `broker.kafka.properties` go to librdkafka as they are (SASL, TLS, tuning), applied
 //! last so an operator can override any default set here.
 
 mod browse;
+mod client;
 mod consumer;
 mod producer;
 mod refusal;
@@ -23,7 +26,6 @@ pub use browse::KafkaTopicReader;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use rdkafka::ClientConfig;
 
 use super::{BrokerError, Publisher, Receipt, Record, StartFrom, Subscriber, Subscription};
 use crate::config::KafkaConfig;
@@ -41,26 +43,6 @@ impl KafkaBroker {
             producer,
         }))
     }
-}
-
-/// The client settings every hookbridge Kafka client starts from.
-fn base_config(config: &KafkaConfig) -> ClientConfig {
-    let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", &config.bootstrap_servers);
-    client.set("client.id", "hookbridge");
-    client
-}
-
-/// Applies `broker.kafka.properties` over the defaults.
-fn with_properties(mut client: ClientConfig, config: &KafkaConfig) -> ClientConfig {
-    for (key, value) in &config.properties {
-        client.set(key, value.expose());
-    }
-    client
-}
-
-fn kafka_error(e: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Unavailable(e.to_string())
 }
 
 #[async_trait]

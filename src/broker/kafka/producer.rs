@@ -11,8 +11,8 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
+use super::client::{base_config, kafka_error, with_properties};
 use super::refusal::RefusalWatch;
-use super::{base_config, kafka_error, with_properties};
 use crate::broker::{BrokerError, Receipt, Record};
 use crate::config::KafkaConfig;
 

@@ -23,7 +23,7 @@
 //!   redelivers those first, in order, ahead of anything newer.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::Subject;
@@ -34,9 +34,10 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::leases;
+use super::names::{consumer_name, stream_name, subject};
 use super::parked::ParkedStore;
-use super::reader::Reader;
-use super::{consumer_name, leases, stream_name, subject};
+use super::reader::{Reader, Unacked, Unit};
 use crate::broker::{
     BrokerError, Committer, Completion, PartitionEvent, PartitionHandle, PartitionStream, Progress,
     StartFrom, Subscription,
@@ -49,11 +50,6 @@ const MAX_ACK_PENDING: i64 = 2048;
 /// How long a handed-over partition's reader may take to end its last pull.
 const READER_STOP_WAIT: Duration = Duration::from_secs(10);
 
-pub type Unit = (Arc<str>, u32);
-
-/// Reply subjects of delivered, unacked messages, per partition, by stream sequence.
-pub type Pending = Arc<Mutex<HashMap<Unit, BTreeMap<u64, Subject>>>>;
-
 struct Context {
     client: async_nats::Client,
     jetstream: jetstream::Context,
@@ -62,7 +58,7 @@ struct Context {
     member: String,
     start: StartFrom,
     lease: Duration,
-    pending: Pending,
+    pending: Unacked,
     committer: Arc<dyn Committer>,
     events: mpsc::Sender<PartitionEvent>,
 }
@@ -120,7 +116,7 @@ pub fn subscribe(
     start: StartFrom,
 ) -> Subscription {
     let (events, events_rx) = mpsc::channel(1024);
-    let pending: Pending = Arc::default();
+    let pending: Unacked = Arc::default();
     let context = Context {
         committer: Arc::new(AckCommitter {
             client: client.clone(),
@@ -405,7 +401,7 @@ struct AckCommitter {
     client: async_nats::Client,
     jetstream: jetstream::Context,
     group: String,
-    pending: Pending,
+    pending: Unacked,
     parked: ParkedStore,
 }
 

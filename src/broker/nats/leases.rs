@@ -52,7 +52,7 @@ pub async fn bucket(
 /// KV keys allow letters, digits and `-/_=.`; group names are already restricted to
 /// those, but escape anything else the same way stream names are.
 fn token(text: &str) -> String {
-    super::stream_name(text)
+    super::names::stream_name(text)
 }
 
 pub fn member_key(group: &str, member: &str) -> String {
@@ -63,7 +63,7 @@ pub fn parked_key(group: &str, topic: &str, partition: u32) -> String {
     format!(
         "p.{}.{}.{partition}",
         token(group),
-        super::stream_name(topic)
+        super::names::stream_name(topic)
     )
 }
 
@@ -71,7 +71,7 @@ pub fn lease_key(group: &str, topic: &str, partition: u32) -> String {
     format!(
         "l.{}.{}.{partition}",
         token(group),
-        super::stream_name(topic)
+        super::names::stream_name(topic)
     )
 }
 

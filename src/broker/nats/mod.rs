@@ -14,8 +14,11 @@ pub mod auth;
 mod browse;
 mod consumer;
 mod leases;
+mod names;
 pub mod parked;
 mod reader;
+
+pub use names::{KEY_HEADER, consumer_name, stream_name, subject};
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -28,9 +31,8 @@ use super::partitioner::Partitioner;
 use super::{BrokerError, Publisher, Receipt, Record, StartFrom, Subscriber, Subscription};
 use crate::config::NatsConfig;
 use crate::envelope;
+use names::unavailable;
 
-/// The header that carries a record's partition key.
-pub const KEY_HEADER: &str = "Hb-Key";
 /// Publishes with the same `Nats-Msg-Id` within this window are stored once.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
@@ -55,34 +57,6 @@ impl NatsBroker {
             streams: Mutex::new(HashSet::new()),
         }))
     }
-}
-
-fn unavailable(e: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Unavailable(e.to_string())
-}
-
-/// The stream of a topic. Stream names cannot hold `.`, `*`, `>` or spaces, so every
-/// character but letters, digits and `-` is written as `_XX` (hex): unambiguous, since `_`
-/// itself is escaped too.
-pub fn stream_name(topic: &str) -> String {
-    let mut name = String::with_capacity(topic.len() + 8);
-    for byte in topic.bytes() {
-        if byte.is_ascii_alphanumeric() || byte == b'-' {
-            name.push(byte as char);
-        } else {
-            name.push_str(&format!("_{byte:02X}"));
-        }
-    }
-    name
-}
-
-pub fn subject(topic: &str, partition: u32) -> String {
-    format!("{topic}.{partition}")
-}
-
-/// The durable consumer a group reads one partition with.
-pub fn consumer_name(group: &str, topic: &str, partition: u32) -> String {
-    format!("{}-{}-p{partition}", stream_name(group), stream_name(topic))
 }
 
 #[async_trait]
@@ -185,18 +159,5 @@ impl Subscriber for NatsBroker {
             self.config.lease.0,
             start,
         ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stream_names_are_valid_and_distinct() {
-        assert_eq!(stream_name("webhooks.github"), "webhooks_2Egithub");
-        assert_ne!(stream_name("a.b"), stream_name("a_b"));
-        assert_eq!(stream_name("a_b"), "a_5Fb");
-        assert!(!stream_name("x.y-z").contains(['.', '*', '>', ' ']));
     }
 }

@@ -22,7 +22,8 @@
 //! handed to the engine even if one comes back late, after newer ones: delivering out of
 //! order is bad, dropping is worse.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::Message;
@@ -34,10 +35,15 @@ use bytestring::ByteString;
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 
-use super::KEY_HEADER;
-use super::consumer::{Pending, Unit};
+use super::names::KEY_HEADER;
 use crate::broker::{ConsumedRecord, RecordHeader, Tenure, sleep_until};
 use crate::envelope;
+
+/// A partition of a stream: the stream's name and the partition's index.
+pub type Unit = (Arc<str>, u32);
+
+/// Reply subjects of delivered, unacked messages, per partition, by stream sequence.
+pub type Unacked = Arc<Mutex<HashMap<Unit, BTreeMap<u64, Subject>>>>;
 
 /// Messages one pull request asks for.
 const PULL_BATCH: usize = 256;
@@ -52,7 +58,7 @@ pub struct Reader {
     pub consumer: PullConsumer,
     pub unit: Unit,
     pub records: mpsc::Sender<ConsumedRecord>,
-    pub pending: Pending,
+    pub pending: Unacked,
     pub tenure: watch::Receiver<Tenure>,
     pub pull_expires: Duration,
     /// The consumer's last delivered sequence when the reader started: what is at or below

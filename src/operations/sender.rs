@@ -7,7 +7,8 @@ use crate::broker::{ConsumedRecord, Record};
 use crate::delivery::{copy_record, resend};
 
 use super::scan::TopicScan;
-use super::{Broker, Operation, OperationError};
+use super::{Operation, OperationError};
+use crate::broker::Broker;
 
 /// `topic/partition/offset`: where an original record sits.
 pub fn source(record: &ConsumedRecord) -> String {
@@ -73,11 +74,10 @@ impl Sender {
 
     /// False if the operation was cancelled before the record was taken.
     pub async fn send(&mut self, operation: &Operation, record: Record) -> bool {
-        let mut cancelled = operation.cancelled();
         if let Some(interval) = self.interval {
             tokio::select! {
                 _ = tokio::time::sleep_until(self.next_at) => {}
-                _ = cancelled.wait_for(|c| *c) => return false,
+                _ = operation.cancelled() => return false,
             }
             self.next_at = self.next_at.max(tokio::time::Instant::now() - interval) + interval;
         }
@@ -96,7 +96,7 @@ impl Sender {
                     operation.update(|p| p.errors += 1);
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
-                        _ = cancelled.wait_for(|c| *c) => return false,
+                        _ = operation.cancelled() => return false,
                     }
                     wait = (wait * 2).min(Duration::from_secs(10));
                 }

@@ -8,9 +8,10 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::resend::{self, Sender};
 use super::scan::TopicScan;
-use super::{Broker, Kind, Operation, OperationError, Operations, ResendRequest};
+use super::sender::{self, Sender};
+use super::{Kind, Operation, OperationError, Operations, ResendRequest};
+use crate::broker::Broker;
 use crate::broker::ConsumedRecord;
 use crate::config::SubscriptionConfig;
 use crate::delivery::{Decode, Event};
@@ -204,7 +205,7 @@ pub fn redrive(
         let sent_before = if request.force {
             Default::default()
         } else {
-            resend::sent_before(&broker, &resend_topic).await?
+            sender::sent_before(&broker, &resend_topic).await?
         };
         // Read every match first: the total is then known, and a dead letter written while
         // the redrive runs (one of its own, failing again) is not picked up.
@@ -231,14 +232,14 @@ pub fn redrive(
         });
         let mut sender = Sender::new(broker.clone(), request.rate);
         for (record, id) in matches {
-            if sent_before.contains(&resend::source(&record)) {
+            if sent_before.contains(&sender::source(&record)) {
                 op.update(|p| p.skipped += 1);
                 continue;
             }
             if op.dry_run {
                 continue;
             }
-            let copy = resend::copy(&op, &resend_topic, &record, &id);
+            let copy = sender::copy(&op, &resend_topic, &record, &id);
             if !sender.send(&op, copy).await {
                 break;
             }

@@ -1,4 +1,4 @@
-//! RFC 9457 problem details: the body of every response the ingress rejects.
+//! RFC 9457 problem details: the body of every refusal, the ingress's and the admin API's.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};

@@ -1,0 +1,186 @@
+//! The running subscriptions: started from the config, reloaded with the least
+//! disturbance, stopped within a grace.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::runtime::{Change, DeliveryError, Settings, SubscriptionRuntime};
+use super::subscription;
+use crate::broker::{Publisher, Subscriber};
+use crate::config::{Config, SubscriptionConfig};
+
+/// One running subscription: its runtime, its stop signal, its task.
+struct Running {
+    runtime: Arc<SubscriptionRuntime>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops taking records, lets attempts on the wire finish within `grace`, commits what
+    /// is done; abandons the rest after it (redelivered later).
+    async fn stop(mut self, grace: Duration) {
+        self.stop.cancel();
+        if tokio::time::timeout(grace, &mut self.task).await.is_err() {
+            tracing::warn!(subscription = %self.runtime.name, "delivery did not stop within the shutdown timeout; abandoning in-flight work");
+            self.task.abort();
+        }
+    }
+}
+
+/// What a reload did to the subscriptions, by name.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Reloaded {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Delivery settings taken in place.
+    pub updated: Vec<String>,
+    /// Left their group and joined it again (topics, ordering, dead-letter or parking topic).
+    pub rejoined: Vec<String>,
+}
+
+/// The running subscriptions.
+pub struct Delivery {
+    subscriber: Arc<dyn Subscriber>,
+    publisher: Arc<dyn Publisher>,
+    running: tokio::sync::Mutex<BTreeMap<String, Running>>,
+}
+
+impl Delivery {
+    pub fn start(
+        config: &Config,
+        subscriber: Arc<dyn Subscriber>,
+        publisher: Arc<dyn Publisher>,
+    ) -> Result<Delivery, DeliveryError> {
+        let mut delivery = Delivery {
+            subscriber,
+            publisher,
+            running: Default::default(),
+        };
+        let mut running = BTreeMap::new();
+        for sub in &config.subscriptions {
+            running.insert(sub.name.clone(), delivery.launch(delivery.runtime(sub)?));
+        }
+        delivery.running = tokio::sync::Mutex::new(running);
+        Ok(delivery)
+    }
+
+    fn runtime(
+        &self,
+        config: &SubscriptionConfig,
+    ) -> Result<Arc<SubscriptionRuntime>, DeliveryError> {
+        Ok(Arc::new(SubscriptionRuntime::from_config(
+            config,
+            self.publisher.clone(),
+        )?))
+    }
+
+    fn launch(&self, runtime: Arc<SubscriptionRuntime>) -> Running {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(subscription::run(
+            runtime.clone(),
+            self.subscriber.clone(),
+            stop.clone(),
+        ));
+        Running {
+            runtime,
+            stop,
+            task,
+        }
+    }
+
+    /// The running subscriptions, for the admin API (waiting for a reload under way).
+    pub async fn subscriptions(&self) -> Vec<Arc<SubscriptionRuntime>> {
+        self.running
+            .lock()
+            .await
+            .values()
+            .map(|r| r.runtime.clone())
+            .collect()
+    }
+
+    /// The running subscription `name`.
+    pub async fn subscription(&self, name: &str) -> Option<Arc<SubscriptionRuntime>> {
+        self.running
+            .lock()
+            .await
+            .get(name)
+            .map(|r| r.runtime.clone())
+    }
+
+    /// Runs `config`'s subscriptions instead of the current ones, disturbing as little as
+    /// possible: unchanged ones are not touched; new delivery settings are taken in place
+    /// (no rebalance, nothing redelivered); a change of topics, ordering, dead-letter or
+    /// parking topic stops the subscription (within `grace`, committing what is done) and
+    /// starts it again in its group; removed ones stop the same way, added ones start.
+    /// Every new runtime is built before anything stops, so a config that cannot run
+    /// changes nothing.
+    pub async fn reload(
+        &self,
+        config: &Config,
+        grace: Duration,
+    ) -> Result<Reloaded, DeliveryError> {
+        let mut running = self.running.lock().await;
+        let mut reloaded = Reloaded::default();
+        // Everything the new config needs is built first (a URL that cannot be a client
+        // fails here), so a config that cannot run changes nothing.
+        let mut starting = Vec::new();
+        let mut updating = Vec::new();
+        for sub in &config.subscriptions {
+            match running.get(&sub.name).map(|r| r.runtime.change(sub)) {
+                None => starting.push((self.runtime(sub)?, false)),
+                Some(Change::Rejoin) => starting.push((self.runtime(sub)?, true)),
+                Some(Change::Settings) => {
+                    updating.push((sub, Settings::from_config(sub)?));
+                }
+                Some(Change::None) => {}
+            }
+        }
+        for (sub, settings) in updating {
+            running[&sub.name].runtime.apply(settings, sub);
+            reloaded.updated.push(sub.name.clone());
+        }
+        let wanted: Vec<&str> = config
+            .subscriptions
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        let gone: Vec<String> = running
+            .keys()
+            .filter(|name| !wanted.contains(&name.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(old) = running.remove(&name) {
+                old.stop(grace).await;
+                tracing::info!(subscription = %name, "subscription removed");
+                reloaded.removed.push(name);
+            }
+        }
+        for (runtime, rejoin) in starting {
+            let name = runtime.name.clone();
+            if rejoin && let Some(old) = running.remove(&name) {
+                old.stop(grace).await;
+                tracing::info!(subscription = %name, "subscription rejoining its group with its new topics or ordering");
+                reloaded.rejoined.push(name.clone());
+            } else {
+                tracing::info!(subscription = %name, "subscription added");
+                reloaded.added.push(name.clone());
+            }
+            running.insert(name, self.launch(runtime));
+        }
+        Ok(reloaded)
+    }
+
+    /// Stops taking records, lets attempts on the wire finish within `grace`, commits what
+    /// is done. Whatever is not done is redelivered after the restart (G2).
+    pub async fn shutdown(&self, grace: Duration) {
+        let running = std::mem::take(&mut *self.running.lock().await);
+        let stopping = running.into_values().map(|r| r.stop(grace));
+        futures_util::future::join_all(stopping).await;
+    }
+}

@@ -1,0 +1,213 @@
+//! A partition's parked keys (see [`super::parking`]): which keys are parked, where their
+//! last parked event went, and whether their new events follow it there, wait for it
+//! (draining), or go to the subscriber again (unparked). Stored with every commit of the
+//! partition as 64-bit digests, at most `MAX_PARKED`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::broker::completion::{MAX_PARKED, ParkedKey, key_hash};
+use crate::broker::{Completion, Receipt};
+
+/// A partition's parked keys.
+#[derive(Debug, Default)]
+pub struct ParkedKeys {
+    keys: HashMap<u64, Parked>,
+}
+
+#[derive(Debug)]
+struct Parked {
+    /// The key, once one of its events was seen since this worker started.
+    key: Option<Bytes>,
+    partition: u32,
+    last: u64,
+    /// `last` when the parking partition was last looked at.
+    seen_last: Option<u64>,
+    /// Since when the key's new events wait for its parked ones instead of following them.
+    draining_since: Option<Instant>,
+}
+
+impl Parked {
+    fn new(key: Option<Bytes>, partition: u32, last: u64) -> Parked {
+        Parked {
+            key,
+            partition,
+            last,
+            seen_last: None,
+            draining_since: None,
+        }
+    }
+}
+
+/// What one look at a parking partition changed.
+#[derive(Debug, Default)]
+pub struct Review {
+    /// Keys whose parked events are all done: unparked.
+    pub unparked: Vec<Bytes>,
+    /// Keys that drained too long: their waiting events follow to the parking topic.
+    pub forward_again: Vec<Bytes>,
+}
+
+impl ParkedKeys {
+    /// The keys a previous owner stored with its last commit.
+    pub fn resumed(parked: &[ParkedKey]) -> ParkedKeys {
+        ParkedKeys {
+            keys: parked
+                .iter()
+                .map(|p| (p.key, Parked::new(None, p.partition, p.last)))
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether another key may be parked.
+    pub fn has_room(&self) -> bool {
+        self.keys.len() < MAX_PARKED
+    }
+
+    /// Whether `key` is parked: its events go to the parking topic, or wait while it
+    /// drains.
+    pub fn contains(&mut self, key: &Bytes) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Whether `key` is draining: its events wait on the partition.
+    pub fn is_draining(&mut self, key: &Bytes) -> bool {
+        self.get(key).is_some_and(|p| p.draining_since.is_some())
+    }
+
+    fn get(&mut self, key: &Bytes) -> Option<&mut Parked> {
+        if self.keys.is_empty() {
+            return None;
+        }
+        let parked = self.keys.get_mut(&key_hash(key))?;
+        parked.key.get_or_insert_with(|| key.clone());
+        Some(parked)
+    }
+
+    /// `key`'s event went to the parking topic at `receipt`. A key parked already keeps
+    /// what the reviews learnt about it: a key whose events keep coming is forwarding all
+    /// the time, and would otherwise never be seen making progress there, so never drain.
+    pub fn sent(&mut self, key: &Bytes, receipt: Receipt) {
+        let parked = self
+            .keys
+            .entry(key_hash(key))
+            .or_insert_with(|| Parked::new(None, receipt.partition, receipt.offset));
+        parked.key.get_or_insert_with(|| key.clone());
+        parked.partition = receipt.partition;
+        parked.last = receipt.offset;
+    }
+
+    /// The parking partitions to look at: those of parked keys with nothing on the way
+    /// there (`busy` says whether a key has an event in its lane).
+    pub fn idle_partitions(&self, busy: impl Fn(&Bytes) -> bool) -> Vec<u32> {
+        let mut partitions: Vec<u32> = self
+            .keys
+            .values()
+            .filter(|p| !p.key.as_ref().is_some_and(&busy))
+            .map(|p| p.partition)
+            .collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        partitions
+    }
+
+    /// Looks at the keys parked on `partition`, given what is `done` there: a key with
+    /// nothing on its way (`busy` says whether its lane has an event out) whose last parked
+    /// event is done is unparked; a key whose earlier parked events got done since the last
+    /// look starts draining; one that drained longer than `patience` forwards again.
+    pub fn review(
+        &mut self,
+        partition: u32,
+        done: &Completion,
+        busy: impl Fn(&Bytes) -> bool,
+        patience: Duration,
+    ) -> Review {
+        let mut review = Review::default();
+        self.keys.retain(|_, p| {
+            if p.partition != partition || p.key.as_ref().is_some_and(&busy) {
+                return true;
+            }
+            if done.is_done(p.last) {
+                review.unparked.extend(p.key.clone());
+                return false;
+            }
+            match p.draining_since {
+                Some(since) if since.elapsed() > patience => {
+                    p.draining_since = None;
+                    review.forward_again.extend(p.key.clone());
+                }
+                None if p.seen_last.is_some_and(|seen| done.is_done(seen)) => {
+                    p.draining_since = Some(Instant::now());
+                }
+                _ => {}
+            }
+            p.seen_last = Some(p.last);
+            true
+        });
+        review
+    }
+
+    /// What goes with the partition's commits.
+    pub fn snapshot(&self) -> Vec<ParkedKey> {
+        let mut parked: Vec<ParkedKey> = self
+            .keys
+            .iter()
+            .map(|(&key, p)| ParkedKey {
+                key,
+                partition: p.partition,
+                last: p.last,
+            })
+            .collect();
+        parked.sort_unstable_by_key(|p| p.key);
+        parked
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receipt(offset: u64) -> Receipt {
+        Receipt {
+            partition: 0,
+            offset,
+        }
+    }
+
+    #[test]
+    fn a_key_whose_events_keep_coming_drains_once_the_parking_topic_catches_up() {
+        let key = Bytes::from_static(b"A");
+        let idle = |_: &Bytes| false;
+        let mut parked = ParkedKeys::default();
+        parked.sent(&key, receipt(10));
+        // First look: nothing done there yet.
+        parked.review(0, &Completion::at(0), idle, Duration::from_secs(60));
+        // More events follow before the next look, while the parking topic delivers the
+        // ones seen at the first look.
+        parked.sent(&key, receipt(11));
+        parked.sent(&key, receipt(12));
+        let review = parked.review(0, &Completion::at(11), idle, Duration::from_secs(60));
+        assert!(
+            review.unparked.is_empty(),
+            "its last parked event is not done yet"
+        );
+        assert!(
+            parked.is_draining(&key),
+            "its new events wait for the parked ones"
+        );
+        // Once the last one is done there, the key is back on the normal path.
+        let review = parked.review(0, &Completion::at(13), idle, Duration::from_secs(60));
+        assert_eq!(review.unparked, vec![key.clone()]);
+        assert!(!parked.contains(&key));
+    }
+}

@@ -1,0 +1,121 @@
+//! Letting a partition go: when it is revoked, fenced or the process stops, its worker
+//! stops taking records and starting attempts, lets the attempts on the wire finish within
+//! the subscription's grace, commits what is done (retried until the broker accepts it, for
+//! a bounded time), and only then drops its stream, which tells the backend that it may let
+//! the partition go. A fenced worker (its tenure known only until an instant that came)
+//! abandons everything at once, attempts on the wire included, so it has stopped before
+//! another replica may start.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::commit::{self, CommitTracker, Committing};
+use super::lane::Outcome;
+use super::lanes::Lanes;
+use super::runtime::SubscriptionRuntime;
+use crate::broker::{PartitionStream, Tenure};
+
+/// How long the last commit of a partition is retried before the partition is let go
+/// anyway (the next owner then redelivers what it could not record).
+pub const FINAL_COMMIT_FOR: Duration = Duration::from_secs(5);
+
+/// Why a partition worker stopped taking records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The process is stopping.
+    Shutdown,
+    /// The backend hands the partition to another owner.
+    Revoked,
+    /// The ownership could not be confirmed in time: stop at once.
+    Fenced,
+    /// The broker ended the stream.
+    StreamEnded,
+}
+
+/// What a worker lets go of.
+pub struct Held {
+    pub stream: PartitionStream,
+    pub tenure: watch::Receiver<Tenure>,
+    pub lanes: Lanes,
+    pub tracker: CommitTracker,
+    /// A commit still on its way.
+    pub committing: Option<Committing>,
+}
+
+/// Lets the partition go after `ending` (see the module's doc).
+pub async fn release(sub: &SubscriptionRuntime, held: Held, ending: Ending) {
+    let Held {
+        stream,
+        tenure,
+        mut lanes,
+        mut tracker,
+        committing,
+    } = held;
+    let (topic, partition) = (stream.topic.clone(), stream.partition);
+    lanes.stop();
+    let grace = match ending {
+        Ending::Fenced => Duration::ZERO,
+        _ => sub.settings().timeout + Duration::from_secs(1),
+    };
+    let mut deadline = Instant::now() + grace;
+    if let Some(fence) = tenure.borrow().held_until() {
+        deadline = deadline.min(fence);
+    }
+    finish_on_the_wire(&mut lanes, &mut tracker, deadline).await;
+    // Whatever is still on its way now is cut off: after a fence it must not go on.
+    let abandoned = lanes.on_their_way();
+    drop(lanes);
+    if ending == Ending::Fenced {
+        tracing::warn!(subscription = %sub.name, %topic, partition, abandoned, "partition ownership not confirmed in time; stopped delivering it");
+    }
+    final_commit(sub, &stream, &mut tracker, committing).await;
+    tracing::info!(subscription = %sub.name, %topic, partition, ?ending, pending = tracker.pending(), skipped_as_done = tracker.skipped(), "partition released");
+    // Dropping the stream tells the backend that this worker has let go.
+    drop(stream);
+}
+
+/// Lets the attempts on the wire finish until `deadline`; each lane has one event on its
+/// way, and those that stopped at a wait come back abandoned at once.
+async fn finish_on_the_wire(lanes: &mut Lanes, tracker: &mut CommitTracker, deadline: Instant) {
+    while lanes.on_their_way() > 0 {
+        tokio::select! {
+            (_, offset, outcome) = lanes.finished() => {
+                if outcome != Outcome::Abandoned {
+                    tracker.done(offset);
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => break,
+        }
+    }
+}
+
+/// Commits what is done, a commit still on its way first, so that commits reach the broker
+/// in order; retried until accepted or `FINAL_COMMIT_FOR` has passed.
+async fn final_commit(
+    sub: &SubscriptionRuntime,
+    stream: &PartitionStream,
+    tracker: &mut CommitTracker,
+    committing: Option<Committing>,
+) {
+    let final_commit_by = Instant::now() + FINAL_COMMIT_FOR;
+    if let Some(on_its_way) = committing
+        && let Ok((pending, Ok(()))) = tokio::time::timeout(FINAL_COMMIT_FOR, on_its_way).await
+    {
+        tracker.accepted(&pending);
+    }
+    let calls = stream.calls();
+    while let Some(pending) = tracker.take() {
+        match commit::send(calls.clone(), pending).await {
+            (pending, Ok(())) => {
+                tracker.accepted(&pending);
+                break;
+            }
+            (_, Err(e)) if Instant::now() >= final_commit_by => {
+                tracing::warn!(subscription = %sub.name, topic = %stream.topic, partition = stream.partition, error = %e, "final commit failed; the next owner redelivers what it did not record");
+                break;
+            }
+            (_, Err(_)) => tokio::time::sleep(commit::COMMIT_INTERVAL).await,
+        }
+    }
+}
