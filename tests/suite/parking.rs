@@ -2,16 +2,15 @@
 //! with its later events, the partition's other keys and its commit point move on, and once
 //! the key recovers its events flow on the normal path again, never out of order.
 //!
-//! Kafka runs on librdkafka's mock cluster (see tests/restarts.rs for why).
-
-mod common;
+//! Kafka runs on librdkafka's mock cluster (see `completion::restarts` for why).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::backend::{Backend, FailingKey};
-use common::receiver::{Receiver, Reply, all_delivered, any_delivered_of, seq_of};
-use common::*;
+use crate::support;
+use crate::support::backend::{Backend, FailingKey};
+use crate::support::receiver::{Receiver, Reply, all_delivered, any_delivered_of, seq_of};
+use crate::support::*;
 
 /// Retries quickly and without end, and parks a key after one second of failing.
 const PARK_QUICKLY: &str = "    breaker: { failures: 1000000 }\n    retry: { initial_backoff: 50ms, max_backoff: 200ms, max_attempts: 1000000, max_age: 1h, park_after: 1s }\n";
@@ -84,7 +83,7 @@ async fn a_parked_key_recovers_in_order_while_its_events_keep_arriving(backend: 
     let a_published: Vec<u64> = (0..EVENTS).filter(|s| s % 5 == 0).collect();
     assert_eq!(a_delivered, a_published, "A's events, once each, in order");
     // No request of A started before the previous one was answered.
-    common::receiver::assert_no_overlap_per_key(&received);
+    support::receiver::assert_no_overlap_per_key(&received);
     // The other keys never waited for A: each was delivered at its first attempt.
     let others_late = received
         .iter()
@@ -115,7 +114,7 @@ async fn a_parked_key_stays_parked_across_a_restart(backend: Backend) {
             format!("k{}", seq % 9)
         }
     };
-    let others_delivered = |r: &[common::receiver::Received], seqs: std::ops::Range<u64>| {
+    let others_delivered = |r: &[support::receiver::Received], seqs: std::ops::Range<u64>| {
         all_delivered(r, seqs.filter(|s| s % 2 == 1))
     };
 

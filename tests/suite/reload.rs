@@ -2,22 +2,23 @@
 //! ConfigMap does (a new timestamped directory, then the `..data` symlink swapped), while
 //! webhooks keep coming and being delivered.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::backend::Backend;
-use common::receiver::{Received, Receiver, seq_of};
-use common::scrape::{scrape, value};
-use common::*;
+use crate::support;
+use crate::support::backend::Backend;
+use crate::support::receiver::{Received, Receiver, seq_of};
+use crate::support::scrape::{scrape, value};
+use crate::support::*;
 use serde_json::Value;
 
 const TOKEN: &str = "reload-admin-token";
+
 const OLD_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
 const NEW_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 
 /// A directory laid out as Kubernetes mounts a ConfigMap: `config.yaml` → `..data/config.yaml`,
@@ -98,7 +99,7 @@ fn assert_each_once_in_order(received: &[Received], seqs: u64, what: &str) {
     let repeated: Vec<(&u64, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
     assert!(missing.is_empty(), "{what}: lost {missing:?}");
     assert!(repeated.is_empty(), "{what}: delivered twice {repeated:?}");
-    common::receiver::assert_first_deliveries_in_order(received);
+    support::receiver::assert_first_deliveries_in_order(received);
 }
 
 async fn subscriptions_change_live_under_load(backend: Backend) {
@@ -297,7 +298,7 @@ async fn subscriptions_change_live_under_load(backend: Backend) {
     ] {
         receiver
             .wait_for(what, Duration::from_secs(60), |r| {
-                common::receiver::all_delivered(r, 0..total)
+                support::receiver::all_delivered(r, 0..total)
             })
             .await;
     }
@@ -307,7 +308,7 @@ async fn subscriptions_change_live_under_load(backend: Backend) {
         all
     };
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !common::receiver::all_delivered(&moved_done(), 0..total) {
+    while !support::receiver::all_delivered(&moved_done(), 0..total) {
         assert!(
             Instant::now() < deadline,
             "every event reaches the moved subscription"

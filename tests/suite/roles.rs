@@ -1,14 +1,12 @@
 //! `hookbridge serve --role ingress|delivery`: the two halves in separate processes, meeting
 //! only through the broker, as the Helm chart's split topology runs them.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::backend::Backend;
-use common::receiver::{Receiver, all_delivered, assert_first_deliveries_in_order};
-use common::*;
+use crate::support::backend::Backend;
+use crate::support::receiver::{Receiver, all_delivered, assert_first_deliveries_in_order};
+use crate::support::*;
 
 /// An ingress-only replica and a delivery-only replica on one broker: every event posted to
 /// the first is delivered, in per-key order, by the second; the ingress joins no consumer

@@ -3,11 +3,9 @@
 //! gets its connection closed, and past `server.max_connections` new senders wait until a
 //! slot is free instead of each holding a task and a buffer.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -7,17 +7,17 @@
 //! every offset fetch with empty metadata, which makes a restart there deliver again from
 //! the commit point (safe, and what every broker did before G8; see README, "Kafka").
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::backend::{Backend, FailingKey};
-use common::receiver::{all_delivered, assert_first_deliveries_in_order, seq_of};
-use common::*;
+use crate::support;
+use crate::support::backend::{Backend, FailingKey};
+use crate::support::receiver::{all_delivered, assert_first_deliveries_in_order, seq_of};
+use crate::support::*;
 
 /// Events of other keys published behind the failing key's first one.
 const OTHERS: u64 = 2_000;
+
 /// The failing key's events: its first, before all the others, and three after them.
 const FAILING: [u64; 4] = [0, OTHERS + 1, OTHERS + 2, OTHERS + 3];
 
@@ -189,7 +189,7 @@ async fn a_rolling_restart_repeats_at_most_what_was_in_flight(backend: Backend) 
         )
         .await;
     let received = receiver.received();
-    common::receiver::assert_no_overlap_per_key(&received);
+    support::receiver::assert_no_overlap_per_key(&received);
     assert_first_deliveries_in_order(&received);
     let delivered: Vec<u64> = received
         .iter()

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-const REFERENCE: &str = include_str!("../docs/configuration.md");
+const REFERENCE: &str = include_str!("../../../docs/configuration.md");
 
 /// The YAML block under "A complete example".
 fn complete_example() -> &'static str {

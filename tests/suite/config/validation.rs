@@ -1,11 +1,9 @@
 //! `hookbridge check-config`: bad configs fail at start-up with a message naming the file,
 //! the key and the problem; the shipped configs pass.
 
-mod common;
-
 use std::process::Command;
 
-use common::BIN;
+use crate::support::BIN;
 
 /// Runs check-config on `yaml` and returns (success, stdout + stderr).
 fn check(yaml: &str, env: &[(&str, &str)]) -> (bool, String) {
@@ -28,6 +26,7 @@ fn check(yaml: &str, env: &[(&str, &str)]) -> (bool, String) {
 }
 
 const ROUTE: &str = "routes:\n  - name: r\n    topic: t\n    verify: { kind: none }\n";
+
 const SUB: &str =
     "subscriptions:\n  - name: s\n    topics: [t]\n    url: http://127.0.0.1:9000/hook\n";
 

@@ -2,18 +2,18 @@
 //! of a 10,000-request concurrent load. Every request that got 202 must be in the log after
 //! a restart; no request that was rejected may be.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use hookbridge::envelope::Envelope;
 
 const REQUESTS: usize = 10_000;
+
 const CONCURRENCY: usize = 64;
+
 /// Every this-many-th request carries a wrong token and must be rejected.
 const BAD_EVERY: usize = 10;
 

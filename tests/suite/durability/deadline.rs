@@ -2,14 +2,12 @@
 //! Retry-After, never 202. A publisher that never answers (or fails) stands in for a stalled
 //! broker here; what is under test is the ingress's deadline, over a real socket.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::http_client;
 use async_trait::async_trait;
-use common::http_client;
 use hookbridge::broker::{BrokerError, Publisher, Receipt, Record};
 use hookbridge::ingress::Ingress;
 

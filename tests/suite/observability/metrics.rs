@@ -1,16 +1,14 @@
 //! `GET /metrics`: the contract's names count what happened, and a real Prometheus server
 //! (Debian's `prometheus`, installed by scripts/test) scrapes them.
 
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::backend::Backend;
-use common::receiver::{Receiver, Reply, seq_of};
-use common::scrape::{scrape, value};
-use common::*;
+use crate::support::backend::Backend;
+use crate::support::receiver::{Receiver, Reply, seq_of};
+use crate::support::scrape::{scrape, value};
+use crate::support::*;
 
 /// 50 events delivered, 2 refused by the subscriber with a 400 (dead-lettered as `failed`),
 /// one POST to a route that does not exist: each counted under its contract name.

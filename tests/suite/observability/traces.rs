@@ -2,16 +2,15 @@
 //! hookbridge exports its spans over OTLP/HTTP to a receiver in this test, which decodes
 //! them with the OpenTelemetry protocol's own message types.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support;
+use crate::support::backend::Backend;
+use crate::support::receiver::Receiver;
+use crate::support::scrape::{scrape, value};
+use crate::support::*;
 use axum::body::Bytes;
-use common::backend::Backend;
-use common::receiver::Receiver;
-use common::scrape::{scrape, value};
-use common::*;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message;
@@ -214,7 +213,7 @@ async fn a_collector_in_trouble_blocks_nothing(
     .await;
     receiver
         .wait_for("every event delivered", Duration::from_secs(60), |r| {
-            common::receiver::all_delivered(r, 0..EVENTS)
+            support::receiver::all_delivered(r, 0..EVENTS)
         })
         .await;
     eprintln!(

@@ -22,16 +22,14 @@
 //!   that sends anything else before authenticating. librdkafka's side of the exchange,
 //!   driven by hookbridge's properties, is the one a real broker sees.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::receiver::Receiver;
-use common::tls::{Ca, server_config};
-use common::*;
+use crate::support::receiver::Receiver;
+use crate::support::tls::{Ca, server_config};
+use crate::support::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// A private Tansu, advertising `localhost:advertised_port` (the TLS proxy) to its clients.
@@ -145,9 +143,13 @@ async fn tls_proxy(
 
 /// Kafka's API keys and error codes the PLAIN authenticator speaks.
 const API_VERSIONS: i16 = 18;
+
 const SASL_HANDSHAKE: i16 = 17;
+
 const SASL_AUTHENTICATE: i16 = 36;
+
 const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
+
 const SASL_AUTHENTICATION_FAILED: i16 = 58;
 
 /// The broker's side of a SASL PLAIN authentication (KIP-43 handshake, KIP-152

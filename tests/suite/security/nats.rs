@@ -4,16 +4,14 @@
 //! demands a client certificate. Each: webhooks in, deliveries out; with wrong credentials
 //! `serve` fails at start naming the key and the server's answer.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::receiver::Receiver;
+use crate::support::tls::Ca;
+use crate::support::*;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::receiver::Receiver;
-use common::tls::Ca;
-use common::*;
 
 /// A config on NATS at `url` with `extra` under `broker.nats` (indented four spaces).
 fn config(url: &str, topic: &str, receiver: &str, extra: &str) -> String {

@@ -3,19 +3,22 @@
 //! subscription URL, a subscription's static headers, broker properties and the admin
 //! token.
 
-mod common;
-
 use std::time::Duration;
 
-use common::receiver::Receiver;
-use common::*;
+use crate::support::receiver::Receiver;
+use crate::support::*;
 
 const GITHUB: &str = "gh-SECRET-4f1c9a";
+
 const TOKEN: &str = "tok-SECRET-8b2e71";
+
 const SIGNING: &str = "whsec_c2lnbmluZy1TRUNSRVQtOWQzZjAw"; // base64 of "signing-SECRET-9d3f00"
 const URL_PASSWORD: &str = "url-SECRET-e05b13";
+
 const ADMIN: &str = "adm-SECRET-66c0de";
+
 const PROPERTY: &str = "prop-SECRET-3a9d7e";
+
 const HEADER: &str = "hdr-SECRET-71be4c";
 
 fn secrets() -> [&'static str; 8] {
@@ -69,9 +72,13 @@ async fn no_secret_reaches_the_logs_at_trace_level() {
         .parse()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    // SAFETY: set before the child is spawned; this test binary runs no other test.
-    unsafe { std::env::set_var("HOOKBRIDGE_TEST_LOG", "trace") };
-    let server = Hookbridge::start(dir.path(), &config(dir.path(), port));
+    // Trace level for this server only: the suite's other tests share the process.
+    let server = Hookbridge::start_with_env(
+        dir.path(),
+        &config(dir.path(), port),
+        &[],
+        &[("RUST_LOG", "trace")],
+    );
     let client = http_client();
     let body = br#"{"hello":"world"}"#;
     let signed = client

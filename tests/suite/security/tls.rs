@@ -5,15 +5,13 @@
 //! (`server.tls`) with a certificate replaced on disk, and bad files refused at start-up
 //! naming the key.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::receiver::Receiver;
-use common::scrape::{scrape, value};
-use common::tls::{Ca, server_config};
-use common::*;
+use crate::support::receiver::Receiver;
+use crate::support::scrape::{scrape, value};
+use crate::support::tls::{Ca, server_config};
+use crate::support::*;
 
 async fn attempts(server: &Hookbridge, subscription: &str, outcome: &str) -> f64 {
     let (_, text) = scrape(&server.admin).await;

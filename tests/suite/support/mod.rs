@@ -16,6 +16,9 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 pub mod backend;
+pub mod delivery;
+pub mod kafka;
+pub mod nats;
 pub mod receiver;
 pub mod scrape;
 pub mod tls;
