@@ -1,6 +1,13 @@
 //! A real HTTP receiver for delivery tests: an axum server on a loopback port that records
 //! every request and answers as the test tells it (succeed, fail, stall, 429...).
+//!
+//! A request is recorded when it starts, and ends either when its answer is sent or when
+//! hookbridge goes away first (its timeout, a stop, a kill, a fenced replica dropping its
+//! attempts): axum then drops the handler mid-flight, and a guard records the request as
+//! abandoned at that moment. An abandoned request was on the wire until then, so the overlap
+//! check sees it, but it is not a delivery.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -8,15 +15,19 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-/// One request as received, with the answer it got.
+/// One request as received: when it started, when and how it ended.
 #[derive(Clone, Debug)]
 pub struct Received {
     /// When the request arrived.
     pub at: Instant,
-    /// When its answer was sent.
+    /// When it ended: its answer was sent or, if `abandoned`, hookbridge went away.
     pub finished: Instant,
+    /// Hookbridge went away before the answer (the connection closed mid-flight): on the
+    /// wire from `at` to `finished`, but not a delivery (`ok()` is false).
+    pub abandoned: bool,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The status it was answered with (if abandoned: would have been).
     pub status: u16,
 }
 
@@ -30,8 +41,66 @@ impl Received {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_default()
     }
+    /// Delivered: answered, and answered 2xx.
     pub fn ok(&self) -> bool {
-        (200..300).contains(&self.status)
+        !self.abandoned && (200..300).contains(&self.status)
+    }
+}
+
+/// Every request so far.
+#[derive(Default)]
+struct Log {
+    /// Requests on the wire now, by arrival number.
+    on_the_wire: BTreeMap<u64, Received>,
+    arrivals: u64,
+    /// Requests that ended (answered or abandoned), in the order they ended.
+    ended: Vec<Received>,
+}
+
+/// A request on the wire: recorded in the log when it starts; moved to the ended ones when
+/// it is answered, or, dropped unanswered (axum drops the handler when the client goes
+/// away), as abandoned at the moment of the drop.
+struct OnTheWire {
+    log: Arc<Mutex<Log>>,
+    arrival: u64,
+    ended: bool,
+}
+
+impl OnTheWire {
+    fn start(log: &Arc<Mutex<Log>>, request: Received) -> OnTheWire {
+        let mut entries = log.lock().unwrap();
+        let arrival = entries.arrivals;
+        entries.arrivals += 1;
+        entries.on_the_wire.insert(arrival, request);
+        OnTheWire {
+            log: log.clone(),
+            arrival,
+            ended: false,
+        }
+    }
+
+    /// The answer is being sent.
+    fn answered(mut self) {
+        self.end(false);
+    }
+
+    fn end(&mut self, abandoned: bool) {
+        self.ended = true;
+        // Also called while a panicking test unwinds: a poisoned log is still the log.
+        let mut entries = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(mut request) = entries.on_the_wire.remove(&self.arrival) {
+            request.finished = Instant::now();
+            request.abandoned = abandoned;
+            entries.ended.push(request);
+        }
+    }
+}
+
+impl Drop for OnTheWire {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.end(true);
+        }
     }
 }
 
@@ -56,7 +125,7 @@ type Behaviour = dyn Fn(&HeaderMap, &Bytes) -> Reply + Send + Sync;
 
 pub struct Receiver {
     pub url: String,
-    log: Arc<Mutex<Vec<Received>>>,
+    log: Arc<Mutex<Log>>,
     behaviour: Arc<Mutex<Arc<Behaviour>>>,
 }
 
@@ -72,7 +141,7 @@ impl Receiver {
     }
 
     async fn serve(tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
-        let log: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let log: Arc<Mutex<Log>> = Arc::default();
         let behaviour: Arc<Mutex<Arc<Behaviour>>> =
             Arc::new(Mutex::new(Arc::new(|_: &HeaderMap, _: &Bytes| {
                 Reply::status(200)
@@ -84,16 +153,23 @@ impl Receiver {
                 let at = Instant::now();
                 let decide = behaviour.lock().unwrap().clone();
                 let reply = decide(&headers, &body);
+                // Should hookbridge go away before the answer, axum drops this future here
+                // and the guard records the request as abandoned.
+                let on_the_wire = OnTheWire::start(
+                    &log,
+                    Received {
+                        at,
+                        finished: at,
+                        abandoned: false,
+                        headers,
+                        body,
+                        status: reply.status,
+                    },
+                );
                 if !reply.delay.is_zero() {
                     tokio::time::sleep(reply.delay).await;
                 }
-                log.lock().unwrap().push(Received {
-                    at,
-                    finished: Instant::now(),
-                    headers,
-                    body,
-                    status: reply.status,
-                });
+                on_the_wire.answered();
                 let mut response: Response =
                     StatusCode::from_u16(reply.status).unwrap().into_response();
                 if let Some(seconds) = reply.retry_after {
@@ -145,15 +221,23 @@ impl Receiver {
         });
     }
 
+    /// The requests that ended so far (answered or abandoned), in the order they ended.
+    /// A request still on the wire is not among them yet.
     pub fn received(&self) -> Vec<Received> {
-        self.log.lock().unwrap().clone()
+        self.log.lock().unwrap().ended.clone()
     }
 
+    /// How many requests ended so far (answered or abandoned).
     pub fn count(&self) -> usize {
-        self.log.lock().unwrap().len()
+        self.log.lock().unwrap().ended.len()
     }
 
-    /// Waits until `done` holds for the requests so far, or panics after `timeout`.
+    /// How many requests are on the wire now.
+    pub fn on_the_wire(&self) -> usize {
+        self.log.lock().unwrap().on_the_wire.len()
+    }
+
+    /// Waits until `done` holds for the requests ended so far, or panics after `timeout`.
     pub async fn wait_for(
         &self,
         what: &str,
@@ -162,13 +246,14 @@ impl Receiver {
     ) {
         let deadline = Instant::now() + timeout;
         loop {
-            if done(&self.log.lock().unwrap()) {
+            if done(&self.log.lock().unwrap().ended) {
                 return;
             }
             if Instant::now() > deadline {
                 panic!(
-                    "timed out after {timeout:?} waiting for {what}; {} requests received",
-                    self.count()
+                    "timed out after {timeout:?} waiting for {what}; {} requests received, {} on the wire",
+                    self.count(),
+                    self.on_the_wire()
                 );
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -210,12 +295,15 @@ pub fn seq_of(r: &Received) -> (String, u64) {
     )
 }
 
-/// Per key, the first delivery of each event arrived in publish (`seq`) order; repeats of
-/// an event already delivered (redeliveries) are ignored.
+/// Per key, the first request of each event started in publish (`seq`) order; repeats of an
+/// event already sent (retries, redeliveries) are ignored. Every request counts, abandoned
+/// ones too: hookbridge sent them, whatever became of them.
 pub fn assert_first_deliveries_in_order(received: &[Received]) {
+    let mut by_arrival: Vec<&Received> = received.iter().collect();
+    by_arrival.sort_by_key(|r| r.at);
     let mut first: std::collections::HashMap<String, Vec<u64>> = Default::default();
     let mut seen = std::collections::HashSet::new();
-    for r in received {
+    for r in by_arrival {
         let (key, seq) = seq_of(r);
         if seen.insert(seq) {
             first.entry(key).or_default().push(seq);
@@ -229,8 +317,10 @@ pub fn assert_first_deliveries_in_order(received: &[Received]) {
     }
 }
 
-/// No two requests for one key were on the wire at the same time: a later event of a key
-/// never overlaps an earlier one, whichever replica sent them (G3 across handovers).
+/// No two requests for one key were on the wire at the same time: a request of a key never
+/// starts before every earlier one of that key has ended, answered or abandoned (a request
+/// hookbridge cut off mid-flight was on the wire until then), whichever replica sent them
+/// (G3 across handovers).
 pub fn assert_no_overlap_per_key(received: &[Received]) {
     let mut per_key: std::collections::HashMap<String, Vec<&Received>> = Default::default();
     for r in received {
@@ -239,14 +329,26 @@ pub fn assert_no_overlap_per_key(received: &[Received]) {
     let mut overlaps = Vec::new();
     for (key, mut requests) in per_key {
         requests.sort_by_key(|r| r.at);
-        for pair in requests.windows(2) {
-            if pair[1].at < pair[0].finished {
+        // Of the key's requests started so far, the one that ended last.
+        let mut last_to_end: Option<&Received> = None;
+        for r in requests {
+            if let Some(earlier) = last_to_end
+                && r.at < earlier.finished
+            {
                 overlaps.push(format!(
-                    "{key}: seq {} started {:?} before seq {} was answered",
-                    seq_of(pair[1]).1,
-                    pair[0].finished - pair[1].at,
-                    seq_of(pair[0]).1
+                    "{key}: seq {} started {:?} before seq {} was {}",
+                    seq_of(r).1,
+                    earlier.finished - r.at,
+                    seq_of(earlier).1,
+                    if earlier.abandoned {
+                        "abandoned"
+                    } else {
+                        "answered"
+                    }
                 ));
+            }
+            if last_to_end.is_none_or(|earlier| r.finished > earlier.finished) {
+                last_to_end = Some(r);
             }
         }
     }
@@ -258,12 +360,12 @@ pub fn assert_no_overlap_per_key(received: &[Received]) {
     );
 }
 
-/// Whether any event of `key` was answered 2xx.
+/// Whether any event of `key` was answered 2xx (delivered).
 pub fn any_delivered_of(received: &[Received], key: &str) -> bool {
     received.iter().any(|r| r.ok() && seq_of(r).0 == key)
 }
 
-/// Every `seq` in `seqs` was answered 2xx at least once.
+/// Every `seq` in `seqs` was answered 2xx (delivered) at least once.
 pub fn all_delivered(received: &[Received], seqs: impl IntoIterator<Item = u64>) -> bool {
     let ok: std::collections::HashSet<u64> = received
         .iter()
