@@ -1,7 +1,9 @@
-//! The NATS tests' config and JetStream reads: a private nats-server with four partitions,
-//! the topic's stream as hookbridge made it, messages published straight to its subjects,
-//! and a server reached through a proxy that can stall.
+//! NATS for the tests: a private nats-server that a test can stop and restart, a proxy in
+//! front of it whose traffic can stall; the config on four partitions, the topic's stream
+//! as hookbridge made it, and messages published straight to its subjects.
 
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -9,7 +11,154 @@ use futures_util::StreamExt;
 use hookbridge::broker::nats::stream_name;
 
 use super::receiver::{Receiver, Reply};
-use super::{NatsServer, StallableProxy, events_config, nats_broker, unique};
+use super::{events_config, free_port, nats_broker, unique};
+
+/// A private nats-server with JetStream on a free port and a temporary store, so a test can
+/// stop and restart it. The binary must be installed (scripts/test does): a missing one
+/// fails the test.
+pub struct NatsServer {
+    child: Option<Child>,
+    pub port: u16,
+    store: tempfile::TempDir,
+    /// More arguments for nats-server (auth, TLS, a config file).
+    extra: Vec<String>,
+}
+
+impl NatsServer {
+    pub fn start() -> NatsServer {
+        NatsServer::start_with(Vec::new())
+    }
+
+    /// A server with more arguments: `--user`/`--pass`, `--auth`, `--tls...`, `-c FILE`. A
+    /// config file given with `-c` may use `{PORT}` and `{STORE}` for the server's own.
+    pub fn start_with(extra: Vec<String>) -> NatsServer {
+        let port = free_port();
+        let mut server = NatsServer {
+            child: None,
+            port,
+            store: tempfile::tempdir().unwrap(),
+            extra,
+        };
+        server.restart();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL: the server process dies at once (what it acknowledged is in its files).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Starts the server (again) on the same port and store.
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = Command::new("nats-server")
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.store.path().join("nats-server.log")).unwrap())
+            .spawn()
+            .expect("nats-server is not installed: run scripts/test, which installs it");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not start on port {}: {}",
+                self.port,
+                std::fs::read_to_string(self.store.path().join("nats-server.log"))
+                    .unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A TCP proxy on a loopback port in front of `upstream`, whose traffic can be stalled:
+/// while stalled it moves no byte in either direction, as a network partition would, and the
+/// connections stay open.
+pub struct StallableProxy {
+    pub port: u16,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StallableProxy {
+    pub async fn start(upstream: u16) -> StallableProxy {
+        use std::sync::atomic::AtomicBool;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stalled = Arc::new(AtomicBool::new(false));
+        let flag = stalled.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(pump(client_read, server_write, flag.clone()));
+                tokio::spawn(pump(server_read, client_write, flag.clone()));
+            }
+        });
+        StallableProxy { port, stalled }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stall(&self, stalled: bool) {
+        self.stalled
+            .store(stalled, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies bytes from one side to the other except while `stalled`.
+async fn pump(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let n = match tokio::time::timeout(Duration::from_millis(50), from.read(&mut buffer)).await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(n)) => n,
+            Err(_) => continue, // nothing to move; look again
+        };
+        // Bytes read just as a stall began are held back too.
+        while stalled.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
+    }
+}
 
 pub fn config(nats: &NatsServer, topic: &str, subs: &str) -> String {
     events_config(&nats_broker(&nats.url(), 4), topic, subs)
