@@ -577,142 +577,174 @@ async fn main() -> anyhow::Result<()> {
 
     let receiver = Receiver::start().await;
     let client = load::http_client(args.concurrency);
-
     for name in &args.backends {
-        let backend = match backend(name, &args).await {
-            Ok(backend) => backend,
-            Err(e) => {
-                println!("\n== {name}: skipped ({e:#})");
-                continue;
+        match backend(name, &args).await {
+            Ok(backend) => {
+                println!("\n== {name}");
+                measure(name, &backend, &args, &load, &receiver, &client).await;
             }
-        };
-        println!("\n== {name}");
-        // The limits are measured again right before each backend's scenarios: on a shared
-        // machine they drift by tens of percent over a few minutes.
-        // A limit is a rate: ten seconds measure it as well as five minutes would.
-        let limits = Load {
-            duration: load.duration.min(LIMIT_DURATION),
-            ..load.clone()
-        };
-        let (http_rate, delivery_rate) = baselines(&limits, &client, &receiver).await;
-        let raw = {
-            let publisher = backend.raw.clone();
-            load::run(&limits, move |body: Vec<u8>| {
-                let publisher = publisher.clone();
-                let key = format!("key-{}", load::now_us() % 1000);
-                Box::pin(async move { publisher.publish("rawbench", key, body).await })
-                    as std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
-            })
-            .await
-        };
-        let raw_rate = raw.ok as f64 / raw.elapsed.as_secs_f64();
-        Row::limit(
-            name,
-            "raw client publishing to the broker (broker limit)",
-            raw,
-        )
-        .print();
-
-        // Ingest is bounded by the lower of the two limits; both ratios are printed.
-        let ingest_baselines = if name == "embedded" {
-            vec![("HTTP limit", http_rate)]
-        } else {
-            vec![("broker limit", raw_rate), ("HTTP limit", http_rate)]
-        };
-        let mut runs: Vec<(String, Option<&str>, bool, Option<u64>)> = vec![
-            ("ingest only".into(), None, false, None),
-            (
-                "ingest + delivery, ordering: key".into(),
-                Some("key"),
-                false,
-                None,
-            ),
-            (
-                "ingest + delivery, ordering: none".into(),
-                Some("none"),
-                false,
-                None,
-            ),
-        ];
-        for &rate in &args.rates {
-            runs.push((
-                format!("open loop at {rate}/s, ordering: key"),
-                Some("key"),
-                false,
-                Some(rate),
-            ));
-        }
-        runs.push((
-            "stalled subscriber, growing backlog".into(),
-            Some("key"),
-            true,
-            None,
-        ));
-        for (title, ordering, stalled, rate) in runs {
-            if !args.only.is_empty() && !args.only.iter().any(|w| title.contains(w.as_str())) {
-                continue;
-            }
-            let load = Load {
-                rate,
-                ..load.clone()
-            };
-            match scenario(&backend, &receiver, &load, ordering, stalled).await {
-                Ok(m) => {
-                    let backlog = stalled.then(|| {
-                        m.rss_series
-                            .iter()
-                            .map(|r| format!("{r:.0}"))
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    });
-                    let delivered = m.delivered_per_s;
-                    // Each event is ingested and, with a subscription, delivered: the CPU
-                    // per event covers both.
-                    let events = m.sent.ok;
-                    Row {
-                        backend: name.clone(),
-                        scenario: title,
-                        sent: Some(m.sent),
-                        delivered_per_s: delivered,
-                        e2e: m.e2e,
-                        cpu_s: Some(m.cpu_s),
-                        peak_rss: Some(m.peak_rss),
-                        baselines: ingest_baselines.clone(),
-                        events: Some(events),
-                    }
-                    .print();
-                    if let Some(rate) = delivered {
-                        println!("    out/delivery limit {:.2}x", rate / delivery_rate);
-                    }
-                    if let Some(series) = backlog {
-                        println!("    RSS each second (MiB): {series}");
-                    }
-                }
-                Err(e) => println!("{name} / {title}: failed: {e:#}"),
-            }
-        }
-        let title = "delivery alone, from a backlog, ordering: key";
-        if args.only.is_empty() || args.only.iter().any(|w| title.contains(w.as_str())) {
-            match delivery_only(&backend, &receiver, &load, "key").await {
-                Ok(m) => {
-                    let rate = m.delivered_per_s.unwrap_or(0.0);
-                    println!("{name} / {title}");
-                    println!(
-                        "    out     {rate:>9.0}/s  ({:.2}x delivery limit)",
-                        rate / delivery_rate
-                    );
-                    println!(
-                        "    process {:.1} CPU s, peak RSS {:.0} MiB, {:.0} µs CPU per event",
-                        m.cpu_s,
-                        m.peak_rss,
-                        m.cpu_s * 1e6 / m.delivered.max(1) as f64
-                    );
-                }
-                Err(e) => println!("{name} / {title}: failed: {e:#}"),
-            }
+            Err(e) => println!("\n== {name}: skipped ({e:#})"),
         }
     }
     Ok(())
+}
+
+/// One scenario of a backend: its title, the subscription's ordering (none: ingest only),
+/// whether the subscriber stalls, and an open-loop rate.
+type Run = (String, Option<&'static str>, bool, Option<u64>);
+
+/// The scenarios, in the order they run.
+fn runs(args: &Args) -> Vec<Run> {
+    let mut runs: Vec<Run> = vec![
+        ("ingest only".into(), None, false, None),
+        (
+            "ingest + delivery, ordering: key".into(),
+            Some("key"),
+            false,
+            None,
+        ),
+        (
+            "ingest + delivery, ordering: none".into(),
+            Some("none"),
+            false,
+            None,
+        ),
+    ];
+    for &rate in &args.rates {
+        runs.push((
+            format!("open loop at {rate}/s, ordering: key"),
+            Some("key"),
+            false,
+            Some(rate),
+        ));
+    }
+    runs.push((
+        "stalled subscriber, growing backlog".into(),
+        Some("key"),
+        true,
+        None,
+    ));
+    runs
+}
+
+/// Whether `--only` selects the scenario titled `title`.
+fn selected(args: &Args, title: &str) -> bool {
+    args.only.is_empty() || args.only.iter().any(|w| title.contains(w.as_str()))
+}
+
+/// Every scenario of one backend, after its limits.
+async fn measure(
+    name: &str,
+    backend: &Backend,
+    args: &Args,
+    load: &Load,
+    receiver: &Receiver,
+    client: &load::HttpClient,
+) {
+    // The limits are measured again right before each backend's scenarios: on a shared
+    // machine they drift by tens of percent over a few minutes.
+    // A limit is a rate: ten seconds measure it as well as five minutes would.
+    let limits = Load {
+        duration: load.duration.min(LIMIT_DURATION),
+        ..load.clone()
+    };
+    let (http_rate, delivery_rate) = baselines(&limits, client, receiver).await;
+    let raw = {
+        let publisher = backend.raw.clone();
+        load::run(&limits, move |body: Vec<u8>| {
+            let publisher = publisher.clone();
+            let key = format!("key-{}", load::now_us() % 1000);
+            Box::pin(async move { publisher.publish("rawbench", key, body).await })
+                as std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
+        })
+        .await
+    };
+    let raw_rate = raw.ok as f64 / raw.elapsed.as_secs_f64();
+    Row::limit(
+        name,
+        "raw client publishing to the broker (broker limit)",
+        raw,
+    )
+    .print();
+    // Ingest is bounded by the lower of the two limits; both ratios are printed.
+    let ingest_baselines = if name == "embedded" {
+        vec![("HTTP limit", http_rate)]
+    } else {
+        vec![("broker limit", raw_rate), ("HTTP limit", http_rate)]
+    };
+    for (title, ordering, stalled, rate) in runs(args) {
+        if !selected(args, &title) {
+            continue;
+        }
+        let load = Load {
+            rate,
+            ..load.clone()
+        };
+        match scenario(backend, receiver, &load, ordering, stalled).await {
+            Ok(m) => print_scenario(name, title, m, stalled, &ingest_baselines, delivery_rate),
+            Err(e) => println!("{name} / {title}: failed: {e:#}"),
+        }
+    }
+    let title = "delivery alone, from a backlog, ordering: key";
+    if selected(args, title) {
+        match delivery_only(backend, receiver, load, "key").await {
+            Ok(m) => {
+                let rate = m.delivered_per_s.unwrap_or(0.0);
+                println!("{name} / {title}");
+                println!(
+                    "    out     {rate:>9.0}/s  ({:.2}x delivery limit)",
+                    rate / delivery_rate
+                );
+                println!(
+                    "    process {:.1} CPU s, peak RSS {:.0} MiB, {:.0} µs CPU per event",
+                    m.cpu_s,
+                    m.peak_rss,
+                    m.cpu_s * 1e6 / m.delivered.max(1) as f64
+                );
+            }
+            Err(e) => println!("{name} / {title}: failed: {e:#}"),
+        }
+    }
+}
+
+/// One scenario's row, with its ratio to the delivery limit and, for a stalled
+/// subscriber, the RSS series.
+fn print_scenario(
+    name: &str,
+    title: String,
+    m: Measured,
+    stalled: bool,
+    ingest_baselines: &[(&'static str, f64)],
+    delivery_rate: f64,
+) {
+    let backlog = stalled.then(|| {
+        m.rss_series
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
+    let delivered = m.delivered_per_s;
+    // Each event is ingested and, with a subscription, delivered: the CPU per event covers
+    // both.
+    Row {
+        backend: name.to_string(),
+        scenario: title,
+        events: Some(m.sent.ok),
+        sent: Some(m.sent),
+        delivered_per_s: delivered,
+        e2e: m.e2e,
+        cpu_s: Some(m.cpu_s),
+        peak_rss: Some(m.peak_rss),
+        baselines: ingest_baselines.to_vec(),
+    }
+    .print();
+    if let Some(rate) = delivered {
+        println!("    out/delivery limit {:.2}x", rate / delivery_rate);
+    }
+    if let Some(series) = backlog {
+        println!("    RSS each second (MiB): {series}");
+    }
 }
 
 /// Measures the HTTP limit (a bare axum handler answering 202) and the delivery limit (a
