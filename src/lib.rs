@@ -1,30 +1,48 @@
-//! hookbridge bridges HTTP webhooks and event streams.
+//! hookbridge bridges HTTP webhooks and event streams. ARCHITECTURE.md, at the root of the
+//! repository, is the map; this is the crate's door.
 //!
 //! The data path, module by module:
 //! - in: [`ingress`] (route → verify → envelope) → [`broker`] publish;
-//! - out: [`broker`] partition streams → [`delivery`] (lanes → attempt → commit).
+//! - out: [`broker`] partition streams → [`delivery`] (subscription → partition → lanes →
+//!   attempt → commit | dead letter | parking).
 //!
-//! [`config`] is the contract operators write; [`server`] wires it all together; [`admin`]
-//! serves the operator's API, whose redrives and replays are [`operations`].
+//! Around it: [`config`] is the contract operators write, checked at start by [`preflight`];
+//! [`server`] wires everything together and stops it with one `CancellationToken`;
+//! [`reload`] applies a changed config; [`admin`] serves the operator's API, whose redrives
+//! and replays are [`operations`]; [`metrics`] and [`telemetry`] are what it shows.
+//!
+//! The crate's surface is narrow on purpose: the config contract ([`config`]), the record
+//! format on the broker ([`envelope`]), the broker seam the engine is built on ([`broker`]),
+//! and what the `hookbridge` binary runs (re-exported below). The rest is private to the
+//! crate; the integration tests drive the service through the binary, its HTTP APIs and the
+//! broker, as a user does.
 
-pub mod admin;
+mod admin;
 pub mod broker;
 pub mod config;
-pub mod crypto;
-pub mod delivery;
+mod crypto;
+mod delivery;
 pub mod envelope;
-pub mod ingress;
-pub mod metrics;
-pub mod operations;
-pub mod preflight;
-pub mod problem;
-pub mod reload;
-pub mod rfc3339;
-pub mod server;
-pub mod standard_webhooks;
-pub mod telemetry;
-pub mod tls;
-pub mod tracecontext;
+mod ingress;
+mod metrics;
+mod operations;
+mod preflight;
+mod problem;
+mod reload;
+mod rfc3339;
+mod server;
+mod standard_webhooks;
+mod telemetry;
+mod tls;
+mod tracecontext;
+
+// What the `hookbridge` binary runs.
+pub use ingress::Ingress;
+pub use preflight::check_files;
+pub use reload::ConfigFile;
+pub use rfc3339::rfc3339;
+pub use server::{Bound, Role, ServeError, serve};
+pub use telemetry::{LogFormat, Telemetry, init as init_telemetry};
 
 /// An error with its causes, outermost first: "client error (Connect): tcp connect error:
 /// Connection refused (os error 111)" rather than only the outer layer. A cause whose text

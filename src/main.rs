@@ -8,10 +8,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use hookbridge::ConfigFile;
+use hookbridge::LogFormat;
+use hookbridge::Role;
 use hookbridge::config::{self, Config};
-use hookbridge::reload::ConfigFile;
-use hookbridge::server::Role;
-use hookbridge::telemetry::{self, LogFormat};
 
 /// Bridges HTTP webhooks and event streams (Kafka, NATS JetStream, or an embedded log).
 ///
@@ -210,7 +210,7 @@ impl ConfigArg {
         let parsed = config::load_str(&file.name, &file.text, &env)?;
         // The TLS files it names, read as start-up will (each problem names its key).
         let problems = match files {
-            true => hookbridge::preflight::check_files(&parsed),
+            true => hookbridge::check_files(&parsed),
             false => Vec::new(),
         };
         if !problems.is_empty() {
@@ -237,7 +237,7 @@ fn main() -> ExitCode {
             log_format,
         } => {
             // Dropped after `serve` returns: the last spans are flushed.
-            let _telemetry = telemetry::init(log_format);
+            let _telemetry = hookbridge::init_telemetry(log_format);
             serve(&config, role)
         }
         Command::CheckConfig { config, skip_files } => check_config(&config, skip_files),
@@ -306,7 +306,7 @@ fn serve(arg: &ConfigArg, role: Role) -> anyhow::Result<()> {
     let (file, config) = arg.load()?;
     tracing::info!(config = %file.name, "configuration loaded");
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(hookbridge::server::serve(
+    runtime.block_on(hookbridge::serve(
         file,
         config,
         role,

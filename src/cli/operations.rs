@@ -83,7 +83,7 @@ fn time_arg(flag: &str, value: &str) -> anyhow::Result<String> {
     let at = SystemTime::now()
         .checked_sub(ago)
         .with_context(|| format!("{flag} {value}: too far back"))?;
-    Ok(hookbridge::rfc3339::rfc3339(at))
+    Ok(hookbridge::rfc3339(at))
 }
 
 /// `user@host`, for the record an operation leaves.

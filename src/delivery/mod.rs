@@ -37,10 +37,9 @@ mod status;
 mod subscription;
 mod type_filter;
 
-pub use engine::{Delivery, Reloaded};
+pub use engine::Delivery;
 pub use event::{Decode, Event};
 pub use payload::envelope_json;
-pub use runtime::{DeliveryError, RateStatus, Settings, SubscriptionRuntime, SubscriptionStatus};
+pub use runtime::{DeliveryError, SubscriptionRuntime, SubscriptionStatus};
 pub use side_topic::copy as copy_record;
-pub use status::{LastError, PartitionStatus};
 pub use type_filter::TypeFilter;

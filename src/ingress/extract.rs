@@ -57,10 +57,6 @@ impl Extractor {
         }
     }
 
-    pub fn needs_json(&self) -> bool {
-        matches!(self.source, Source::Json(_))
-    }
-
     /// The extracted value; `Ok(None)` when absent and not required.
     pub fn extract(
         &self,

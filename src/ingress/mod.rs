@@ -36,8 +36,6 @@ use crate::tracecontext;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-pub use self::verify::{Verifier, VerifyError};
-
 /// What a 503 asks the sender to wait before retrying, in seconds.
 const RETRY_AFTER_SECS: u64 = 5;
 

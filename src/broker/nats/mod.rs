@@ -10,7 +10,7 @@
 //!   partitions are shared among replicas through leases in a JetStream KV bucket
 //!   ([`leases`]), handed over without overlap.
 
-pub mod auth;
+pub(crate) mod auth;
 mod browse;
 mod consumer;
 mod leases;

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use crate::support::http_client;
 use async_trait::async_trait;
+use hookbridge::Ingress;
 use hookbridge::broker::{BrokerError, Publisher, Receipt, Record};
-use hookbridge::ingress::Ingress;
 
 /// Never acknowledges, or fails at once.
 struct StuckBroker {

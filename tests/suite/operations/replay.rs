@@ -26,7 +26,7 @@ async fn replay_from_a_time_reaches_that_subscription_only(backend: Backend) {
         .wait_for("the first 10", Duration::from_secs(30), |r| r.len() >= 10)
         .await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let since = hookbridge::rfc3339::rfc3339(SystemTime::now());
+    let since = hookbridge::rfc3339(SystemTime::now());
     tokio::time::sleep(Duration::from_millis(1100)).await;
     for seq in 10..20 {
         post(&server, &format!("k{}", seq % 3), seq, "test").await;
