@@ -12,7 +12,7 @@
 //! Why not `pause`/`resume`: pausing a partition purges what librdkafka has prefetched for
 //! it, and after `resume` the fetcher went on from its own fetch position, not from the
 //! last record handed out; records in between were silently skipped, and the commit
-//! tracker then committed past them (found by the benchmark; `tests/kafka.rs` holds the
+//! tracker then committed past them (found by the benchmark; `tests/suite/brokers/kafka.rs` holds the
 //! regression test). Not taking from a queue has no such edge.
 //!
 //! The driver task owns the shared consumer queue, which then carries only rebalance

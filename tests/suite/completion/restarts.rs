@@ -5,7 +5,7 @@
 //! each commit's metadata; the embedded log by its cursor. Kafka runs on librdkafka's mock
 //! cluster here: the Kafka-protocol broker of the rest of the suite (Tansu 0.6.0) answers
 //! every offset fetch with empty metadata, which makes a restart there deliver again from
-//! the commit point (safe, and what every broker did before G8; see README, "Kafka").
+//! the commit point (safe, and what every broker did before G8; see docs/testing.md, "Tansu's faults").
 
 use std::sync::Arc;
 use std::time::Duration;

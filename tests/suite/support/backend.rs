@@ -141,7 +141,7 @@ impl Backend {
             ),
             Backend::Nats(nats) => nats_broker(&nats.url(), partitions),
             // Two faults of Tansu 0.6.0, the Kafka-protocol broker these tests run on, are
-            // kept out of the picture (see README, "Kafka"): a fetch from an offset inside a
+            // kept out of the picture (see docs/testing.md, "Tansu's faults"): a fetch from an offset inside a
             // record batch skips the rest of that batch, so every record gets a batch of its
             // own; and its cooperative rebalance hands a partition to a new member before the
             // old one has revoked it, so the eager protocol is used.
