@@ -7,7 +7,8 @@
 //!   attempt → commit | dead letter | parking).
 //!
 //! Around it: [`config`] is the contract operators write, checked at start by [`preflight`];
-//! [`server`] wires everything together and stops it with one `CancellationToken`;
+//! [`server`] wires everything together and stops it (every stop signal is a
+//! `CancellationToken`);
 //! [`reload`] applies a changed config; [`admin`] serves the operator's API, whose redrives
 //! and replays are [`operations`]; [`metrics`] and [`telemetry`] are what it shows.
 //!

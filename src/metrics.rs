@@ -110,6 +110,8 @@ pub struct Metrics {
     pub spans_dropped: Family<ReasonLabel, Counter>,
     pub config_reloads: Family<OutcomeLabel, Counter>,
     pub config_last_reload_successful: Gauge,
+    /// Set once, at 1 with the version as its label; kept only to be exported.
+    _build_info: Family<VersionLabel, Gauge>,
     process: ProcessMetrics,
 }
 
@@ -137,7 +139,6 @@ impl Metrics {
                 version: env!("CARGO_PKG_VERSION"),
             })
             .set(1);
-        r.register("build_info", "hookbridge's version", build_info);
         Metrics {
             ingress_requests: add(
                 r,
@@ -240,6 +241,7 @@ impl Metrics {
                 "0 while the last reload attempt was refused (the running config is older than the file)",
                 config_last_reload_successful,
             ),
+            _build_info: add(r, "build_info", "hookbridge's version", build_info),
             process: ProcessMetrics::registered(&mut registry),
             registry,
         }

@@ -5,10 +5,9 @@
 use crate::config::{BrokerKind, Config, Problem};
 use crate::tls::{TlsError, client_config, server_config};
 
-/// Reads every TLS file and NATS creds file the config names, as start-up will: each problem
-/// names its key
-/// (`subscriptions[0].tls.ca`) and the cause. Run by `serve` before anything starts and by
-/// `check-config`.
+/// Reads every TLS file and NATS creds file the config names, as start-up will: each
+/// problem names its key (`subscriptions[0].tls.ca`) and the cause. Run by `serve` before
+/// anything starts and by `check-config`.
 pub fn check_files(config: &Config) -> Vec<Problem> {
     let mut problems = Vec::new();
     if !config.server.tls.is_empty()

@@ -164,8 +164,10 @@ pub async fn serve(
         broker,
         delivery.clone(),
     ));
-    // Every task of the process watches this one token to stop.
+    // The listeners and the config watcher stop on this token (delivery stops through
+    // `Delivery::shutdown`, which waits for its commits); dropped, it stops them too.
     let stop = CancellationToken::new();
+    let _stop_when_dropped = stop.clone().drop_guard();
     let admin = tokio::spawn(
         axum::serve(admin_listener, crate::admin::router(admin_state.clone()))
             .with_graceful_shutdown(stop.clone().cancelled_owned())

@@ -6,17 +6,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::runtime::{Change, DeliveryError, Settings, SubscriptionRuntime};
 use super::subscription;
 use crate::broker::{Publisher, Subscriber};
 use crate::config::{Config, SubscriptionConfig};
 
-/// One running subscription: its runtime, its stop signal, its task.
+/// One running subscription: its runtime, its stop signal, its task. Dropped without
+/// `stop` (a start-up that fails half-way), it still stops: the guard cancels its token.
 struct Running {
     runtime: Arc<SubscriptionRuntime>,
-    stop: CancellationToken,
+    stop: DropGuard,
     task: JoinHandle<()>,
 }
 
@@ -24,7 +25,7 @@ impl Running {
     /// Stops taking records, lets attempts on the wire finish within `grace`, commits what
     /// is done; abandons the rest after it (redelivered later).
     async fn stop(mut self, grace: Duration) {
-        self.stop.cancel();
+        self.stop.disarm().cancel();
         if tokio::time::timeout(grace, &mut self.task).await.is_err() {
             tracing::warn!(subscription = %self.runtime.name, "delivery did not stop within the shutdown timeout; abandoning in-flight work");
             self.task.abort();
@@ -88,7 +89,7 @@ impl Delivery {
         ));
         Running {
             runtime,
-            stop,
+            stop: stop.drop_guard(),
             task,
         }
     }

@@ -1,6 +1,6 @@
 //! Delivery (ARCHITECTURE.md §5): events on topics become signed, retried, ordered webhooks.
 //!
-//! The data path, one module per step, each using only the ones after it:
+//! The data path, one module per step, none using one before it:
 //! [`engine`] runs the configured subscriptions →
 //! [`subscription`] joins a consumer group and gets partition streams →
 //! [`partition`] fans records out into [`lanes`] and tracks commits ([`commit`]), handing
@@ -8,8 +8,10 @@
 //! [`lane`] delivers one event at a time, retrying in place ([`retry`], [`breaker`]) →
 //! [`attempt`] signs and POSTs the request [`payload`] built through the [`client`] → done,
 //! or [`dead_letter`], or, for a key failing too long, [`parking`] (its keys kept in
-//! [`parked_keys`]). Dead letters, parked events and resent events ([`resend`]) are copies
-//! written to side topics by one publish path ([`side_topic`]).
+//! [`parked_keys`]). Dead letters and parked events are copies of a consumed record published
+//! to side topics the same way ([`side_topic`]); an operator's redrives and replays write
+//! such copies to the resend topic ([`resend`]), which the subscription reads like any
+//! other.
 //!
 //! [`runtime`] is what every step reads about its subscription: settings, limits, breaker,
 //! status. One engine serves every broker: it only sees the `Subscriber` and `Publisher`

@@ -27,6 +27,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -36,7 +38,7 @@ use super::event::Event;
 use super::lane::{self, Outcome};
 use super::lanes::{Finished, LaneKey, Lanes};
 use super::parked_keys::{ParkedKeys, Review};
-use super::release::{self, Ending, FINAL_COMMIT_FOR, Held};
+use super::release::{self, Ending, FINAL_COMMIT_FOR, Handback};
 use super::runtime::SubscriptionRuntime;
 use super::status::PartitionRow;
 use super::{parking, resend};
@@ -45,8 +47,6 @@ use crate::broker::{
 };
 use crate::config::OrderingMode;
 use crate::metrics::{self, GaugeShare};
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 
 /// How often the partition's consumer lag is read for `hookbridge_consumer_lag`.
 const LAG_INTERVAL: Duration = Duration::from_secs(2);
@@ -61,7 +61,7 @@ type Call<T> = Option<Pin<Box<dyn Future<Output = T> + Send>>>;
 type LagRead = (Option<u64>, Result<Option<u64>, BrokerError>);
 
 /// Waits for `call` to finish and clears it; never finishes when there is none.
-async fn finished<T>(call: &mut Option<Pin<Box<dyn Future<Output = T> + Send>>>) -> T {
+async fn finished<T>(call: &mut Call<T>) -> T {
     let Some(running) = call else {
         return std::future::pending().await;
     };
@@ -107,7 +107,7 @@ struct Worker {
     reading_lag: Call<LagRead>,
     reviewing: Call<Vec<(u32, Completion)>>,
     ticks: Ticks,
-    gauges: Gauges,
+    reports: Reports,
 }
 
 struct Ticks {
@@ -118,7 +118,7 @@ struct Ticks {
 
 /// This worker's shares of the subscription's gauges and its row in
 /// `GET /v1/subscriptions`, taken back when it ends.
-struct Gauges {
+struct Reports {
     /// Held, not read: dropping it gives the partition's count back.
     _owned: GaugeShare,
     parked: GaugeShare,
@@ -147,7 +147,7 @@ impl Worker {
             _ => ParkedKeys::default(),
         };
         let per_record = calls.per_record();
-        let gauges = Gauges::new(&sub, &topic, partition, per_record);
+        let reports = Reports::new(&sub, &topic, partition, per_record);
         let mut worker = Worker {
             tenure: stream.tenure(),
             paused: sub.paused.subscribe(),
@@ -158,7 +158,7 @@ impl Worker {
             reading_lag: None,
             reviewing: None,
             ticks: Ticks::new(),
-            gauges,
+            reports,
             source,
             parks,
             calls,
@@ -187,7 +187,7 @@ impl Worker {
                     }
                 }
                 _ = sleep_until(fence), if fence.is_some() => return Ending::Fenced,
-                finished = self.lanes.finished() => self.on_lane_finished(finished),
+                done = self.lanes.finished() => self.on_lane_finished(done),
                 Ok(()) = self.paused.changed() => {}
                 record = self.stream.next(), if takes_records => match record {
                     Some(record) => self.on_record(record),
@@ -349,7 +349,7 @@ impl Worker {
     /// The parked set changed: it goes with the next commit, and into the gauge.
     fn parked_changed(&mut self) {
         self.tracker.set_parked(self.parked.snapshot());
-        self.gauges.parked.set(self.parked.len() as i64);
+        self.reports.parked.set(self.parked.len() as i64);
     }
 
     fn start_lag_read(&mut self) {
@@ -366,7 +366,7 @@ impl Worker {
             None
         });
         let (held, parked_keys) = (self.lanes.held(), self.parked.len());
-        self.gauges.lag_read(committed, lag, held, parked_keys);
+        self.reports.lag_read(committed, lag, held, parked_keys);
     }
 
     /// Lets the partition go (see [`super::release`]).
@@ -378,20 +378,20 @@ impl Worker {
             lanes,
             tracker,
             committing,
-            gauges,
+            reports,
             ..
         } = self;
         // Another replica reports this partition's lag from now on.
-        metrics::metrics().consumer_lag.remove(&gauges.lag);
-        let held = Held {
+        metrics::metrics().consumer_lag.remove(&reports.lag);
+        let handback = Handback {
             stream,
             tenure,
             lanes,
             tracker,
             committing,
         };
-        release::release(&sub, held, ending).await;
-        drop(gauges);
+        release::release(&sub, handback, ending).await;
+        drop(reports);
     }
 }
 
@@ -410,15 +410,15 @@ impl Ticks {
     }
 }
 
-impl Gauges {
-    fn new(sub: &SubscriptionRuntime, topic: &str, partition: u32, per_record: bool) -> Gauges {
+impl Reports {
+    fn new(sub: &SubscriptionRuntime, topic: &str, partition: u32, per_record: bool) -> Reports {
         let label = metrics::subscription(&sub.name);
         let share = |family: &Family<metrics::SubscriptionLabel, Gauge>| {
             GaugeShare::new(family.get_or_create(&label).clone())
         };
         let mut owned = share(&metrics::metrics().partitions_owned);
         owned.set(1);
-        Gauges {
+        Reports {
             _owned: owned,
             parked: share(&metrics::metrics().parked_keys),
             lag: metrics::SubscriptionPartition {

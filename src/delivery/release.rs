@@ -34,7 +34,7 @@ pub enum Ending {
 }
 
 /// What a worker lets go of.
-pub struct Held {
+pub struct Handback {
     pub stream: PartitionStream,
     pub tenure: watch::Receiver<Tenure>,
     pub lanes: Lanes,
@@ -44,14 +44,14 @@ pub struct Held {
 }
 
 /// Lets the partition go after `ending` (see the module's doc).
-pub async fn release(sub: &SubscriptionRuntime, held: Held, ending: Ending) {
-    let Held {
+pub async fn release(sub: &SubscriptionRuntime, handback: Handback, ending: Ending) {
+    let Handback {
         stream,
         tenure,
         mut lanes,
         mut tracker,
         committing,
-    } = held;
+    } = handback;
     let (topic, partition) = (stream.topic.clone(), stream.partition);
     lanes.stop();
     let grace = match ending {

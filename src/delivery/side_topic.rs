@@ -1,6 +1,7 @@
 //! Side topics: the topics delivery itself writes to, beside the ones it reads. Dead
-//! letters, parked events and resent events are all copies of a consumed record, made and
-//! published here the same way.
+//! letters and parked events are copies of a consumed record, made and published here the
+//! same way; an operator's resent events are copies made here too (`operations` writes
+//! them at its own pace).
 
 use std::time::Duration;
 

@@ -3,12 +3,11 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::broker::{ConsumedRecord, Record};
+use crate::broker::{Broker, ConsumedRecord, Record};
 use crate::delivery::{copy_record, resend};
 
 use super::scan::TopicScan;
 use super::{Operation, OperationError};
-use crate::broker::Broker;
 
 /// `topic/partition/offset`: where an original record sits.
 pub fn source(record: &ConsumedRecord) -> String {

@@ -22,6 +22,7 @@ pub fn with_properties(mut client: ClientConfig, config: &KafkaConfig) -> Client
     client
 }
 
+/// A librdkafka error as the broker's: unavailable for now, worth retrying.
 pub fn kafka_error(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
 }

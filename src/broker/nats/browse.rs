@@ -13,9 +13,9 @@ use async_nats::jetstream::stream::Stream;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 
-use super::NatsBroker;
-use super::names::{stream_name, subject, unavailable};
+use super::names::{stream_name, subject};
 use super::reader::to_record;
+use super::{NatsBroker, unavailable};
 use crate::broker::{BrokerError, ConsumedRecord, TopicReader};
 
 /// The server forgets a reader's consumer this long after its last use.

@@ -31,10 +31,14 @@ use super::partitioner::Partitioner;
 use super::{BrokerError, Publisher, Receipt, Record, StartFrom, Subscriber, Subscription};
 use crate::config::NatsConfig;
 use crate::envelope;
-use names::unavailable;
 
 /// Publishes with the same `Nats-Msg-Id` within this window are stored once.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// A NATS error as the broker's: unavailable for now, worth retrying.
+fn unavailable(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(e.to_string())
+}
 
 pub struct NatsBroker {
     client: async_nats::Client,

@@ -1,13 +1,8 @@
 //! How hookbridge names things on NATS: streams, subjects and durable consumers derived from
 //! topics and groups, and the header that carries a record's key.
 
-use crate::broker::BrokerError;
-
 /// The header that carries a record's partition key.
 pub const KEY_HEADER: &str = "Hb-Key";
-pub fn unavailable(e: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Unavailable(e.to_string())
-}
 
 /// The stream of a topic. Stream names cannot hold `.`, `*`, `>` or spaces, so every
 /// character but letters, digits and `-` is written as `_XX` (hex): unambiguous, since `_`

@@ -39,7 +39,7 @@ use super::names::KEY_HEADER;
 use crate::broker::{ConsumedRecord, RecordHeader, Tenure, sleep_until};
 use crate::envelope;
 
-/// A partition of a stream: the stream's name and the partition's index.
+/// A partition of a topic: the topic and the partition's index.
 pub type Unit = (Arc<str>, u32);
 
 /// Reply subjects of delivered, unacked messages, per partition, by stream sequence.
