@@ -33,6 +33,12 @@ impl RefusalWatch {
     }
 }
 
+/// Whether librdkafka's reason is an alert the broker's TLS sent (OpenSSL writes it as
+/// `... alert bad certificate: SSL alert number 42`).
+fn is_tls_alert(reason: &str) -> bool {
+    reason.contains("SSL alert number")
+}
+
 impl ClientContext for RefusalWatch {
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::error!(target: "librdkafka", %error, reason, "Kafka client error");
@@ -41,6 +47,12 @@ impl ClientContext for RefusalWatch {
                 "the broker refused the SASL authentication"
             }
             Some(RDKafkaErrorCode::SSL) => "the TLS handshake with the broker failed",
+            // Under TLS 1.3 a broker that refuses the client's certificate (none, or one its
+            // CA did not sign) says so with an alert after the handshake looked done to the
+            // client, which librdkafka reports as a transport failure.
+            Some(RDKafkaErrorCode::BrokerTransportFailure) if is_tls_alert(reason) => {
+                "the broker refused the TLS handshake"
+            }
             _ => return,
         };
         *self.refusal.lock().expect("refusal lock") =
