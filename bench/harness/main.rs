@@ -33,8 +33,8 @@ use stats::Latencies;
     about = "End-to-end throughput and latency of hookbridge, against its limits"
 )]
 struct Args {
-    /// Backends to measure: embedded, nats (starts nats-server), kafka (starts Tansu, or uses
-    /// --kafka-bootstrap).
+    /// Backends to measure: embedded, nats (starts nats-server), kafka (on --kafka-bootstrap,
+    /// which scripts/bench starts).
     #[arg(long, value_delimiter = ',', default_values = ["embedded", "nats", "kafka"])]
     backends: Vec<String>,
     /// How long each scenario sends load.
@@ -57,7 +57,7 @@ struct Args {
     /// Run only the scenarios whose title contains one of these words (e.g. `backlog`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// An existing Kafka-protocol broker instead of starting Tansu.
+    /// The Kafka cluster to measure on (scripts/bench starts an Apache Kafka node).
     #[arg(long)]
     kafka_bootstrap: Option<String>,
     /// Measure nothing: serve the bare handler (the HTTP limit: `POST /hooks/{route}`
@@ -297,23 +297,10 @@ async fn backend(name: &str, args: &Args) -> anyhow::Result<Backend> {
             })
         }
         "kafka" => {
-            let (bootstrap, server) = match &args.kafka_bootstrap {
-                Some(bootstrap) => (bootstrap.clone(), None),
-                None => {
-                    let server = Server::start("tansu", |port, _| {
-                        let url = format!("tcp://127.0.0.1:{port}");
-                        vec![
-                            "broker".into(),
-                            "--listener-url".into(),
-                            url.clone(),
-                            "--advertised-listener-url".into(),
-                            url,
-                            "--storage-engine".into(),
-                            "memory://tansu/".into(),
-                        ]
-                    })?;
-                    (format!("127.0.0.1:{}", server.port), Some(server))
-                }
+            let Some(bootstrap) = args.kafka_bootstrap.clone() else {
+                anyhow::bail!(
+                    "no Kafka to measure on: pass --kafka-bootstrap (scripts/bench starts one)"
+                );
             };
             let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
                 .set("bootstrap.servers", &bootstrap)
@@ -329,21 +316,12 @@ async fn backend(name: &str, args: &Args) -> anyhow::Result<Backend> {
             };
             let admin = hookbridge::broker::kafka::KafkaBroker::connect(&config)?;
             admin.ensure_topics(&["rawbench".to_string()]).await?;
-            // Tansu answers a fetch only when `fetch.wait.max.ms` expires, even with data
-            // waiting, so that wait is on every delivery's path (hookbridge's default is
-            // 50 ms; Kafka answers as soon as data arrives and needs no tuning). The Tansu
-            // started here gets 10 ms, set the way a user would: `broker.kafka.properties`.
-            let properties = if server.is_some() {
-                "properties: { fetch.wait.max.ms: \"10\" }"
-            } else {
-                "properties: {}"
-            };
             Ok(Backend {
                 broker_yaml: format!(
-                    "broker:\n  kind: kafka\n  kafka: {{ bootstrap_servers: \"{bootstrap}\", partitions: 8, {properties} }}\n"
+                    "broker:\n  kind: kafka\n  kafka: {{ bootstrap_servers: \"{bootstrap}\", partitions: 8 }}\n"
                 ),
                 raw: Arc::new(RawPublisher::Kafka(producer)),
-                _server: server,
+                _server: None,
             })
         }
         other => anyhow::bail!("unknown backend {other}"),

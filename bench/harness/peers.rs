@@ -275,7 +275,7 @@ fn backend_label(name: &str) -> &str {
     match name {
         "embedded" => "(embedded log)",
         "nats" => "(NATS JetStream)",
-        "kafka" => "(Kafka: Tansu)",
+        "kafka" => "(Apache Kafka)",
         other => other,
     }
 }

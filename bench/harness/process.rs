@@ -127,7 +127,7 @@ pub fn kib_field_mib(path: &str, field: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// A private server process (nats-server, Tansu) for the run, on a free port.
+/// A private server process (nats-server) for the run, on a free port.
 pub struct Server {
     child: Child,
     pub port: u16,

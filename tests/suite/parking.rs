@@ -1,8 +1,6 @@
 //! Parked keys (G8): a key failing longer than `retry.park_after` moves to the parking topic
 //! with its later events, the partition's other keys and its commit point move on, and once
 //! the key recovers its events flow on the normal path again, never out of order.
-//!
-//! Kafka runs on librdkafka's mock cluster (see `completion::restarts` for why).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +18,6 @@ const PARK_QUICKLY: &str = "    breaker: { failures: 1000000 }\n    retry: { ini
 async fn a_parked_key_recovers_in_order_while_its_events_keep_arriving(backend: Backend) {
     const EVENTS: u64 = 1_000;
     let topic = unique("orders");
-    backend.create_topics(&topic, 1);
     let receiver = Receiver::start().await;
     // A fails for its first 3 seconds of attempts, then recovers.
     let first_failure = Arc::new(std::sync::Mutex::new(None::<Instant>));
@@ -295,7 +292,7 @@ async fn nats_a_parked_key_stays_parked_across_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_a_parked_key_stays_parked_across_a_restart() {
-    a_parked_key_stays_parked_across_a_restart(Backend::kafka_mock()).await;
+    a_parked_key_stays_parked_across_a_restart(Backend::kafka()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,8 +308,7 @@ async fn nats_a_key_failing_throughout_keeps_memory_flat_and_the_commit_point_mo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_a_key_failing_throughout_keeps_memory_flat_and_the_commit_point_moving() {
-    a_key_failing_throughout_keeps_memory_flat_and_the_commit_point_moving(Backend::kafka_mock())
-        .await;
+    a_key_failing_throughout_keeps_memory_flat_and_the_commit_point_moving(Backend::kafka()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -327,5 +323,5 @@ async fn nats_a_parked_key_recovers_in_order_while_its_events_keep_arriving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_a_parked_key_recovers_in_order_while_its_events_keep_arriving() {
-    a_parked_key_recovers_in_order_while_its_events_keep_arriving(Backend::kafka_mock()).await;
+    a_parked_key_recovers_in_order_while_its_events_keep_arriving(Backend::kafka()).await;
 }

@@ -104,24 +104,6 @@ fn assert_each_once_in_order(received: &[Received], seqs: u64, what: &str) {
 
 async fn subscriptions_change_live_under_load(backend: Backend) {
     let topic = unique("live");
-    backend.create_topics(&topic, 2);
-    // The mock cluster creates no topics on request: the ones the subscriptions need.
-    if let Backend::KafkaMock(mock) = &backend {
-        mock.create_topic(&format!("{topic}-second"), 2, 1).unwrap();
-        for name in [
-            "untouched",
-            "moved",
-            "removed",
-            "rotated",
-            "widened",
-            "added",
-        ] {
-            for kind in ["dlq", "park", "resend"] {
-                mock.create_topic(&format!("hookbridge.{kind}.{name}"), 2, 1)
-                    .unwrap();
-            }
-        }
-    }
     let untouched = Receiver::start().await;
     let (moved_from, moved_to) = (Receiver::start().await, Receiver::start().await);
     let removed = Receiver::start().await;
@@ -369,11 +351,9 @@ async fn nats_subscriptions_change_live_under_load() {
     subscriptions_change_live_under_load(Backend::nats()).await;
 }
 
-/// On librdkafka's mock cluster: Tansu 0.6.0's group coordinator, asked by six groups at
-/// once, was seen assigning one group's partitions and leaving the others waiting.
 #[tokio::test(flavor = "multi_thread")]
 async fn kafka_subscriptions_change_live_under_load() {
-    subscriptions_change_live_under_load(Backend::kafka_mock()).await;
+    subscriptions_change_live_under_load(Backend::kafka()).await;
 }
 
 /// SIGHUP reloads at once; with `HOOKBRIDGE_CONFIG_WATCH=signal` nothing else does.

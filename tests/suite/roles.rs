@@ -14,7 +14,6 @@ use crate::support::*;
 async fn split_roles_deliver_through_the_broker(backend: Backend) {
     const EVENTS: u64 = 400;
     let topic = unique("roles");
-    backend.create_topics(&topic, 4);
     let receiver = Receiver::start().await;
     let subs = format!(
         "  - name: {topic}\n    topics: [{topic}]\n    url: {}\n",

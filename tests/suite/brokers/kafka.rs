@@ -1,5 +1,5 @@
-//! The Kafka backend against a real Kafka-protocol broker (Tansu, started by scripts/test,
-//! address in HOOKBRIDGE_TEST_KAFKA): webhooks become envelopes on murmur2 partitions, a
+//! The Kafka backend against Apache Kafka (the node scripts/test starts, its address in
+//! HOOKBRIDGE_TEST_KAFKA): webhooks become envelopes on murmur2 partitions, a
 //! record another service produced becomes a webhook, and a backlog held back behind a
 //! stalled receiver flows again without a gap.
 

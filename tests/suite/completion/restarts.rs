@@ -2,10 +2,8 @@
 //! not done yet, on every backend, whatever key keeps failing in front of it.
 //!
 //! JetStream remembers completion by its per-message acks; Kafka by the completion stored in
-//! each commit's metadata; the embedded log by its cursor. Kafka runs on librdkafka's mock
-//! cluster here: the Kafka-protocol broker of the rest of the suite (Tansu 0.6.0) answers
-//! every offset fetch with empty metadata, which makes a restart there deliver again from
-//! the commit point (safe, and what every broker did before G8; see docs/testing.md, "Tansu's faults").
+//! each commit's metadata (on Apache Kafka, which keeps it with the committed offset); the
+//! embedded log by its cursor.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,10 +102,9 @@ async fn a_restart_redelivers_nothing_delivered_behind_a_failing_key(backend: Ba
 /// two requests of a key overlap, and each rolling restart repeats at most what was in
 /// flight.
 ///
-/// Why the wait matters on Kafka: librdkafka's mock cluster refuses every commit while its
-/// group rebalances (for the session timeout less a second, where Kafka accepts them until
-/// the new generation is chosen), so a replica stopped in that window could not record its
-/// last deliveries and the next owner would repeat them.
+/// Why the wait: a replica stopped while its group rebalances may have its last commits
+/// refused (the coordinator accepts a generation's commits only until the next one is
+/// chosen), and the next owner would then repeat what it could not record.
 async fn a_rolling_restart_repeats_at_most_what_was_in_flight(backend: Backend) {
     const MAX_IN_FLIGHT: u64 = 16;
     /// Each replica's share: two topics (the subscription's and its parking topic) of four
@@ -223,7 +220,7 @@ async fn nats_a_rolling_restart_repeats_at_most_what_was_in_flight() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_a_rolling_restart_repeats_at_most_what_was_in_flight() {
-    a_rolling_restart_repeats_at_most_what_was_in_flight(Backend::kafka_mock()).await;
+    a_rolling_restart_repeats_at_most_what_was_in_flight(Backend::kafka()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,5 +235,5 @@ async fn nats_a_restart_redelivers_nothing_delivered_behind_a_failing_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_a_restart_redelivers_nothing_delivered_behind_a_failing_key() {
-    a_restart_redelivers_nothing_delivered_behind_a_failing_key(Backend::kafka_mock()).await;
+    a_restart_redelivers_nothing_delivered_behind_a_failing_key(Backend::kafka()).await;
 }

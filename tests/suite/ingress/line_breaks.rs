@@ -18,7 +18,6 @@ async fn line_breaks_in_extracted_values_are_refused(backend: Backend) {
         "  - name: {topic}\n    topics: [{topic}]\n    url: {}\n",
         receiver.url
     );
-    backend.create_topics(&topic, 1);
     let dir = tempfile::tempdir().unwrap();
     let config = events_config(&backend.broker(1), &topic, &subs).replace(
         "event_type: { header: X-Type, default: test }",

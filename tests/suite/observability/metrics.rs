@@ -292,7 +292,6 @@ async fn prometheus_scrapes_the_contract_metrics() {
 async fn lag_rises_behind_a_failing_receiver_and_falls_after(backend: Backend) {
     const EVENTS: u64 = 60;
     let topic = unique("lag");
-    backend.create_topics(&topic, 2);
     let receiver = Receiver::start().await;
     let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let flag = failing.clone();

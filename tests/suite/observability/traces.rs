@@ -63,7 +63,6 @@ async fn one_trace_from_sender_to_subscriber(backend: Backend) {
     const SENDER_SPAN: &str = "00f067aa0ba902b7";
     let (collector, spans) = start_collector().await;
     let topic = unique("traced");
-    backend.create_topics(&topic, 2);
     let receiver = Receiver::start().await;
     let subs = subscription(&topic, &topic, &receiver.url, "");
     let dir = tempfile::tempdir().unwrap();

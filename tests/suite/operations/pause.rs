@@ -11,7 +11,6 @@ use crate::support::*;
 
 async fn pause_keeps_the_lag_growing_and_resume_drains_it(backend: Backend) {
     let topic = unique("paused");
-    backend.create_topics(&topic, 2);
     let receiver = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     let server = Hookbridge::start(

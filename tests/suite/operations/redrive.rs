@@ -26,7 +26,6 @@ async fn dead_lettered(
     tempfile::TempDir,
 ) {
     let topic = unique("redriven");
-    backend.create_topics(&topic, 2);
     let receiver = Receiver::start().await;
     let broken = Arc::new(AtomicBool::new(true));
     let refusing = broken.clone();

@@ -10,7 +10,6 @@ use crate::support::*;
 
 async fn replay_from_a_time_reaches_that_subscription_only(backend: Backend) {
     let topic = unique("replayed");
-    backend.create_topics(&topic, 2);
     let (replayed, other) = (Receiver::start().await, Receiver::start().await);
     let subs = format!(
         "{}{}",

@@ -1,6 +1,5 @@
 //! The brokers a test can run hookbridge on, each a real one: the embedded log in a
-//! temporary directory, a private nats-server, the Kafka-protocol broker scripts/test starts,
-//! and librdkafka's mock cluster (for group faults).
+//! temporary directory, a private nats-server, the Apache Kafka node scripts/test starts.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -13,8 +12,6 @@ pub enum Backend {
     Embedded(tempfile::TempDir),
     Nats(NatsServer),
     Kafka(String),
-    /// librdkafka's mock cluster, in this process: a real group coordinator over sockets.
-    KafkaMock(rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>),
 }
 
 impl Backend {
@@ -27,25 +24,6 @@ impl Backend {
     pub fn kafka() -> Backend {
         Backend::Kafka(kafka_bootstrap())
     }
-    pub fn kafka_mock() -> Backend {
-        Backend::KafkaMock(rdkafka::mocking::MockCluster::new(3).unwrap())
-    }
-
-    /// Creates the topics a subscription named after its topic needs (its own, its
-    /// dead-letter, parking and resend topics), where the broker does not let hookbridge create them
-    /// (the mock cluster).
-    pub fn create_topics(&self, topic: &str, partitions: i32) {
-        if let Backend::KafkaMock(mock) = self {
-            mock.create_topic(topic, partitions, 1).unwrap();
-            mock.create_topic(&format!("hookbridge.dlq.{topic}"), 1, 1)
-                .unwrap();
-            mock.create_topic(&format!("hookbridge.park.{topic}"), partitions, 1)
-                .unwrap();
-            mock.create_topic(&format!("hookbridge.resend.{topic}"), partitions, 1)
-                .unwrap();
-        }
-    }
-
     /// The first offset of `topic`'s partition that `group` has not committed as done, read
     /// as an operator would (the embedded log's own store, the JetStream consumer's ack
     /// floor, the group's committed offset). The embedded log is read from its files: the
@@ -66,7 +44,7 @@ impl Backend {
                 // JetStream sequences start at 1; offsets here are sequences.
                 info.ack_floor.stream_sequence + 1
             }
-            Backend::Kafka(_) | Backend::KafkaMock(_) => {
+            Backend::Kafka(_) => {
                 use rdkafka::consumer::{BaseConsumer, Consumer};
                 let consumer: BaseConsumer = rdkafka::ClientConfig::new()
                     .set("bootstrap.servers", self.bootstrap())
@@ -111,7 +89,7 @@ impl Backend {
                     Err(_) => 0,
                 }
             }
-            Backend::Kafka(_) | Backend::KafkaMock(_) => {
+            Backend::Kafka(_) => {
                 use rdkafka::consumer::{BaseConsumer, Consumer};
                 let consumer: BaseConsumer = rdkafka::ClientConfig::new()
                     .set("bootstrap.servers", self.bootstrap())
@@ -128,7 +106,6 @@ impl Backend {
     fn bootstrap(&self) -> String {
         match self {
             Backend::Kafka(bootstrap) => bootstrap.clone(),
-            Backend::KafkaMock(mock) => mock.bootstrap_servers(),
             _ => panic!("not a Kafka backend"),
         }
     }
@@ -140,17 +117,8 @@ impl Backend {
                 dir.path().join("data").display()
             ),
             Backend::Nats(nats) => nats_broker(&nats.url(), partitions),
-            // Two faults of Tansu 0.6.0, the Kafka-protocol broker these tests run on, are
-            // kept out of the picture (see docs/testing.md, "Tansu's faults"): a fetch from an offset inside a
-            // record batch skips the rest of that batch, so every record gets a batch of its
-            // own; and its cooperative rebalance hands a partition to a new member before the
-            // old one has revoked it, so the eager protocol is used.
             Backend::Kafka(bootstrap) => format!(
-                "  kind: kafka\n  kafka:\n    bootstrap_servers: \"{bootstrap}\"\n    partitions: {partitions}\n    properties: {{ partition.assignment.strategy: range, batch.num.messages: \"1\" }}\n"
-            ),
-            Backend::KafkaMock(mock) => format!(
-                "  kind: kafka\n  kafka: {{ bootstrap_servers: \"{}\", partitions: {partitions} }}\n",
-                mock.bootstrap_servers()
+                "  kind: kafka\n  kafka: {{ bootstrap_servers: \"{bootstrap}\", partitions: {partitions} }}\n"
             ),
         }
     }
@@ -179,7 +147,6 @@ impl FailingKey {
     /// `settings`: the subscription's YAML lines after its name, topics and URL.
     pub async fn start(backend: &Backend, partitions: u32, settings: &str) -> FailingKey {
         let topic = unique("orders");
-        backend.create_topics(&topic, partitions as i32);
         let receiver = Receiver::start().await;
         let a_fails = Arc::new(AtomicBool::new(true));
         receiver.fail_key_while("A", a_fails.clone());

@@ -1,6 +1,14 @@
-//! The Kafka tests' config: the Kafka-protocol broker scripts/test starts, four partitions.
+//! Kafka for the tests: the Apache Kafka node scripts/test starts (`HOOKBRIDGE_TEST_KAFKA`),
+//! and private nodes a test starts itself with listeners of its own (TLS, SASL), through
+//! the same `start_kafka` of scripts/tools.sh that starts the shared one.
 
-use super::{events_config, kafka_bootstrap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use super::{events_config, free_port, kafka_bootstrap};
 
 pub fn bootstrap() -> String {
     kafka_bootstrap()
@@ -10,4 +18,85 @@ pub fn config(bootstrap: &str, topic: &str, subs: &str) -> String {
     let broker =
         format!("  kind: kafka\n  kafka:\n    bootstrap_servers: {bootstrap}\n    partitions: 4\n");
     events_config(&broker, topic, subs)
+}
+
+/// A private Apache Kafka node (broker and KRaft controller in one process), killed when
+/// dropped. Its PLAINTEXT listener on 127.0.0.1 carries the node's own traffic; a test adds
+/// the listeners it wants to try in `extra.properties`.
+pub struct KafkaNode {
+    pub dir: tempfile::TempDir,
+    /// The PLAINTEXT listener's port.
+    pub port: u16,
+    pid: u32,
+}
+
+impl KafkaNode {
+    /// Starts a node whose server.properties get `extra` appended (later keys win; a
+    /// `listeners` line must keep `PLAINTEXT://127.0.0.1:{port}` and the controller's
+    /// `CONTROLLER://127.0.0.1:{controller}`, which [`KafkaNode::ports`] gives), with
+    /// `format_args` for its storage format (e.g. `--add-scram ...`). Returns once the
+    /// node answers on its PLAINTEXT listener.
+    pub fn start(extra: impl FnOnce(u16, u16) -> String, format_args: &[String]) -> KafkaNode {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, controller) = (free_port(), free_port());
+        std::fs::write(dir.path().join("extra.properties"), extra(port, controller)).unwrap();
+        let output = Command::new("bash")
+            .arg("-c")
+            .arg(r#"source scripts/tools.sh && start_kafka "$@""#)
+            .arg("start_kafka")
+            .arg(dir.path())
+            .arg(port.to_string())
+            .arg(controller.to_string())
+            .args(format_args)
+            .current_dir(repository())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "start_kafka failed (scripts/test installs Kafka): {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let pid = String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .unwrap();
+        let node = KafkaNode { dir, port, pid };
+        node.wait_until_serving();
+        node
+    }
+
+    /// The log the node wrote so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("kafka.log")).unwrap_or_default()
+    }
+
+    fn wait_until_serving(&self) {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", format!("127.0.0.1:{}", self.port))
+            .create()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while consumer
+            .fetch_metadata(None, Duration::from_secs(2))
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the Kafka node did not start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for KafkaNode {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+    }
+}
+
+/// The repository's root, where scripts/tools.sh is.
+fn repository() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
 }

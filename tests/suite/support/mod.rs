@@ -343,12 +343,11 @@ pub fn http_client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
 }
 
-/// The Kafka-protocol broker the test command started (HOOKBRIDGE_TEST_KAFKA). A missing
+/// The Apache Kafka node the test command started (HOOKBRIDGE_TEST_KAFKA). A missing
 /// broker fails the test: it never skips.
 pub fn kafka_bootstrap() -> String {
-    let addr = std::env::var("HOOKBRIDGE_TEST_KAFKA").expect(
-        "HOOKBRIDGE_TEST_KAFKA is not set: run scripts/test, which starts a Kafka-protocol broker",
-    );
+    let addr = std::env::var("HOOKBRIDGE_TEST_KAFKA")
+        .expect("HOOKBRIDGE_TEST_KAFKA is not set: run scripts/test, which starts Apache Kafka");
     std::net::TcpStream::connect_timeout(&addr.parse().expect("host:port"), Duration::from_secs(3))
         .unwrap_or_else(|e| panic!("the Kafka broker at {addr} is not reachable: {e}"));
     addr

@@ -13,6 +13,13 @@ use hookbridge::broker::nats::stream_name;
 use super::receiver::{Receiver, Reply};
 use super::{events_config, free_port, nats_broker, unique};
 
+/// The nats-server the tests run: `HOOKBRIDGE_NATS_SERVER` (scripts/test sets a current
+/// release there, and Debian's 2.9.10 for the oldest supported version's run), else the
+/// one on PATH.
+pub fn nats_server_binary() -> String {
+    std::env::var("HOOKBRIDGE_NATS_SERVER").unwrap_or_else(|_| "nats-server".into())
+}
+
 /// A private nats-server with JetStream on a free port and a temporary store, so a test can
 /// stop and restart it. The binary must be installed (scripts/test does): a missing one
 /// fails the test.
@@ -58,7 +65,7 @@ impl NatsServer {
     /// Starts the server (again) on the same port and store.
     pub fn restart(&mut self) {
         self.kill();
-        let child = Command::new("nats-server")
+        let child = Command::new(nats_server_binary())
             .args([
                 "-a",
                 "127.0.0.1",
