@@ -71,22 +71,118 @@ impl KafkaNode {
     }
 
     fn wait_until_serving(&self) {
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", format!("127.0.0.1:{}", self.port))
-            .create()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while consumer
-            .fetch_metadata(None, Duration::from_secs(2))
-            .is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the Kafka node did not start:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
+        wait_until_serving(self.port, || self.log());
+    }
+}
+
+/// Three Apache Kafka nodes (each broker and controller), for tests that need a partition's
+/// leader to move; every node killed when dropped.
+pub struct KafkaCluster {
+    pub dir: tempfile::TempDir,
+    base: u16,
+    pub bootstrap: String,
+}
+
+impl KafkaCluster {
+    /// Starts the three nodes (`start_kafka_cluster` of scripts/tools.sh) on six free
+    /// consecutive ports; returns once every node answers.
+    pub fn start() -> KafkaCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let base = free_ports(6);
+        let cluster = KafkaCluster {
+            bootstrap: (0..3)
+                .map(|n| format!("127.0.0.1:{}", base + n))
+                .collect::<Vec<_>>()
+                .join(","),
+            dir,
+            base,
+        };
+        cluster.start_stopped_nodes();
+        cluster
+    }
+
+    /// Starts the nodes that are not running (all of them at first, a killed one later),
+    /// and waits until every node answers.
+    pub fn start_stopped_nodes(&self) {
+        tools(&format!(
+            "start_kafka_cluster {} {}",
+            self.dir.path().display(),
+            self.base
+        ));
+        for n in 0..3 {
+            wait_until_serving(self.base + n, || self.log(n as usize + 1));
         }
+    }
+
+    /// Kills node `n` (1 to 3) with SIGKILL.
+    pub fn kill(&self, n: usize) {
+        let pid = std::fs::read_to_string(self.node(n).join("kafka.pid")).unwrap();
+        unsafe { libc::kill(pid.trim().parse().unwrap(), libc::SIGKILL) };
+    }
+
+    fn node(&self, n: usize) -> PathBuf {
+        self.dir.path().join(format!("node{n}"))
+    }
+
+    fn log(&self, n: usize) -> String {
+        std::fs::read_to_string(self.node(n).join("kafka.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for KafkaCluster {
+    fn drop(&mut self) {
+        for n in 1..=3 {
+            self.kill(n);
+        }
+    }
+}
+
+/// Runs `command` after sourcing scripts/tools.sh; its standard output.
+fn tools(command: &str) -> String {
+    let output = Command::new("bash")
+        .arg("-c")
+        .arg(format!("source scripts/tools.sh && {command}"))
+        .current_dir(repository())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "`{command}` failed (scripts/test installs Kafka): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The first of `n` consecutive free ports.
+fn free_ports(n: u16) -> u16 {
+    loop {
+        let base = free_port();
+        let listeners: Vec<_> = (0..n)
+            .map_while(|i| std::net::TcpListener::bind(("127.0.0.1", base.checked_add(i)?)).ok())
+            .collect();
+        if listeners.len() == n as usize {
+            return base;
+        }
+    }
+}
+
+/// Waits until the Kafka node on `port` answers a metadata request.
+fn wait_until_serving(port: u16, log: impl Fn() -> String) {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", format!("127.0.0.1:{port}"))
+        .create()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while consumer
+        .fetch_metadata(None, Duration::from_secs(2))
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the Kafka node on {port} did not start:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
