@@ -322,9 +322,11 @@ def exported_metric_names():
     suffixes OpenMetrics gives them (counters `_total`, units, histograms' parts)."""
     source = (ROOT / "src" / "metrics.rs").read_text()
     names = set()
-    for match in re.finditer(r'r\.register(_with_unit)?\(\s*"([a-z_]+)"(.*?)\);', source, re.S):
+    # Each series is registered as `add(r, "name", ...)`, or `add_seconds(r, ...)` for one
+    # counted in seconds.
+    for match in re.finditer(r'\badd(_seconds)?\(\s*r,\s*"([a-z_]+)"', source):
         name = "hookbridge_" + match.group(2)
-        if "Unit::Seconds" in match.group(3):
+        if match.group(1):
             name += "_seconds"
         names |= {name, name + "_total", name + "_bucket", name + "_sum", name + "_count"}
     return names
