@@ -3,7 +3,7 @@
 //! (draining), or go to the subscriber again (unparked). Stored with every commit of the
 //! partition as 64-bit digests, at most `MAX_PARKED`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,6 +15,9 @@ use crate::broker::{Completion, Receipt};
 #[derive(Debug, Default)]
 pub struct ParkedKeys {
     keys: HashMap<u64, Parked>,
+    /// Keys whose event on its way may park (a place is kept for each, so that the parked
+    /// set never outgrows what a commit can store).
+    reserved: HashSet<Bytes>,
 }
 
 #[derive(Debug)]
@@ -58,6 +61,7 @@ impl ParkedKeys {
                 .iter()
                 .map(|p| (p.key, Parked::new(None, p.partition, p.last)))
                 .collect(),
+            reserved: HashSet::new(),
         }
     }
 
@@ -70,8 +74,21 @@ impl ParkedKeys {
     }
 
     /// Whether another key may be parked.
-    pub fn has_room(&self) -> bool {
-        self.keys.len() < MAX_PARKED
+    /// Keeps a place for `key`, whose next event may park, if there is one: the keys
+    /// parked and those with a place kept are never more than `MAX_PARKED`. False when the
+    /// set is full: the key's event then retries in place, however long it fails.
+    pub fn reserve(&mut self, key: &Bytes) -> bool {
+        if self.keys.len() + self.reserved.len() >= MAX_PARKED {
+            return false;
+        }
+        self.reserved.insert(key.clone());
+        true
+    }
+
+    /// The key's event is done (delivered, dead-lettered, parked or abandoned): its kept
+    /// place is given back; a parked key holds its place in the set from now on.
+    pub fn release(&mut self, key: &Bytes) {
+        self.reserved.remove(key);
     }
 
     /// Whether `key` is parked: its events go to the parking topic, or wait while it

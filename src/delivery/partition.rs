@@ -247,6 +247,9 @@ impl Worker {
     /// An event finished its lane: counted done (a parked one recorded as parked), and the
     /// lane's next event starts only now (per-key order).
     fn on_lane_finished(&mut self, (lane, offset, outcome): Finished) {
+        if let LaneKey::Key(key) = &lane {
+            self.parked.release(key);
+        }
         if outcome == Outcome::Abandoned {
             return;
         }
@@ -269,8 +272,9 @@ impl Worker {
         };
         // A draining key's events wait in `Lanes`, so a parked one started here forwards.
         let forward = key.is_some_and(|key| self.parked.contains(key));
-        let park_after =
-            (key.is_some() && self.parked.has_room()).then(|| self.sub.settings().park_after);
+        // An event may park only with a place kept for its key in the parked set.
+        let may_park = key.is_some_and(|key| !forward && self.parked.reserve(key));
+        let park_after = may_park.then(|| self.sub.settings().park_after);
         let (sub, stop) = (self.sub.clone(), self.lanes.stop_token());
         self.lanes.run(async move {
             let outcome = if forward {

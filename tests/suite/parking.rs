@@ -325,3 +325,76 @@ async fn nats_a_parked_key_recovers_in_order_while_its_events_keep_arriving() {
 async fn kafka_a_parked_key_recovers_in_order_while_its_events_keep_arriving() {
     a_parked_key_recovers_in_order_while_its_events_keep_arriving(Backend::kafka()).await;
 }
+
+/// 150 keys fail at once, more than a partition's stored parked set holds (64): the ones
+/// that park are remembered across a graceful restart, the others wait in place, and every
+/// key's events still arrive in publish order once the receiver recovers, those posted after
+/// the restart included.
+async fn more_keys_fail_at_once_than_the_parked_set_holds(backend: Backend) {
+    const KEYS: u64 = 150;
+    let topic = unique("shard");
+    let receiver = Receiver::start().await;
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let fails = failing.clone();
+    receiver.answer(move |_, body| {
+        let body: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        let key = body["key"].as_str().unwrap_or_default();
+        if key.starts_with('f') && fails.load(std::sync::atomic::Ordering::Relaxed) {
+            Reply::status(503)
+        } else {
+            Reply::status(200)
+        }
+    });
+    let subs = format!(
+        "  - name: {topic}\n    topics: [{topic}]\n    url: {}\n    max_in_flight: 256\n{PARK_QUICKLY}",
+        receiver.url
+    );
+    let config = events_config(&backend.broker(1), &topic, &subs);
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Hookbridge::start(dir.path(), &config);
+    // Two events of each failing key, then events of healthy keys.
+    let round = |r: u64| (0..KEYS).map(move |k| (format!("f{k}"), r * KEYS + k));
+    let events: Vec<(String, u64)> = round(0).chain(round(1)).collect();
+    let ingresses = Arc::new(std::sync::Mutex::new(vec![server.ingress.clone()]));
+    post_events(ingresses, events, 16, Duration::ZERO).await;
+    // Failing for longer than park_after: the keys that may park have parked, as many as
+    // the stored set holds.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let parked = server.log_text().matches("parking it").count();
+    assert!(
+        (1..=64).contains(&parked),
+        "{parked} keys parked; the stored set holds 64"
+    );
+    assert!(server.terminate().success(), "SIGTERM: clean exit");
+    let restarted_dir = tempfile::tempdir().unwrap();
+    let restarted = match &backend {
+        Backend::Embedded(_) => Hookbridge::start(dir.path(), &config),
+        _ => Hookbridge::start(restarted_dir.path(), &config),
+    };
+    // A third event of each key after the restart; then the receiver recovers.
+    let ingresses = Arc::new(std::sync::Mutex::new(vec![restarted.ingress.clone()]));
+    post_events(ingresses, round(2).collect(), 16, Duration::ZERO).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    failing.store(false, std::sync::atomic::Ordering::Relaxed);
+    receiver
+        .wait_for("every event", Duration::from_secs(120), |r| {
+            all_delivered(r, 0..3 * KEYS)
+        })
+        .await;
+    support::receiver::assert_first_deliveries_in_order(&receiver.received());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_more_keys_fail_at_once_than_the_parked_set_holds() {
+    more_keys_fail_at_once_than_the_parked_set_holds(Backend::embedded()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_more_keys_fail_at_once_than_the_parked_set_holds() {
+    more_keys_fail_at_once_than_the_parked_set_holds(Backend::nats()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_more_keys_fail_at_once_than_the_parked_set_holds() {
+    more_keys_fail_at_once_than_the_parked_set_holds(Backend::kafka()).await;
+}
