@@ -35,10 +35,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::commit::{self, COMMIT_INTERVAL, CommitTracker, Committing, PendingCommit};
 use super::event::Event;
-use super::lane::{self, Outcome};
+use super::lane;
 use super::lanes::{Finished, LaneKey, Lanes};
 use super::parked_keys::{ParkedKeys, Review};
-use super::release::{self, Ending, FINAL_COMMIT_FOR, Handback};
+use super::release::{self, Ending, FINAL_COMMIT_FOR, Handback, Settled};
 use super::runtime::SubscriptionRuntime;
 use super::status::PartitionRow;
 use super::{parking, resend};
@@ -246,18 +246,13 @@ impl Worker {
 
     /// An event finished its lane: counted done (a parked one recorded as parked), and the
     /// lane's next event starts only now (per-key order).
-    fn on_lane_finished(&mut self, (lane, offset, outcome): Finished) {
-        if let LaneKey::Key(key) = &lane {
-            self.parked.release(key);
+    fn on_lane_finished(&mut self, finished: Finished) {
+        match release::settle(&mut self.tracker, &mut self.parked, &finished) {
+            Settled::Abandoned => return,
+            Settled::Parked => self.reports.parked.set(self.parked.len() as i64),
+            Settled::Done => {}
         }
-        if outcome == Outcome::Abandoned {
-            return;
-        }
-        if let (Outcome::Parked(receipt), LaneKey::Key(key)) = (outcome, &lane) {
-            self.parked.sent(key, receipt);
-            self.parked_changed();
-        }
-        self.tracker.done(offset);
+        let lane = finished.0;
         if let Some(next) = self.lanes.next_in(&lane) {
             self.start_event(lane, next);
         }
@@ -381,6 +376,7 @@ impl Worker {
             tenure,
             lanes,
             tracker,
+            parked,
             committing,
             reports,
             ..
@@ -392,6 +388,7 @@ impl Worker {
             tenure,
             lanes,
             tracker,
+            parked,
             committing,
         };
         release::release(&sub, handback, ending).await;

@@ -12,7 +12,8 @@ use tokio::sync::watch;
 
 use super::commit::{self, CommitTracker, Committing};
 use super::lane::Outcome;
-use super::lanes::Lanes;
+use super::lanes::{Finished, LaneKey, Lanes};
+use super::parked_keys::ParkedKeys;
 use super::runtime::SubscriptionRuntime;
 use crate::broker::{PartitionStream, Tenure};
 
@@ -39,6 +40,8 @@ pub struct Handback {
     pub tenure: watch::Receiver<Tenure>,
     pub lanes: Lanes,
     pub tracker: CommitTracker,
+    /// The parked keys: an event on its way may still park.
+    pub parked: ParkedKeys,
     /// A commit still on its way.
     pub committing: Option<Committing>,
 }
@@ -50,6 +53,7 @@ pub async fn release(sub: &SubscriptionRuntime, handback: Handback, ending: Endi
         tenure,
         mut lanes,
         mut tracker,
+        mut parked,
         committing,
     } = handback;
     let (topic, partition) = (stream.topic.clone(), stream.partition);
@@ -62,7 +66,7 @@ pub async fn release(sub: &SubscriptionRuntime, handback: Handback, ending: Endi
     if let Some(fence) = tenure.borrow().held_until() {
         deadline = deadline.min(fence);
     }
-    finish_on_the_wire(&mut lanes, &mut tracker, deadline).await;
+    finish_on_the_wire(&mut lanes, &mut tracker, &mut parked, deadline).await;
     // Whatever is still on its way now is cut off: after a fence it must not go on.
     let abandoned = lanes.on_their_way();
     drop(lanes);
@@ -77,17 +81,56 @@ pub async fn release(sub: &SubscriptionRuntime, handback: Handback, ending: Endi
 
 /// Lets the attempts on the wire finish until `deadline`; each lane has one event on its
 /// way, and those that stopped at a wait come back abandoned at once.
-async fn finish_on_the_wire(lanes: &mut Lanes, tracker: &mut CommitTracker, deadline: Instant) {
+async fn finish_on_the_wire(
+    lanes: &mut Lanes,
+    tracker: &mut CommitTracker,
+    parked: &mut ParkedKeys,
+    deadline: Instant,
+) {
     while lanes.on_their_way() > 0 {
         tokio::select! {
-            (_, offset, outcome) = lanes.finished() => {
-                if outcome != Outcome::Abandoned {
-                    tracker.done(offset);
-                }
+            finished = lanes.finished() => {
+                settle(tracker, parked, &finished);
             }
             _ = tokio::time::sleep_until(deadline.into()) => break,
         }
     }
+}
+
+/// What an event that finished its lane did to the partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Stopped before it was done: not counted, redelivered by the next owner.
+    Abandoned,
+    /// Delivered or dead-lettered.
+    Done,
+    /// Sent to the parking topic: its key is parked.
+    Parked,
+}
+
+/// Counts a finished event, while the worker runs and while it lets go alike: its key's
+/// kept place in the parked set is given back; a parked event is recorded as parked (it
+/// goes with the next commit) before it counts as done, so that no commit says it is done
+/// without saying its key is parked; an abandoned one is not counted.
+pub fn settle(
+    tracker: &mut CommitTracker,
+    parked: &mut ParkedKeys,
+    (lane, offset, outcome): &Finished,
+) -> Settled {
+    if let LaneKey::Key(key) = lane {
+        parked.release(key);
+    }
+    let settled = match (outcome, lane) {
+        (Outcome::Abandoned, _) => return Settled::Abandoned,
+        (Outcome::Parked(receipt), LaneKey::Key(key)) => {
+            parked.sent(key, *receipt);
+            tracker.set_parked(parked.snapshot());
+            Settled::Parked
+        }
+        _ => Settled::Done,
+    };
+    tracker.done(*offset);
+    settled
 }
 
 /// Commits what is done, a commit still on its way first, so that commits reach the broker
