@@ -24,7 +24,10 @@ impl Hookbridge {
             .arg(&path)
             .env(
                 "RUST_LOG",
-                verbose.as_deref().unwrap_or("warn,hookbridge::server=info"),
+                // `info`, not `warn,hookbridge::server=info`: under the latter, on Kafka, the
+                // line the harness waits for was seen dropped (a per-layer filter's state
+                // left behind by librdkafka's `log_enabled!` checks on the same thread).
+                verbose.as_deref().unwrap_or("info"),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
