@@ -10,6 +10,7 @@ use super::attempt::{AttemptResult, attempt};
 use super::breaker::BreakerState;
 use super::dead_letter::{self, Failure};
 use super::event::Event;
+use super::parked_keys::ParkingRoom;
 use super::runtime::SubscriptionRuntime;
 use super::{parking, payload};
 use crate::broker::Receipt;
@@ -28,7 +29,15 @@ pub enum Outcome {
     Abandoned,
 }
 
-/// Delivers `event`, retrying it in place. With `park_after`, an event still failing that
+/// When an event may park: once it has failed for `after`, if it can take a place in its
+/// partition's parked set (see `ParkingRoom`); without one it retries in place and asks
+/// again at its next failure.
+pub struct Parking {
+    pub after: Duration,
+    pub room: ParkingRoom,
+}
+
+/// Delivers `event`, retrying it in place. With `parking`, an event still failing that
 /// long after its first failure is parked instead of retried further here.
 ///
 /// One CONSUMER span per event, a child of the ingress span whose context the envelope
@@ -37,7 +46,7 @@ pub async fn deliver(
     sub: &SubscriptionRuntime,
     event: &Event,
     stop: &CancellationToken,
-    park_after: Option<Duration>,
+    parking: Option<Parking>,
 ) -> Outcome {
     let record = &event.record;
     let span = tracing::info_span!(
@@ -55,7 +64,7 @@ pub async fn deliver(
     if !event.traceparent.is_empty() && !span.is_disabled() {
         let _ = span.set_parent(tracecontext::from_traceparent(&event.traceparent));
     }
-    deliver_in_span(sub, event, stop, park_after)
+    deliver_in_span(sub, event, stop, parking)
         .instrument(span)
         .await
 }
@@ -64,7 +73,7 @@ async fn deliver_in_span(
     sub: &SubscriptionRuntime,
     event: &Event,
     stop: &CancellationToken,
-    park_after: Option<Duration>,
+    parking: Option<Parking>,
 ) -> Outcome {
     if let Some(reason) = &event.undeliverable {
         let failure = Failure {
@@ -162,9 +171,19 @@ async fn deliver_in_span(
             .retry
             .next_delay(attempts, event.received_at, retry_after)
         {
-            Some(_) if park_after.is_some_and(|after| failing_for >= after) => {
+            Some(_)
+                if parking
+                    .as_ref()
+                    .is_some_and(|p| failing_for >= p.after && p.room.take()) =>
+            {
                 tracing::info!(subscription = %sub.name, id = %event.id, attempts, ?failing_for, "key still failing; parking it");
-                return park(sub, event, attempts, stop).await;
+                let outcome = park(sub, event, attempts, stop).await;
+                if outcome == Outcome::Abandoned
+                    && let Some(parking) = &parking
+                {
+                    parking.room.give_back(1);
+                }
+                return outcome;
             }
             Some(delay) => {
                 tokio::select! {

@@ -3,7 +3,9 @@
 //! (draining), or go to the subscriber again (unparked). Stored with every commit of the
 //! partition as 64-bit digests, at most `MAX_PARKED`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,9 +17,38 @@ use crate::broker::{Completion, Receipt};
 #[derive(Debug, Default)]
 pub struct ParkedKeys {
     keys: HashMap<u64, Parked>,
-    /// Keys whose event on its way may park (a place is kept for each, so that the parked
-    /// set never outgrows what a commit can store).
-    reserved: HashSet<Bytes>,
+    /// The places taken in the set: its keys, and events that decided to park and have
+    /// not come back yet. Shared with the lanes, which take a place when they park.
+    room: ParkingRoom,
+}
+
+/// The places in a partition's parked set, `MAX_PARKED` in all, so that the set never
+/// outgrows what a commit stores. A lane takes one at the moment its event parks (not
+/// before: a key that may never fail holds none); a key that finds none retries in place
+/// and tries again at its next failure.
+#[derive(Debug, Clone, Default)]
+pub struct ParkingRoom {
+    taken: Arc<AtomicUsize>,
+}
+
+impl ParkingRoom {
+    /// Takes a place; false when every place is taken.
+    pub fn take(&self) -> bool {
+        self.taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
+                (taken < MAX_PARKED).then_some(taken + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives `n` places back: keys unparked, or an event that took one and did not park.
+    pub fn give_back(&self, n: usize) {
+        let _ = self
+            .taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
+                Some(taken.saturating_sub(n))
+            });
+    }
 }
 
 #[derive(Debug)]
@@ -61,7 +92,9 @@ impl ParkedKeys {
                 .iter()
                 .map(|p| (p.key, Parked::new(None, p.partition, p.last)))
                 .collect(),
-            reserved: HashSet::new(),
+            room: ParkingRoom {
+                taken: Arc::new(AtomicUsize::new(parked.len())),
+            },
         }
     }
 
@@ -73,22 +106,9 @@ impl ParkedKeys {
         self.keys.len()
     }
 
-    /// Whether another key may be parked.
-    /// Keeps a place for `key`, whose next event may park, if there is one: the keys
-    /// parked and those with a place kept are never more than `MAX_PARKED`. False when the
-    /// set is full: the key's event then retries in place, however long it fails.
-    pub fn reserve(&mut self, key: &Bytes) -> bool {
-        if self.keys.len() + self.reserved.len() >= MAX_PARKED {
-            return false;
-        }
-        self.reserved.insert(key.clone());
-        true
-    }
-
-    /// The key's event is done (delivered, dead-lettered, parked or abandoned): its kept
-    /// place is given back; a parked key holds its place in the set from now on.
-    pub fn release(&mut self, key: &Bytes) {
-        self.reserved.remove(key);
+    /// The set's places, for the lanes: an event parks only with a place taken.
+    pub fn room(&self) -> ParkingRoom {
+        self.room.clone()
     }
 
     /// Whether `key` is parked: its events go to the parking topic, or wait while it
@@ -111,7 +131,8 @@ impl ParkedKeys {
         Some(parked)
     }
 
-    /// `key`'s event went to the parking topic at `receipt`. A key parked already keeps
+    /// `key`'s event went to the parking topic at `receipt`; a key not parked yet fills the
+    /// place its event took (`ParkingRoom::take`). A key parked already keeps
     /// what the reviews learnt about it: a key whose events keep coming is forwarding all
     /// the time, and would otherwise never be seen making progress there, so never drain.
     pub fn sent(&mut self, key: &Bytes, receipt: Receipt) {
@@ -150,12 +171,14 @@ impl ParkedKeys {
         patience: Duration,
     ) -> Review {
         let mut review = Review::default();
+        let mut unparked = 0;
         self.keys.retain(|_, p| {
             if p.partition != partition || p.key.as_ref().is_some_and(&busy) {
                 return true;
             }
             if done.is_done(p.last) {
                 review.unparked.extend(p.key.clone());
+                unparked += 1;
                 return false;
             }
             match p.draining_since {
@@ -171,6 +194,7 @@ impl ParkedKeys {
             p.seen_last = Some(p.last);
             true
         });
+        self.room.give_back(unparked);
         review
     }
 
@@ -206,6 +230,7 @@ mod tests {
         let key = Bytes::from_static(b"A");
         let idle = |_: &Bytes| false;
         let mut parked = ParkedKeys::default();
+        assert!(parked.room().take(), "a place for A");
         parked.sent(&key, receipt(10));
         // First look: nothing done there yet.
         parked.review(0, &Completion::at(0), idle, Duration::from_secs(60));
@@ -226,5 +251,21 @@ mod tests {
         let review = parked.review(0, &Completion::at(13), idle, Duration::from_secs(60));
         assert_eq!(review.unparked, vec![key.clone()]);
         assert!(!parked.contains(&key));
+    }
+
+    #[test]
+    fn the_parked_set_has_max_parked_places_given_back_when_keys_unpark() {
+        let mut parked = ParkedKeys::default();
+        let room = parked.room();
+        for n in 0..MAX_PARKED as u64 {
+            assert!(room.take(), "place {n}");
+            parked.sent(&Bytes::from(n.to_string()), receipt(n));
+        }
+        assert!(!room.take(), "every place is taken");
+        let idle = |_: &Bytes| false;
+        let review = parked.review(0, &Completion::at(1), idle, Duration::from_secs(60));
+        assert_eq!(review.unparked, vec![Bytes::from("0")]);
+        assert!(room.take(), "an unparked key's place is free again");
+        assert!(!room.take());
     }
 }

@@ -267,15 +267,16 @@ impl Worker {
         };
         // A draining key's events wait in `Lanes`, so a parked one started here forwards.
         let forward = key.is_some_and(|key| self.parked.contains(key));
-        // An event may park only with a place kept for its key in the parked set.
-        let may_park = key.is_some_and(|key| !forward && self.parked.reserve(key));
-        let park_after = may_park.then(|| self.sub.settings().park_after);
+        let parking = (key.is_some() && !forward).then(|| lane::Parking {
+            after: self.sub.settings().park_after,
+            room: self.parked.room(),
+        });
         let (sub, stop) = (self.sub.clone(), self.lanes.stop_token());
         self.lanes.run(async move {
             let outcome = if forward {
                 lane::park(&sub, &event, event.prior_attempts, &stop).await
             } else {
-                lane::deliver(&sub, &event, &stop, park_after).await
+                lane::deliver(&sub, &event, &stop, parking).await
             };
             (lane, event.record.offset, outcome)
         });

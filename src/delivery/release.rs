@@ -108,18 +108,15 @@ pub enum Settled {
     Parked,
 }
 
-/// Counts a finished event, while the worker runs and while it lets go alike: its key's
-/// kept place in the parked set is given back; a parked event is recorded as parked (it
-/// goes with the next commit) before it counts as done, so that no commit says it is done
-/// without saying its key is parked; an abandoned one is not counted.
+/// Counts a finished event, while the worker runs and while it lets go alike: a parked
+/// event is recorded as parked (it goes with the next commit) before it counts as done, so
+/// that no commit says it is done without saying its key is parked; an abandoned one is
+/// not counted.
 pub fn settle(
     tracker: &mut CommitTracker,
     parked: &mut ParkedKeys,
     (lane, offset, outcome): &Finished,
 ) -> Settled {
-    if let LaneKey::Key(key) = lane {
-        parked.release(key);
-    }
     let settled = match (outcome, lane) {
         (Outcome::Abandoned, _) => return Settled::Abandoned,
         (Outcome::Parked(receipt), LaneKey::Key(key)) => {
