@@ -155,6 +155,7 @@ fn topic_names(
             .fetch_metadata(None, Duration::from_secs(1))
         {
             Ok(metadata) => {
+                refusals.clear();
                 return Ok(metadata
                     .topics()
                     .iter()

@@ -31,6 +31,12 @@ impl RefusalWatch {
             .clone()
             .map(BrokerError::Rejected)
     }
+
+    /// Forgets the refusal seen: the broker answered since (a handshake refused while a
+    /// broker restarted is not a reason to refuse a later reload).
+    pub fn clear(&self) {
+        *self.refusal.lock().expect("refusal lock") = None;
+    }
 }
 
 /// Whether librdkafka's reason is an alert the broker's TLS sent (OpenSSL writes it as
