@@ -1,6 +1,8 @@
-# Tools the chart and image tests need, installed once per machine under
-# ~/.cache/hookbridge-tools (or $HOOKBRIDGE_TOOLS). Sourced by scripts/chart-test and
-# scripts/image-smoke; each function prints the path of what it installed.
+# Tools the tests and benchmarks need, installed once per machine under
+# ~/.cache/hookbridge-tools (or $HOOKBRIDGE_TOOLS): Helm and kubernetes-validate for the
+# chart, Apache Kafka and a current nats-server for the suite and the benchmarks. Sourced
+# by scripts/test, scripts/chart-test, scripts/image-smoke, scripts/bench*; each ensure_*
+# prints the path of what it installed.
 
 tools=${HOOKBRIDGE_TOOLS:-$HOME/.cache/hookbridge-tools}
 mkdir -p "$tools"
@@ -193,7 +195,9 @@ _kafka_format() {
   local dir=$1 cluster_id=$2
   shift 2
   [ ! -f "$dir/data/meta.properties" ] || return 0
-  kafka_run kafka.tools.StorageTool format -t "$cluster_id" -c "$dir/server.properties" "$@" \
+  # `--cluster-id=ID` in one word: a random id may start with `-`, which the tool would
+  # take for an option.
+  kafka_run kafka.tools.StorageTool format --cluster-id="$cluster_id" -c "$dir/server.properties" "$@" \
     >"$dir/format.log" 2>&1 || { cat "$dir/format.log" >&2; return 1; }
 }
 
@@ -319,9 +323,15 @@ ensure_nats_server() {
   local dir="$tools/nats-server-$NATS_SERVER_VERSION"
   local bin="$dir/nats-server"
   if [ ! -x "$bin" ] || ! "$bin" --version 2>/dev/null | grep -q "${NATS_SERVER_VERSION#v}\$"; then
+    # Go is not always on a non-interactive shell's PATH (the machine's go lives in
+    # /usr/local/go); Debian's golang is too old for a current nats-server.
+    local go
+    go=$(command -v go || echo /usr/local/go/bin/go)
+    [ -x "$go" ] || { echo "go not found (install Go 1.23 or newer)" >&2; return 1; }
     echo "==> building nats-server $NATS_SERVER_VERSION with go install" >&2
     mkdir -p "$dir"
-    GOBIN="$dir" GOFLAGS=-buildvcs=false go install "github.com/nats-io/nats-server/v2@$NATS_SERVER_VERSION" >&2
+    GOBIN="$dir" GOFLAGS=-buildvcs=false "$go" install "github.com/nats-io/nats-server/v2@$NATS_SERVER_VERSION" >&2 || return 1
+    [ -x "$bin" ] || { echo "go install did not leave $bin" >&2; return 1; }
   fi
   echo "$bin"
 }

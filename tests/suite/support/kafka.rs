@@ -33,7 +33,7 @@ pub struct KafkaNode {
 impl KafkaNode {
     /// Starts a node whose server.properties get `extra` appended (later keys win; a
     /// `listeners` line must keep `PLAINTEXT://127.0.0.1:{port}` and the controller's
-    /// `CONTROLLER://127.0.0.1:{controller}`, which [`KafkaNode::ports`] gives), with
+    /// `CONTROLLER://127.0.0.1:{controller}`, the two ports `extra` is given), with
     /// `format_args` for its storage format (e.g. `--add-scram ...`). Returns once the
     /// node answers on its PLAINTEXT listener.
     pub fn start(extra: impl FnOnce(u16, u16) -> String, format_args: &[String]) -> KafkaNode {
@@ -112,12 +112,29 @@ impl KafkaCluster {
         for n in 0..3 {
             wait_until_serving(self.base + n, || self.log(n as usize + 1));
         }
+        // A node answers before the controller has let it in: topics with replication
+        // factor 3 need all three registered.
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while consumer
+            .fetch_metadata(None, Duration::from_secs(2))
+            .map_or(0, |m| m.brokers().len())
+            < 3
+        {
+            assert!(Instant::now() < deadline, "three brokers registered");
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
-    /// Kills node `n` (1 to 3) with SIGKILL.
+    /// Kills node `n` (1 to 3) with SIGKILL, if it was started.
     pub fn kill(&self, n: usize) {
-        let pid = std::fs::read_to_string(self.node(n).join("kafka.pid")).unwrap();
-        unsafe { libc::kill(pid.trim().parse().unwrap(), libc::SIGKILL) };
+        let pid = std::fs::read_to_string(self.node(n).join("kafka.pid"));
+        if let Some(pid) = pid.ok().and_then(|pid| pid.trim().parse().ok()) {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
     }
 
     fn node(&self, n: usize) -> PathBuf {
