@@ -49,9 +49,12 @@ impl Hookbridge {
                 }
             }
         });
-        let ingress = rx
-            .recv_timeout(Duration::from_secs(30))
-            .map_err(|_| anyhow::anyhow!("hookbridge did not start (config {})", path.display()))?;
+        let Ok(ingress) = rx.recv_timeout(Duration::from_secs(30)) else {
+            // Not left running behind the next scenario.
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("hookbridge did not start (config {})", path.display());
+        };
         Ok(Hookbridge {
             child,
             ingress: format!("http://{ingress}"),
