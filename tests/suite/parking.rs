@@ -366,11 +366,9 @@ async fn more_keys_fail_at_once_than_the_parked_set_holds(backend: Backend) {
         "{parked} keys parked; the stored set holds 64"
     );
     assert!(server.terminate().success(), "SIGTERM: clean exit");
+    // The embedded log lives in the backend's directory, not the replica's.
     let restarted_dir = tempfile::tempdir().unwrap();
-    let restarted = match &backend {
-        Backend::Embedded(_) => Hookbridge::start(dir.path(), &config),
-        _ => Hookbridge::start(restarted_dir.path(), &config),
-    };
+    let restarted = Hookbridge::start(restarted_dir.path(), &config);
     // A third event of each key after the restart; then the receiver recovers.
     let ingresses = Arc::new(std::sync::Mutex::new(vec![restarted.ingress.clone()]));
     post_events(ingresses, round(2).collect(), 16, Duration::ZERO).await;
@@ -462,10 +460,7 @@ async fn a_park_during_release_is_kept(backend: Backend) {
     );
     failing.store(false, std::sync::atomic::Ordering::Relaxed);
     let restarted_dir = tempfile::tempdir().unwrap();
-    let _restarted = match &backend {
-        Backend::Embedded(_) => Hookbridge::start(dir.path(), &config),
-        _ => Hookbridge::start(restarted_dir.path(), &config),
-    };
+    let _restarted = Hookbridge::start(restarted_dir.path(), &config);
     receiver
         .wait_for("both of A's events", Duration::from_secs(60), |r| {
             all_delivered(r, 0..2)

@@ -40,26 +40,13 @@ impl KafkaNode {
         let dir = tempfile::tempdir().unwrap();
         let (port, controller) = (free_port(), free_port());
         std::fs::write(dir.path().join("extra.properties"), extra(port, controller)).unwrap();
-        let output = Command::new("bash")
-            .arg("-c")
-            .arg(r#"source scripts/tools.sh && start_kafka "$@""#)
-            .arg("start_kafka")
-            .arg(dir.path())
-            .arg(port.to_string())
-            .arg(controller.to_string())
-            .args(format_args)
-            .current_dir(repository())
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "start_kafka failed (scripts/test installs Kafka): {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let pid = String::from_utf8_lossy(&output.stdout)
-            .trim()
-            .parse()
-            .unwrap();
+        let mut args = vec![
+            dir.path().display().to_string(),
+            port.to_string(),
+            controller.to_string(),
+        ];
+        args.extend_from_slice(format_args);
+        let pid = tools("start_kafka", &args).trim().parse().unwrap();
         let node = KafkaNode { dir, port, pid };
         node.wait_until_serving();
         node
@@ -104,11 +91,10 @@ impl KafkaCluster {
     /// Starts the nodes that are not running (all of them at first, a killed one later),
     /// and waits until every node answers.
     pub fn start_stopped_nodes(&self) {
-        tools(&format!(
-            "start_kafka_cluster {} {}",
-            self.dir.path().display(),
-            self.base
-        ));
+        tools(
+            "start_kafka_cluster",
+            &[self.dir.path().display().to_string(), self.base.to_string()],
+        );
         for n in 0..3 {
             wait_until_serving(self.base + n, || self.log(n as usize + 1));
         }
@@ -154,17 +140,21 @@ impl Drop for KafkaCluster {
     }
 }
 
-/// Runs `command` after sourcing scripts/tools.sh; its standard output.
-fn tools(command: &str) -> String {
+/// Runs `function` of scripts/tools.sh with `args` (passed as they are, unquoted by no
+/// shell); its standard output.
+fn tools(function: &str, args: &[String]) -> String {
     let output = Command::new("bash")
         .arg("-c")
-        .arg(format!("source scripts/tools.sh && {command}"))
+        .arg(r#"source scripts/tools.sh && "$@""#)
+        .arg("tools")
+        .arg(function)
+        .args(args)
         .current_dir(repository())
         .output()
         .unwrap();
     assert!(
         output.status.success(),
-        "`{command}` failed (scripts/test installs Kafka): {}",
+        "`{function}` failed (scripts/test installs Kafka): {}",
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
