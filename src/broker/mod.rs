@@ -298,6 +298,9 @@ pub enum Tenure {
     /// Being handed over: stop taking records, let the attempts on the wire finish within
     /// the subscription's grace, commit, and drop the stream.
     Revoked,
+    /// Taken by another owner already (a lease found taken or expired, a handover that
+    /// waited too long): stop at once, attempts on the wire included.
+    Lost,
 }
 
 impl Tenure {
@@ -306,6 +309,7 @@ impl Tenure {
         match self {
             Tenure::Held { until } => until,
             Tenure::Revoked => None,
+            Tenure::Lost => Some(Instant::now()),
         }
     }
 }
@@ -334,13 +338,24 @@ impl PartitionHandle {
                 *tenure = Tenure::Held { until: Some(until) };
                 true
             }
-            Tenure::Revoked => false,
+            Tenure::Revoked | Tenure::Lost => false,
         });
     }
 
     /// Asks the worker to hand the partition over.
     pub fn revoke(&self) {
-        let _ = self.tenure.send(Tenure::Revoked);
+        self.tenure.send_if_modified(|tenure| match tenure {
+            Tenure::Held { .. } => {
+                *tenure = Tenure::Revoked;
+                true
+            }
+            Tenure::Revoked | Tenure::Lost => false,
+        });
+    }
+
+    /// Tells the worker that the partition is no longer its own: it stops at once.
+    pub fn lose(&self) {
+        let _ = self.tenure.send(Tenure::Lost);
     }
 
     /// Whether the worker has let go (stopped delivering and made its last commit).

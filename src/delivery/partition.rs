@@ -182,8 +182,13 @@ impl Worker {
                 biased;
                 _ = stop.cancelled() => return Ending::Shutdown,
                 changed = self.tenure.changed() => {
-                    if changed.is_err() || *self.tenure.borrow_and_update() == Tenure::Revoked {
+                    if changed.is_err() {
                         return Ending::Revoked;
+                    }
+                    match *self.tenure.borrow_and_update() {
+                        Tenure::Revoked => return Ending::Revoked,
+                        Tenure::Lost => return Ending::Fenced,
+                        Tenure::Held { .. } => {}
                     }
                 }
                 _ = sleep_until(fence), if fence.is_some() => return Ending::Fenced,

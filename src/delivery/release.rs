@@ -50,7 +50,7 @@ pub struct Handback {
 pub async fn release(sub: &SubscriptionRuntime, handback: Handback, ending: Ending) {
     let Handback {
         stream,
-        tenure,
+        mut tenure,
         mut lanes,
         mut tracker,
         mut parked,
@@ -66,7 +66,7 @@ pub async fn release(sub: &SubscriptionRuntime, handback: Handback, ending: Endi
     if let Some(fence) = tenure.borrow().held_until() {
         deadline = deadline.min(fence);
     }
-    finish_on_the_wire(&mut lanes, &mut tracker, &mut parked, deadline).await;
+    finish_on_the_wire(&mut lanes, &mut tracker, &mut parked, &mut tenure, deadline).await;
     // Whatever is still on its way now is cut off: after a fence it must not go on.
     let abandoned = lanes.on_their_way();
     drop(lanes);
@@ -79,20 +79,28 @@ pub async fn release(sub: &SubscriptionRuntime, handback: Handback, ending: Endi
     drop(stream);
 }
 
-/// Lets the attempts on the wire finish until `deadline`; each lane has one event on its
-/// way, and those that stopped at a wait come back abandoned at once.
+/// Lets the attempts on the wire finish until `deadline`, or until the partition is lost
+/// meanwhile; each lane has one event on its way, and those that stopped at a wait come
+/// back abandoned at once.
 async fn finish_on_the_wire(
     lanes: &mut Lanes,
     tracker: &mut CommitTracker,
     parked: &mut ParkedKeys,
+    tenure: &mut watch::Receiver<Tenure>,
     deadline: Instant,
 ) {
+    let mut backend_there = true;
     while lanes.on_their_way() > 0 {
         tokio::select! {
             finished = lanes.finished() => {
                 settle(tracker, parked, &finished);
             }
             _ = tokio::time::sleep_until(deadline.into()) => break,
+            changed = tenure.changed(), if backend_there => match changed {
+                Ok(()) if *tenure.borrow_and_update() == Tenure::Lost => break,
+                Ok(()) => {}
+                Err(_) => backend_there = false,
+            },
         }
     }
 }

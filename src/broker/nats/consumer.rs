@@ -238,8 +238,7 @@ async fn renew_all(ctx: &Context, held: &mut HashMap<Unit, Held>) {
             }
             Ok(None) => {
                 tracing::warn!(group = %ctx.group, topic = %unit.0, partition = unit.1, "partition lease lost; stopping its delivery");
-                lease.handle.hold_until(Instant::now());
-                lease.handle.revoke();
+                lease.handle.lose();
                 lease.releasing = Some(Release::Lost);
             }
             // The tenure is not extended: the worker fences itself when it runs out.

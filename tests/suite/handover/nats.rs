@@ -209,3 +209,69 @@ async fn a_previous_owners_late_write_of_parked_keys_is_refused() {
     old_owner.write("orders", 4, &[key(5, 1)]).await.unwrap();
     assert_eq!(new_owner.keys("orders", 4).await.unwrap(), vec![key(5, 1)]);
 }
+
+/// A lease found taken by another member at renewal is lost, not handed over: the replica
+/// stops delivering the partition at once, its attempt on the wire included, instead of
+/// letting that attempt run on while the new holder may already deliver the partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_lease_taken_by_another_member_stops_delivery_at_once() {
+    let nats = NatsServer::start();
+    let receiver = Receiver::start().await;
+    receiver.answer(|_, _| Reply {
+        status: 200,
+        delay: Duration::from_secs(15),
+        retry_after: None,
+    });
+    let subs = format!(
+        "  - name: stolen\n    topics: [jobs]\n    url: {}\n    timeout: 30s\n",
+        receiver.url
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = Hookbridge::start(
+        dir.path(),
+        &events_config(&nats_broker(&nats.url(), 1), "jobs", &subs),
+    );
+    server
+        .wait_assigned(3, "the replica holds its partitions")
+        .await;
+    let response = http_client()
+        .post(server.hook_url("events"))
+        .json(&serde_json::json!({"key": "k", "seq": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while receiver.on_the_wire() == 0 {
+        assert!(Instant::now() < deadline, "the event is on the wire");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Another member takes every lease of the group (as one would after a partition of
+    // the network that this replica did not notice).
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let leases = js.get_key_value("hookbridge_leases").await.unwrap();
+    let mut keys = leases.keys().await.unwrap();
+    use futures_util::StreamExt;
+    let mut taken = 0;
+    while let Some(key) = keys.next().await {
+        let key = key.unwrap();
+        if key.starts_with("l.") {
+            leases.put(&key, "another-member".into()).await.unwrap();
+            taken += 1;
+        }
+    }
+    assert!(taken >= 1, "the replica's leases were in the bucket");
+    let stolen_at = Instant::now();
+    while receiver.on_the_wire() > 0 {
+        assert!(
+            stolen_at.elapsed() < Duration::from_secs(5),
+            "the attempt on the wire is still there {:?} after the lease was lost; the log:\n{}",
+            stolen_at.elapsed(),
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = &receiver.received()[0];
+    assert!(first.abandoned, "the attempt was cut off, not answered");
+}
