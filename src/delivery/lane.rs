@@ -14,6 +14,7 @@ use super::parked_keys::ParkingRoom;
 use super::runtime::SubscriptionRuntime;
 use super::{parking, payload};
 use crate::broker::Receipt;
+use crate::config::OrderingMode;
 use crate::{metrics, tracecontext};
 use prometheus_client::metrics::counter::Counter;
 use tracing::Instrument;
@@ -84,6 +85,15 @@ async fn deliver_in_span(
         let counter = &sub.metrics.dead_letters_undeliverable;
         return dead_letter_or_abandon(sub, event, &failure, counter, stop).await;
     }
+    // The key's resent and parked events, read by other partitions' workers, wait for this
+    // one and it for them (see `key_locks`).
+    let _one_of_its_key = match (sub.ordering, event.key()) {
+        (OrderingMode::Key, Some(key)) => tokio::select! {
+            lock = sub.key_locks.lock(key) => Some(lock),
+            _ = stop.cancelled() => return Outcome::Abandoned,
+        },
+        _ => None,
+    };
     // Each attempt takes the settings of the moment (a reload may change them between
     // two); the payload is built again only when they did change.
     let mut settings = sub.settings();

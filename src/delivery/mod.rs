@@ -24,6 +24,7 @@ mod commit;
 mod dead_letter;
 mod engine;
 mod event;
+mod key_locks;
 mod lane;
 mod lanes;
 mod parked_keys;

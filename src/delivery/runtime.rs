@@ -14,6 +14,7 @@ use tokio::sync::{Semaphore, watch};
 use super::breaker::{Breaker, BreakerState};
 use super::client::{ClientOptions, WebhookClient};
 use super::event::{Decode, Event};
+use super::key_locks::KeyLocks;
 use super::retry::RetryPolicy;
 use super::status::{LastError, PartitionStatus, StatusBoard};
 use super::type_filter::TypeFilter;
@@ -39,6 +40,8 @@ pub struct SubscriptionRuntime {
     pub ordering: OrderingMode,
     /// Requests on the wire, across all partitions (`max_in_flight`).
     pub in_flight: Semaphore,
+    /// One event of a key on its way at a time, whichever topic it came from.
+    pub key_locks: KeyLocks,
     /// Records a partition worker holds at most (queued in lanes or in flight).
     pub buffer: usize,
     pub dead_letter_topic: String,
@@ -199,6 +202,7 @@ impl SubscriptionRuntime {
             topics: config.topics.clone(),
             ordering: config.ordering,
             in_flight: Semaphore::new(settings.max_in_flight),
+            key_locks: KeyLocks::default(),
             buffer: (config.max_in_flight as usize * 4).max(256),
             dead_letter_topic: config.dead_letter_topic(),
             parking_topic: config.parking_topic(),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::{TOKEN, cli_json, config, delivered, post};
 use crate::support;
 use crate::support::backend::Backend;
-use crate::support::receiver::{Receiver, Reply};
+use crate::support::receiver::{self, Receiver, Reply};
 use crate::support::*;
 use serde_json::Value;
 
@@ -353,4 +353,104 @@ async fn interrupted_redrive_stops_and_the_next_sends_the_rest() {
         .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(receiver.count(), before + 24, "none twice");
+}
+
+/// Dead letters of a key redriven while the same key's live events flow: the resent and the
+/// live events of one key are one lane's, never two requests of the key on the wire at once.
+async fn redriven_and_live_events_of_a_key_never_overlap(backend: Backend) {
+    const DEAD: u64 = 30;
+    const LIVE: std::ops::Range<u64> = 100..250;
+    let topic = unique("redrive-race");
+    let receiver = Receiver::start().await;
+    let broken = Arc::new(AtomicBool::new(true));
+    let refusing = broken.clone();
+    receiver.answer(move |_, _| Reply {
+        status: if refusing.load(Ordering::SeqCst) {
+            400
+        } else {
+            200
+        },
+        delay: Duration::from_millis(20),
+        retry_after: None,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let server = Hookbridge::start(
+        dir.path(),
+        &config(
+            &backend,
+            &topic,
+            &subscription(
+                &topic,
+                &topic,
+                &receiver.url,
+                "    max_in_flight: 8\n    breaker: { failures: 1000 }\n",
+            ),
+        ),
+    );
+    for seq in 0..DEAD {
+        post(&server, "k", seq, "test").await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let page = cli_json(&server.admin, &["dlq", "list", &topic, "--limit", "1000"]).await;
+        if page["dead_letters"].as_array().unwrap().len() == DEAD as usize {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{DEAD} dead letters listed");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    broken.store(false, Ordering::SeqCst);
+
+    // The key's live events flow while its dead letters are redriven.
+    let live = {
+        let ingress = server.hook_url("events");
+        tokio::spawn(async move {
+            for seq in LIVE {
+                let response = http_client()
+                    .post(&ingress)
+                    .header("X-Type", "test")
+                    .json(&serde_json::json!({"key": "k", "seq": seq}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 202);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let redrive = cli_json(&server.admin, &["dlq", "redrive", &topic]).await;
+    assert_eq!(redrive["sent"], DEAD, "{redrive}");
+    live.await.unwrap();
+    let wanted = (DEAD + LIVE.end - LIVE.start) as usize;
+    receiver
+        .wait_for(
+            "every redriven and live event",
+            Duration::from_secs(60),
+            |r| {
+                r.iter()
+                    .filter(|r| r.ok())
+                    .map(receiver::seq_of)
+                    .collect::<std::collections::HashSet<_>>()
+                    .len()
+                    >= wanted
+            },
+        )
+        .await;
+    receiver::assert_no_overlap_per_key(&receiver.received());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn embedded_redriven_and_live_events_of_a_key_never_overlap() {
+    redriven_and_live_events_of_a_key_never_overlap(Backend::embedded()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_redriven_and_live_events_of_a_key_never_overlap() {
+    redriven_and_live_events_of_a_key_never_overlap(Backend::nats()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_redriven_and_live_events_of_a_key_never_overlap() {
+    redriven_and_live_events_of_a_key_never_overlap(Backend::kafka()).await;
 }

@@ -1,0 +1,93 @@
+//! One event of a key on its way at a time, across the partitions a subscription delivers
+//! in this process.
+//!
+//! A key's live events share one lane of one partition, but its redriven and replayed
+//! events come from the resend topic, read by another partition's worker, and a parked
+//! key's from the parking topic. Partition `p` of every topic of a subscription is given
+//! to one replica (NATS leases and Kafka's range assignment alike, see
+//! ARCHITECTURE §6.1), and a key lands on the same partition number of each topic, so all
+//! of a key's events are delivered by one process: this lock makes them one lane there.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::OwnedMutexGuard;
+
+/// The keys with an event on its way (or waiting for one to finish).
+#[derive(Default)]
+pub struct KeyLocks {
+    keys: Mutex<HashMap<Bytes, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Held while one event of the key is on its way; the next waits for it to drop.
+pub struct KeyLock<'a> {
+    locks: &'a KeyLocks,
+    key: Bytes,
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl KeyLocks {
+    /// Waits until no other event of `key` is on its way, and takes its place. Waiters
+    /// are served in the order they came.
+    pub async fn lock(&self, key: &Bytes) -> KeyLock<'_> {
+        let lock = self
+            .keys
+            .lock()
+            .expect("key locks")
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        KeyLock {
+            locks: self,
+            key: key.clone(),
+            guard: Some(lock.lock_owned().await),
+        }
+    }
+
+    /// How many keys have an event on its way or waiting (for tests of the bound).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.keys.lock().expect("key locks").len()
+    }
+}
+
+impl Drop for KeyLock<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut keys = self.locks.keys.lock().expect("key locks");
+        // Forgotten once nobody holds or waits for it: the map holds only keys in use.
+        if keys
+            .get(&self.key)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            keys.remove(&self.key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn one_event_of_a_key_at_a_time_and_nothing_kept_after() {
+        let locks = Arc::new(KeyLocks::default());
+        let key = Bytes::from_static(b"k");
+        let first = locks.lock(&key).await;
+        let waiting = {
+            let (locks, key) = (locks.clone(), key.clone());
+            tokio::spawn(async move {
+                let _second = locks.lock(&key).await;
+            })
+        };
+        // Another key is not held up.
+        drop(locks.lock(&Bytes::from_static(b"other")).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "the second waits for the first");
+        drop(first);
+        waiting.await.unwrap();
+        assert_eq!(locks.len(), 0);
+    }
+}
