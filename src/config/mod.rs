@@ -27,6 +27,12 @@ pub const DEFAULT_CONFIG: &str = include_str!("../../config/hookbridge.yaml");
 /// How the compiled-in default is named in error messages.
 pub const DEFAULT_CONFIG_NAME: &str = "<built-in config/hookbridge.yaml>";
 
+/// The longest a subscription's `timeout` may be. Handing a partition over waits for the
+/// attempts on the wire, so a request allowed to take longer would hold every rebalance
+/// and handover of its group that long (Kafka's revocation waits `timeout` + a commit,
+/// under `max.poll.interval.ms`).
+pub const MAX_ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {

@@ -254,6 +254,12 @@ fn check_subscription(at: &str, sub: &SubscriptionConfig, problems: &mut Problem
         }
     }
     problems.positive(&format!("{at}.timeout"), sub.timeout.0);
+    if sub.timeout.0 > super::MAX_ATTEMPT_TIMEOUT {
+        problems.add(
+            format!("{at}.timeout"),
+            "must be at most 5m (a partition's handover waits for the attempts on the wire)",
+        );
+    }
     let retry = &sub.retry;
     if retry.max_attempts == 0 {
         problems.add(format!("{at}.retry.max_attempts"), "must be at least 1");

@@ -51,7 +51,7 @@ use crate::broker::{
     BrokerError, Committer, Completion, ConsumedRecord, PartitionEvent, PartitionHandle,
     PartitionStream, Progress, RecordHeader, StartFrom, Subscription,
 };
-use crate::config::KafkaConfig;
+use crate::config::{KafkaConfig, MAX_ATTEMPT_TIMEOUT};
 
 /// Records buffered ahead of the engine, per partition, on top of librdkafka's own queue.
 const READ_AHEAD: usize = 256;
@@ -63,9 +63,15 @@ const COMMIT_METADATA_MAX: usize = 3072;
 const LAG_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long reading a partition's committed offset may take.
 const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a revocation waits for the partitions' workers to stop and commit. Past it the
-/// partitions go anyway (the group cannot wait forever) and the next owner redelivers.
-const REVOKE_WAIT: Duration = Duration::from_secs(30);
+/// How long a revocation waits for the partitions' workers to stop and commit: a worker
+/// lets its attempts on the wire run for the subscription's `timeout` (at most
+/// `MAX_ATTEMPT_TIMEOUT`) + 1 s and retries its last commit for 5 s, so this is only
+/// reached by a worker that is stuck. Past it the partitions are lost (their workers stop
+/// at once) and go; the next owner redelivers what was not committed.
+const REVOKE_WAIT: Duration = MAX_ATTEMPT_TIMEOUT.saturating_add(Duration::from_secs(30));
+/// librdkafka's rebalance timeout: a member not back in the group by then is left out, so
+/// it must outlast a revocation's wait.
+const MAX_POLL_INTERVAL: Duration = REVOKE_WAIT.saturating_add(Duration::from_secs(60));
 
 type TopicPartition = (Arc<str>, u32);
 type GroupConsumer = StreamConsumer<GroupContext>;
@@ -219,7 +225,10 @@ fn wait_released(group: &str, handles: Vec<PartitionHandle>) {
     if all_released {
         tracing::info!(%group, partitions = handles.len(), took = ?started.elapsed(), "revoked partitions handed over");
     } else {
-        tracing::warn!(%group, "revoked partitions' workers did not stop within {REVOKE_WAIT:?}; letting them go");
+        tracing::warn!(%group, "revoked partitions' workers did not stop within {REVOKE_WAIT:?}; stopping them at once and letting the partitions go");
+        for handle in &handles {
+            handle.lose();
+        }
     }
 }
 
@@ -375,7 +384,15 @@ pub fn subscribe(
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("partition.assignment.strategy", "cooperative-sticky")
+        // Range assigns each topic's partitions on their own, in ranges, in member order:
+        // every topic spreads evenly over the replicas, and partition `p` of every topic
+        // of the subscription goes to one replica, so a key's live, parked and resent
+        // events meet in one process (`delivery::key_locks`). Cooperative-sticky balances
+        // the count of partitions over all topics together: one replica could get all the
+        // live partitions and another only side topics'. Range is an eager protocol (each
+        // rebalance takes every partition back first); the revocation waits for the
+        // workers as before.
+        .set("partition.assignment.strategy", "range")
         .set(
             "auto.offset.reset",
             match start {
@@ -386,6 +403,10 @@ pub fn subscribe(
         // A replica that dies is noticed within this, and its partitions move.
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
+        .set(
+            "max.poll.interval.ms",
+            MAX_POLL_INTERVAL.as_millis().to_string(),
+        )
         // A fetch waits at most this long for data: brokers that answer a fetch only when
         // the wait expires (rather than as soon as data arrives) would otherwise add up to
         // librdkafka's default 500 ms to every delivery.

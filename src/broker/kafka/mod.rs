@@ -3,7 +3,8 @@
 //! - [`producer`]: an idempotent `FutureProducer` (`acks=all`, murmur2 partitioner) whose
 //!   delivery reports are the ingress's durable acks; topic creation with the AdminClient.
 //! - [`consumer`]: one `StreamConsumer` per subscription in group `hookbridge.<name>`,
-//!   cooperative-sticky assignment, manual commits, a librdkafka queue per assigned
+//!   range assignment (per topic, partition `p` of every topic to one member), manual
+//!   commits, a librdkafka queue per assigned
 //!   partition that is simply not read while its stream is full (backpressure);
 //!   assignments and revocations become partition streams.
 //!

@@ -16,7 +16,7 @@
 //! - The owner's tenure is bounded by its last lease renewal: the engine fences itself (stops
 //!   delivering) and the reader stops pulling three quarters of a lease period after the last
 //!   renewal that succeeded, before the lease can expire and another replica take it.
-//! - A partition handed over on purpose (fair share) stays leased and renewed until its worker
+//! - A partition handed over on purpose (over the fair share) stays leased and renewed until its worker
 //!   has finished what is on the wire and acked what is done; then the lease is deleted.
 //! - A new owner that finds messages still unacked (delivered to the previous owner, whether it
 //!   handed over or died) waits one `ack_wait` before its first pull: by then the server
@@ -135,23 +135,27 @@ pub fn subscribe(
         pending,
         events,
     };
-    let units: Vec<Unit> = topics
-        .iter()
-        .flat_map(|t| (0..partitions).map(move |p| (Arc::<str>::from(t.as_str()), p)))
-        .collect();
-    let manager = tokio::spawn(manage(context, units));
+    let topics: Vec<Arc<str>> = topics.iter().map(|t| Arc::from(t.as_str())).collect();
+    let manager = tokio::spawn(manage(context, topics, partitions));
     Subscription::new(events_rx, Some(Box::new(Manager(manager))))
 }
 
 /// The lease loop: heartbeat, renew (and keep held messages alive), let go of what was
 /// handed over, shed what is over the fair share, take what is free.
-async fn manage(ctx: Context, units: Vec<Unit>) {
+///
+/// Partitions are shared by number: partition `p` of every topic of the group goes to one
+/// member, which holds all of their leases or none. So each topic spreads evenly over the
+/// members (the parking and resend topics never take a member's share of the live ones), and
+/// a key, which lands on the same number in every topic, has its live, parked and resent
+/// events delivered by one process (`delivery::key_locks`). The lease keys stay one per
+/// topic and partition, so members that share by topic and partition still exclude these.
+async fn manage(ctx: Context, topics: Vec<Arc<str>>, partitions: u32) {
     let mut held: HashMap<Unit, Held> = HashMap::new();
     let mut tick = tokio::time::interval(ctx.lease / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Start the search for free partitions at a member-specific place, so replicas that
     // start together do not all race for the same ones.
-    let offset = ctx.member.bytes().map(usize::from).sum::<usize>() % units.len().max(1);
+    let offset = ctx.member.bytes().map(u32::from).sum::<u32>() % partitions.max(1);
     loop {
         tick.tick().await;
         if let Err(e) = leases::heartbeat(&ctx.store, &ctx.group, &ctx.member).await {
@@ -159,7 +163,6 @@ async fn manage(ctx: Context, units: Vec<Unit>) {
         }
         renew_all(&ctx, &mut held).await;
         finish_releases(&ctx, &mut held).await;
-
         let members = match leases::members(&ctx.store, &ctx.group).await {
             Ok(members) => members,
             Err(e) => {
@@ -167,55 +170,105 @@ async fn manage(ctx: Context, units: Vec<Unit>) {
                 continue;
             }
         };
-        let fair_share = units.len().div_ceil(members);
-        let active =
-            |held: &HashMap<Unit, Held>| held.values().filter(|h| h.releasing.is_none()).count();
-        while active(&held) > fair_share {
-            let unit = held
-                .iter()
-                .filter(|(_, h)| h.releasing.is_none())
-                .map(|(unit, _)| unit)
-                .max()
-                .cloned()
-                .expect("an active partition");
-            tracing::info!(group = %ctx.group, topic = %unit.0, partition = unit.1, members, "handing a partition over");
-            let lease = held.get_mut(&unit).expect("present");
+        let fair_share = partitions.div_ceil(members as u32) as usize;
+        hand_over_broken_numbers(&ctx, &mut held, topics.len());
+        while let Some(number) = whole_numbers(&held, topics.len()).into_iter().max()
+            && whole_numbers(&held, topics.len()).len() > fair_share
+        {
+            tracing::info!(group = %ctx.group, partition = number, members, "handing a partition over");
+            hand_over(&mut held, number);
+        }
+        for i in 0..partitions {
+            if whole_numbers(&held, topics.len()).len() >= fair_share {
+                break;
+            }
+            let number = (i + offset) % partitions;
+            if !held.keys().any(|unit| unit.1 == number) {
+                take(&ctx, &mut held, &topics, number).await;
+            }
+        }
+    }
+}
+
+/// The partition numbers whose every topic's lease this member holds and delivers.
+fn whole_numbers(held: &HashMap<Unit, Held>, topics: usize) -> Vec<u32> {
+    let mut active: HashMap<u32, usize> = HashMap::new();
+    for (unit, lease) in held {
+        if lease.releasing.is_none() {
+            *active.entry(unit.1).or_default() += 1;
+        }
+    }
+    active
+        .into_iter()
+        .filter_map(|(number, count)| (count == topics).then_some(number))
+        .collect()
+}
+
+/// A number of which one topic's partition was lost or ended is handed over whole, so that
+/// a member holds every topic of a number or none.
+fn hand_over_broken_numbers(ctx: &Context, held: &mut HashMap<Unit, Held>, topics: usize) {
+    let whole = whole_numbers(held, topics);
+    let broken: Vec<u32> = held
+        .iter()
+        .filter(|(unit, lease)| lease.releasing.is_none() && !whole.contains(&unit.1))
+        .map(|(unit, _)| unit.1)
+        .collect();
+    for number in broken {
+        tracing::info!(group = %ctx.group, partition = number, "a topic of the partition was let go; handing the rest over");
+        hand_over(held, number);
+    }
+}
+
+/// Asks the workers of every topic's partition `number` to hand it over.
+fn hand_over(held: &mut HashMap<Unit, Held>, number: u32) {
+    for (unit, lease) in held.iter_mut() {
+        if unit.1 == number && lease.releasing.is_none() {
             lease.handle.revoke();
             lease.releasing = Some(Release::HandOver);
         }
-        for i in 0..units.len() {
-            if active(&held) >= fair_share {
+    }
+}
+
+/// Takes partition `number` of every topic: all of their leases, or none (what was taken
+/// is given back when one is held by someone else); then starts their readers.
+async fn take(ctx: &Context, held: &mut HashMap<Unit, Held>, topics: &[Arc<str>], number: u32) {
+    let asked_at = Instant::now();
+    let mut taken: Vec<(Unit, String, u64)> = Vec::new();
+    for topic in topics {
+        let key = leases::lease_key(&ctx.group, topic, number);
+        match leases::acquire(&ctx.store, &key, &ctx.member).await {
+            Ok(Some(revision)) => taken.push(((topic.clone(), number), key, revision)),
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(group = %ctx.group, error = %e, "acquiring a lease failed");
                 break;
             }
-            let unit = &units[(i + offset) % units.len()];
-            if held.contains_key(unit) {
-                continue;
+        }
+    }
+    if taken.len() < topics.len() {
+        for (_, key, _) in taken {
+            leases::release(&ctx.store, &key).await;
+        }
+        return;
+    }
+    for (unit, key, revision) in taken {
+        match start_reader(ctx, unit.clone(), asked_at).await {
+            Ok((handle, reader)) => {
+                held.insert(
+                    unit,
+                    Held {
+                        key,
+                        revision,
+                        handle,
+                        reader,
+                        releasing: None,
+                    },
+                );
             }
-            let key = leases::lease_key(&ctx.group, &unit.0, unit.1);
-            let asked_at = Instant::now();
-            match leases::acquire(&ctx.store, &key, &ctx.member).await {
-                Ok(Some(revision)) => match start_reader(&ctx, unit.clone(), asked_at).await {
-                    Ok((handle, reader)) => {
-                        held.insert(
-                            unit.clone(),
-                            Held {
-                                key,
-                                revision,
-                                handle,
-                                reader,
-                                releasing: None,
-                            },
-                        );
-                    }
-                    Err(e) => {
-                        tracing::warn!(group = %ctx.group, topic = %unit.0, partition = unit.1, error = %e, "cannot read partition");
-                        leases::release(&ctx.store, &key).await;
-                    }
-                },
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(group = %ctx.group, error = %e, "acquiring a lease failed")
-                }
+            Err(e) => {
+                // The number's other topics, started or not, go too.
+                tracing::warn!(group = %ctx.group, topic = %unit.0, partition = unit.1, error = %e, "cannot read partition");
+                leases::release(&ctx.store, &key).await;
             }
         }
     }

@@ -2,7 +2,8 @@
 //! partitions without a coordinator.
 //!
 //! Every replica keeps a membership key alive (`m.<group>.<member>`) and tries to hold its
-//! fair share (`ceil(units / members)`) of lease keys (`l.<group>.<stream>.<partition>`).
+//! fair share (`ceil(partitions / members)`) of partition numbers, each the lease keys
+//! (`l.<group>.<stream>.<partition>`) of that partition of every topic of the group.
 //! A lease is taken with KV `create` (fails if someone holds it), renewed with `update` at
 //! the revision it holds (fails if it was lost), and given up with `delete`. The bucket's
 //! `max_age` is the lease period: keys that are not renewed expire, so a dead replica's

@@ -5,3 +5,4 @@
 mod kafka;
 mod nats;
 mod overlap;
+mod spread;
