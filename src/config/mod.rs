@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use load::{ConfigError, Problem, load_file, load_str};
 pub use secret::{CredentialedUrl, Secret, redact_url};
-pub use units::{ByteSize, ConfigDuration};
+pub use units::{ByteSize, ConfigDuration, StatusMatch};
 
 /// The default configuration: the embedded broker and a `demo` route. `hookbridge serve`
 /// without `--config` runs on this, so it works on a machine with nothing else installed.
@@ -518,6 +518,12 @@ pub struct RetryConfig {
     /// A key still failing this long is parked (G8).
     #[serde(default = "defaults::park_after")]
     pub park_after: ConfigDuration,
+    /// Answers that refuse the event itself, not the endpoint failing: the event is
+    /// dead-lettered at once, and the breaker counts the answer as the endpoint's (it is up
+    /// and answering). Every other answer but 2xx is retried and counts against the
+    /// breaker, 401 and 404 included (credentials or a route that broke come back).
+    #[serde(default = "defaults::dead_letter_on")]
+    pub dead_letter_on: Vec<StatusMatch>,
 }
 
 impl Default for RetryConfig {
@@ -528,6 +534,7 @@ impl Default for RetryConfig {
             max_attempts: defaults::max_attempts(),
             max_age: defaults::max_age(),
             park_after: defaults::park_after(),
+            dead_letter_on: defaults::dead_letter_on(),
         }
     }
 }
@@ -591,7 +598,7 @@ impl Default for ServerConfig {
 
 /// Every default of the contract, in one place.
 mod defaults {
-    use super::{ByteSize, ConfigDuration};
+    use super::{ByteSize, ConfigDuration, StatusMatch};
     use std::net::SocketAddr;
     use std::path::PathBuf;
     use std::time::Duration;
@@ -668,5 +675,11 @@ mod defaults {
 
     pub fn park_after() -> ConfigDuration {
         ConfigDuration(Duration::from_secs(60))
+    }
+
+    /// Bad request, too large, unsupported media type, unprocessable: the receiver read the
+    /// event and will not take it, however often it comes.
+    pub fn dead_letter_on() -> Vec<StatusMatch> {
+        [400, 413, 415, 422].map(StatusMatch::Code).to_vec()
     }
 }

@@ -184,6 +184,70 @@ pub fn boolean<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Er
     }
 }
 
+/// An HTTP status or a class of them, as written in a config: `422` or `"4xx"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusMatch {
+    Code(u16),
+    /// Every status whose first digit is this one.
+    Class(u8),
+}
+
+impl StatusMatch {
+    pub fn matches(self, status: u16) -> bool {
+        match self {
+            StatusMatch::Code(code) => code == status,
+            StatusMatch::Class(class) => status / 100 == u16::from(class),
+        }
+    }
+}
+
+impl fmt::Display for StatusMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StatusMatch::Code(code) => write!(f, "{code}"),
+            StatusMatch::Class(class) => write!(f, "{class}xx"),
+        }
+    }
+}
+
+impl std::str::FromStr for StatusMatch {
+    type Err = String;
+
+    /// A status of 300 to 599, or a class `3xx`, `4xx`, `5xx`: the answers that are not
+    /// deliveries.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let wrong =
+            || format!("`{text}` is not an HTTP status of 300 to 599 nor a class such as `4xx`");
+        if let Some(class) = text.strip_suffix("xx").or_else(|| text.strip_suffix("XX")) {
+            return match class.parse::<u8>() {
+                Ok(class @ 3..=5) => Ok(StatusMatch::Class(class)),
+                _ => Err(wrong()),
+            };
+        }
+        match text.parse::<u16>() {
+            Ok(code @ 300..=599) => Ok(StatusMatch::Code(code)),
+            _ => Err(wrong()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StatusMatch {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = number_or_string(deserializer)?;
+        text.parse().map_err(de::Error::custom)
+    }
+}
+
+impl serde::Serialize for StatusMatch {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            StatusMatch::Code(code) => serializer.serialize_u16(*code),
+            StatusMatch::Class(_) => serializer.serialize_str(&self.to_string()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

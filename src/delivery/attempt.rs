@@ -18,13 +18,15 @@ use tracing::Instrument;
 pub enum AttemptResult {
     /// 2xx: delivered.
     Delivered { status: u16 },
-    /// 408, 425, 429, 5xx, a timeout or a connection error: try again later.
+    /// Any other answer, a timeout or a connection error: the endpoint is failing; try
+    /// again later.
     Retry {
         status: Option<u16>,
         error: String,
         retry_after: Option<Duration>,
     },
-    /// Any other answer: retrying cannot help.
+    /// An answer of `retry.dead_letter_on`: the receiver refuses this event, and retrying
+    /// cannot help.
     Permanent { status: u16, error: String },
 }
 
@@ -117,6 +119,7 @@ pub async fn attempt(
                     .as_ref()
                     .and_then(|v| v.to_str().ok())
                     .and_then(parse_retry_after),
+                |code| settings.retry.refuses_the_event(code),
             );
             let outcome = match result {
                 AttemptResult::Delivered { .. } => &m.attempts_delivered,
@@ -142,26 +145,31 @@ pub async fn attempt(
     result
 }
 
-fn classify(status: StatusCode, retry_after: Option<Duration>) -> AttemptResult {
+/// `refuses_the_event`: whether a status is one of `retry.dead_letter_on`.
+fn classify(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    refuses_the_event: impl Fn(u16) -> bool,
+) -> AttemptResult {
     let code = status.as_u16();
     if status.is_success() {
         return AttemptResult::Delivered { status: code };
     }
     let error = format!("HTTP {status}");
-    match code {
-        408 | 425 | 429 | 500..=599 => AttemptResult::Retry {
-            status: Some(code),
-            error,
-            // Only 429 and 503 carry a meaningful Retry-After for a webhook sender.
-            retry_after: if matches!(code, 429 | 503) {
-                retry_after
-            } else {
-                None
-            },
-        },
-        _ => AttemptResult::Permanent {
+    if refuses_the_event(code) {
+        return AttemptResult::Permanent {
             status: code,
             error,
+        };
+    }
+    AttemptResult::Retry {
+        status: Some(code),
+        error,
+        // Only 429 and 503 carry a meaningful Retry-After for a webhook sender.
+        retry_after: if matches!(code, 429 | 503) {
+            retry_after
+        } else {
+            None
         },
     }
 }
@@ -169,41 +177,45 @@ fn classify(status: StatusCode, retry_after: Option<Duration>) -> AttemptResult 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::RetryConfig;
+
+    fn classified(code: u16, retry_after: Option<Duration>) -> AttemptResult {
+        let defaults = RetryConfig::default();
+        classify(StatusCode::from_u16(code).unwrap(), retry_after, |code| {
+            defaults.dead_letter_on.iter().any(|m| m.matches(code))
+        })
+    }
 
     #[test]
-    fn statuses() {
+    fn statuses_by_the_default_policy() {
         assert!(matches!(
-            classify(StatusCode::NO_CONTENT, None),
+            classified(204, None),
             AttemptResult::Delivered { status: 204 }
         ));
-        for code in [408, 425, 429, 500, 502, 503, 504] {
+        // The endpoint failing, misrouted or refusing whoever calls: retried.
+        for code in [301, 401, 403, 404, 408, 410, 425, 429, 500, 502, 503, 504] {
             assert!(
-                matches!(
-                    classify(StatusCode::from_u16(code).unwrap(), None),
-                    AttemptResult::Retry { .. }
-                ),
+                matches!(classified(code, None), AttemptResult::Retry { .. }),
                 "{code}"
             );
         }
-        for code in [301, 400, 401, 404, 410, 422] {
+        // The event refused: dead-lettered at once.
+        for code in [400, 413, 415, 422] {
             assert!(
-                matches!(
-                    classify(StatusCode::from_u16(code).unwrap(), None),
-                    AttemptResult::Permanent { .. }
-                ),
+                matches!(classified(code, None), AttemptResult::Permanent { .. }),
                 "{code}"
             );
         }
         let after = Some(Duration::from_secs(3));
         assert!(matches!(
-            classify(StatusCode::TOO_MANY_REQUESTS, after),
+            classified(429, after),
             AttemptResult::Retry {
                 retry_after: Some(_),
                 ..
             }
         ));
         assert!(matches!(
-            classify(StatusCode::INTERNAL_SERVER_ERROR, after),
+            classified(500, after),
             AttemptResult::Retry {
                 retry_after: None,
                 ..

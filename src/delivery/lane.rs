@@ -140,7 +140,9 @@ async fn deliver_in_span(
         )
         .await;
         drop(permit);
-        admission.record(matches!(result, AttemptResult::Delivered { .. }));
+        // An answer refusing the event itself says the endpoint is up: it does not count
+        // against the breaker (`retry.dead_letter_on`).
+        admission.record(!matches!(result, AttemptResult::Retry { .. }));
         let open = settings.breaker.state() != BreakerState::Closed;
         sub.metrics.breaker_open.set(i64::from(open));
         tracing::debug!(subscription = %sub.name, id = %event.id, attempts, ?result, took = ?started.elapsed(), "attempt");

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::config::RetryConfig;
+use crate::config::{RetryConfig, StatusMatch};
 
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -15,6 +15,8 @@ pub struct RetryPolicy {
     pub max_backoff: Duration,
     pub max_attempts: u32,
     pub max_age: Duration,
+    /// Answers that refuse the event itself: dead-lettered at once (`retry.dead_letter_on`).
+    pub dead_letter_on: Vec<StatusMatch>,
 }
 
 impl RetryPolicy {
@@ -24,7 +26,14 @@ impl RetryPolicy {
             max_backoff: config.max_backoff.0,
             max_attempts: config.max_attempts,
             max_age: config.max_age.0,
+            dead_letter_on: config.dead_letter_on.clone(),
         }
+    }
+
+    /// Whether an answer with `status` refuses the event itself rather than says the
+    /// endpoint is failing.
+    pub fn refuses_the_event(&self, status: u16) -> bool {
+        self.dead_letter_on.iter().any(|m| m.matches(status))
     }
 
     /// The wait before attempt `attempts + 1`, or `None` when the event has run out of
@@ -85,6 +94,7 @@ mod tests {
             max_backoff: Duration::from_secs(1),
             max_attempts: 5,
             max_age: Duration::from_secs(60),
+            dead_letter_on: Vec::new(),
         }
     }
 
@@ -144,6 +154,7 @@ mod properties {
                 max_backoff: Duration::from_secs(1),
                 max_attempts: 3,
                 max_age: Duration::from_secs(60),
+                dead_letter_on: Vec::new(),
             };
             let _ = policy.next_delay(1, SystemTime::now(), parse_retry_after(&text));
         }

@@ -59,6 +59,7 @@ fn bad_configs_name_the_key_and_the_problem() {
         ("subscription without topics", format!("{ROUTE}subscriptions:\n  - {{ name: s, topics: [], url: 'http://x/y' }}\n"), vec!["subscriptions[0].topics", "names no topic"]),
         ("unknown payload mode", format!("{SUB}    payload: xml\n"), vec!["subscriptions[0].payload", "unknown variant `xml`"]),
         ("zero in flight", format!("{SUB}    max_in_flight: 0\n"), vec!["subscriptions[0].max_in_flight", "at least 1"]),
+        ("a delivery among the refusals", format!("{SUB}    retry: {{ dead_letter_on: [400, 200] }}\n"), vec!["subscriptions[0].retry.dead_letter_on", "300 to 599"]),
         ("attempt timeout past a handover", format!("{SUB}    timeout: 10m\n"), vec!["subscriptions[0].timeout", "at most 5m"]),
         ("backoff inverted", format!("{SUB}    retry: {{ initial_backoff: 10m, max_backoff: 1s }}\n"), vec!["subscriptions[0].retry.max_backoff", "shorter"]),
         ("dead letters loop", format!("{SUB}    dead_letter_topic: t\n"), vec!["subscriptions[0].dead_letter_topic", "loop"]),

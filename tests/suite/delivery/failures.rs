@@ -1,7 +1,7 @@
 //! Failed attempts: a permanent refusal (4xx) is dead-lettered at once and a server error
 //! after its retries, with what happened in the dead letter's headers, and the commit moves
 //! past both; an answer slower than `timeout` is a failed attempt and is retried; a redirect
-//! is an answer (permanent, not followed); credentials in the URL travel as basic
+//! is an answer (retried, not followed); credentials in the URL travel as basic
 //! authorization.
 
 use std::sync::Arc;
@@ -109,8 +109,9 @@ async fn failures_are_dead_lettered_and_the_commit_moves_past_them() {
 }
 
 /// The delivery client's edges: an answer slower than `timeout` is a failed attempt and is
-/// retried; a redirect is not followed (it is an answer like any other 3xx: permanent, so
-/// the event is dead-lettered and the redirect target never sees it); credentials in the
+/// retried; a redirect is not followed (it is an answer like any other 3xx: the endpoint
+/// failing, so it is retried, then dead-lettered, and the redirect target never sees it);
+/// credentials in the
 /// URL travel as basic authorization, not in the request line.
 #[tokio::test]
 async fn slow_answers_time_out_redirects_are_not_followed_and_url_credentials_are_sent() {
@@ -145,11 +146,13 @@ async fn slow_answers_time_out_redirects_are_not_followed_and_url_credentials_ar
     let moved = post(&client, &server, "moved", serde_json::json!({"key": "b"})).await;
     receiver
         .wait_for(
-            "the slow event's second attempt",
+            "the slow event's second attempt and the moved one's third",
             Duration::from_secs(20),
             |r| {
                 r.iter().any(|r| {
                     r.header("webhook-id") == slow && r.header("hookbridge-attempt") == "2"
+                }) && r.iter().any(|r| {
+                    r.header("webhook-id") == moved && r.header("hookbridge-attempt") == "3"
                 })
             },
         )
@@ -177,7 +180,7 @@ async fn slow_answers_time_out_redirects_are_not_followed_and_url_credentials_ar
         .collect();
     attempts.sort();
     assert_eq!(attempts, [("1", true), ("2", false)]);
-    assert_eq!(of(&moved).len(), 1, "a 302 is not followed or retried");
+    assert_eq!(of(&moved).len(), 3, "a 302 is not followed, and retried");
     let expected = format!("Basic {}", STANDARD.encode("hook@user:p:ss"));
     for r in &received {
         assert_eq!(r.header("authorization"), expected);
@@ -187,5 +190,5 @@ async fn slow_answers_time_out_redirects_are_not_followed_and_url_credentials_ar
     assert_eq!(dead.len(), 1);
     let header = |name: &str| String::from_utf8(dead[0].header(name).unwrap().to_vec()).unwrap();
     assert_eq!(header("hb-dlq-last-status"), "302");
-    assert_eq!(header("hb-dlq-attempts"), "1");
+    assert_eq!(header("hb-dlq-attempts"), "3");
 }

@@ -8,3 +8,4 @@ mod backlog;
 mod failures;
 mod pacing;
 mod payload;
+mod refusals;
