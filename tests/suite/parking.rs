@@ -496,3 +496,88 @@ async fn embedded_a_park_during_release_is_kept() {
 async fn kafka_a_park_during_release_is_kept() {
     a_park_during_release_is_kept(Backend::kafka()).await;
 }
+
+/// NATS keeps a partition's parked keys in a KV entry and its completion in per-message
+/// acks: two writes. A parked event's message must not be acked before its key is recorded
+/// as parked, or a crash between the two forgets the park while the event is gone from the
+/// partition, and the key's next event is delivered before it. Here the entry's write is
+/// refused (another owner claimed it, as after a takeover), the replica is killed, and on
+/// restart the parked event is still ahead of the key's next one.
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_a_park_is_recorded_before_its_event_is_acked() {
+    use hookbridge::broker::nats::parked::ParkedStore;
+    let nats = NatsServer::start();
+    let topic = unique("acked");
+    let receiver = Receiver::start().await;
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let fails = failing.clone();
+    receiver.answer(move |_, body| {
+        let seq = serde_json::from_slice::<serde_json::Value>(body).unwrap_or_default()["seq"]
+            .as_u64()
+            .unwrap_or_default();
+        if fails.load(std::sync::atomic::Ordering::SeqCst) {
+            return Reply::status(500);
+        }
+        // The parked event takes its time: a later event sent past it would be answered
+        // first.
+        Reply {
+            status: 200,
+            delay: Duration::from_millis(if seq == 0 { 1500 } else { 0 }),
+            retry_after: None,
+        }
+    });
+    let subs = format!(
+        "  - name: {topic}\n    topics: [{topic}]\n    url: {}\n{PARK_QUICKLY}",
+        receiver.url
+    );
+    let config = events_config(&nats_broker(&nats.url(), 1), &topic, &subs);
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Hookbridge::start(dir.path(), &config);
+    server
+        .wait_assigned(3, "the replica holds its partitions")
+        .await;
+    // Another owner claims the partition's parked keys: this replica's writes are refused.
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let thief = ParkedStore::open(&js, &format!("hookbridge.{topic}"))
+        .await
+        .unwrap();
+    thief.claim(&topic, 0).await.unwrap();
+    support::post_accepted(&server, 1, |_| "K".into()).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server.log_text().contains("parking it") {
+        assert!(Instant::now() < deadline, "the key parked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Commits go every half second; give a few the time to ack, or to try.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.kill();
+
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let server = Hookbridge::start(dir.path(), &config);
+    server
+        .wait_assigned(3, "the restarted replica holds its partitions")
+        .await;
+    let response = http_client()
+        .post(server.hook_url("events"))
+        .json(&serde_json::json!({"key": "K", "seq": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    receiver
+        .wait_for("both events delivered", Duration::from_secs(30), |r| {
+            all_delivered(r, 0..2)
+        })
+        .await;
+    let delivered: Vec<u64> = receiver
+        .received()
+        .iter()
+        .filter(|r| r.ok())
+        .map(|r| seq_of(r).1)
+        .collect();
+    let first_of = |seq: u64| delivered.iter().position(|s| *s == seq).unwrap();
+    assert!(
+        first_of(0) < first_of(1),
+        "the parked event was delivered before the key's next one: {delivered:?}"
+    );
+}

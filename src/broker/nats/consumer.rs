@@ -498,27 +498,36 @@ impl Committer for AckCommitter {
         partition: u32,
         progress: Progress<'_>,
     ) -> Result<(), BrokerError> {
-        let replies: Vec<Subject> = {
-            let mut pending = self.pending.lock().expect("pending lock");
-            let Some(messages) = pending.get_mut(&(Arc::from(topic), partition)) else {
+        let unit: Unit = (Arc::from(topic), partition);
+        let replies: Vec<(u64, Subject)> = {
+            let pending = self.pending.lock().expect("pending lock");
+            let Some(messages) = pending.get(&unit) else {
                 // Let go already: its unacked messages go to the next owner.
                 return Ok(());
             };
             progress
                 .done
                 .iter()
-                .filter_map(|sequence| messages.remove(sequence))
+                .filter_map(|sequence| Some((*sequence, messages.get(sequence)?.clone())))
                 .collect()
         };
-        for reply in replies {
+        // The parked keys first: a parked event's message acked before its key is recorded
+        // as parked would, after a crash between the two writes, be gone from the
+        // partition while its key is not parked, and the key's next event would go before
+        // it. Refused, nothing is acked; the commit is tried again.
+        self.parked
+            .write(topic, partition, &progress.completion.parked)
+            .await?;
+        for (sequence, reply) in replies {
             self.client
                 .publish(reply, Bytes::from_static(b"+ACK"))
                 .await
                 .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+            if let Some(messages) = self.pending.lock().expect("pending lock").get_mut(&unit) {
+                messages.remove(&sequence);
+            }
         }
-        self.parked
-            .write(topic, partition, &progress.completion.parked)
-            .await
+        Ok(())
     }
 
     fn per_record(&self) -> bool {
