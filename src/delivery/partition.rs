@@ -289,7 +289,14 @@ impl Worker {
 
     fn on_commit(&mut self, pending: PendingCommit, result: Result<(), BrokerError>) {
         match result {
-            Ok(()) => self.tracker.accepted(&pending),
+            Ok(()) => {
+                self.tracker.accepted(&pending);
+                if self.source == Source::Parking {
+                    self.sub
+                        .parking_progress
+                        .accepted(self.stream.partition, &pending.completion);
+                }
+            }
             Err(e) => {
                 tracing::warn!(subscription = %self.sub.name, topic = %self.stream.topic, partition = self.stream.partition, error = %e, "commit failed; will retry")
             }
@@ -311,8 +318,8 @@ impl Worker {
         let lanes = &self.lanes;
         let partitions = self.parked.idle_partitions(|key| lanes.is_busy(key));
         self.reviewing = Some(Box::pin(read_parking_partitions(
+            self.sub.clone(),
             self.calls.clone(),
-            self.sub.parking_topic.clone(),
             partitions,
         )));
     }
@@ -385,8 +392,12 @@ impl Worker {
             parked,
             committing,
             reports,
+            source,
             ..
         } = self;
+        if source == Source::Parking {
+            sub.parking_progress.forget(stream.partition);
+        }
         // Another replica reports this partition's lag from now on.
         metrics::metrics().consumer_lag.remove(&reports.lag);
         let handback = Handback {
@@ -464,13 +475,18 @@ impl Reports {
 /// Reads what is done on the parking partitions where parked keys are idle (see
 /// `ParkedKeys::review`); a partition that cannot be read in time is left for the next look.
 async fn read_parking_partitions(
+    sub: Arc<SubscriptionRuntime>,
     calls: PartitionCalls,
-    parking_topic: String,
     partitions: Vec<u32>,
 ) -> Vec<(u32, Completion)> {
     let mut stored = Vec::with_capacity(partitions.len());
     for partition in partitions {
-        let read = tokio::time::timeout(UNPARK_INTERVAL, calls.stored(&parking_topic, partition));
+        if let Some(done) = sub.parking_progress.of(partition) {
+            stored.push((partition, done));
+            continue;
+        }
+        let read =
+            tokio::time::timeout(UNPARK_INTERVAL, calls.stored(&sub.parking_topic, partition));
         if let Ok(Ok(Some(done))) = read.await {
             stored.push((partition, done));
         }

@@ -581,3 +581,87 @@ async fn nats_a_park_is_recorded_before_its_event_is_acked() {
         "the parked event was delivered before the key's next one: {delivered:?}"
     );
 }
+
+/// Two keys parked on one parking partition, the first parked failing on: the second,
+/// once it recovers, is unparked, though the first's parked event is still not done ahead
+/// of it (on NATS that event holds the parking consumer's ack floor, which alone cannot
+/// tell that a later event is done).
+async fn a_key_recovers_while_one_parked_before_it_still_fails(backend: Backend) {
+    const TOKEN: &str = "unpark-admin-token-0123456789";
+    let topic = unique("unpark");
+    let receiver = Receiver::start().await;
+    let b_fails = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let b_failing = b_fails.clone();
+    receiver.answer(move |_, body| {
+        let body: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        let failing = body["key"] == "A"
+            || (body["key"] == "B" && b_failing.load(std::sync::atomic::Ordering::SeqCst));
+        Reply::status(if failing { 500 } else { 200 })
+    });
+    let subs = format!(
+        "  - name: {topic}\n    topics: [{topic}]\n    url: {}\n{PARK_QUICKLY}",
+        receiver.url
+    );
+    let config = with_admin_token(&events_config(&backend.broker(1), &topic, &subs), TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let server = Hookbridge::start(dir.path(), &config);
+    let parked = || async {
+        let status = admin_get(&server.admin, &format!("/v1/subscriptions/{topic}"), TOKEN).await;
+        status["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|row| row["topic"] == topic.as_str())
+            .map(|row| row["parked_keys"].as_u64().unwrap_or_default())
+            .sum::<u64>()
+    };
+    let wait_parked = |n: u64, what: &'static str| async move {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while parked().await != n {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {} parked",
+                parked().await
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let post = |key: &'static str, seq: u64| {
+        let url = server.hook_url("events");
+        async move {
+            let response = http_client()
+                .post(url)
+                .json(&serde_json::json!({"key": key, "seq": seq}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 202);
+        }
+    };
+    post("A", 0).await;
+    wait_parked(1, "A parked").await;
+    post("B", 1).await;
+    wait_parked(2, "B parked behind A").await;
+    b_fails.store(false, std::sync::atomic::Ordering::SeqCst);
+    receiver
+        .wait_for("B's parked event", Duration::from_secs(30), |r| {
+            all_delivered(r, [1])
+        })
+        .await;
+    wait_parked(1, "B unparked while A still fails").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn embedded_a_key_recovers_while_one_parked_before_it_still_fails() {
+    a_key_recovers_while_one_parked_before_it_still_fails(Backend::embedded()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_a_key_recovers_while_one_parked_before_it_still_fails() {
+    a_key_recovers_while_one_parked_before_it_still_fails(Backend::nats()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_a_key_recovers_while_one_parked_before_it_still_fails() {
+    a_key_recovers_while_one_parked_before_it_still_fails(Backend::kafka()).await;
+}
