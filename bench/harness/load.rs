@@ -194,24 +194,64 @@ pub struct Receiver {
     state: Arc<ReceiverState>,
 }
 
+/// How a receiver answers, fixed when it starts: at once and always 200 unless told
+/// otherwise (the scale-out scenario's slow receiver with one failing key).
+#[derive(Default, Clone)]
+pub struct Behaviour {
+    /// Every request, whatever its answer, is answered this long after it arrived.
+    pub delay: Duration,
+    /// Events of this key (`"key":"<it>"` in the body) are answered 500, and counted apart.
+    pub failing_key: Option<String>,
+    /// Keep the arrival time of every 200, for a rate over any window ([`Receiver::arrivals`]).
+    pub arrivals: bool,
+}
+
 #[derive(Default)]
 struct ReceiverState {
+    behaviour: Behaviour,
+    /// `"key":"<failing key>"`, the bytes to look for.
+    failing: Option<Vec<u8>>,
     received: AtomicU64,
+    failed: AtomicU64,
     stalled: AtomicBool,
     latencies: Mutex<Latencies>,
+    arrivals: Mutex<Vec<u64>>,
     first_at_us: AtomicU64,
     last_at_us: AtomicU64,
 }
 
 impl Receiver {
     pub async fn start() -> Receiver {
-        let state = Arc::new(ReceiverState::default());
+        Receiver::start_with(Behaviour::default()).await
+    }
+
+    pub async fn start_with(behaviour: Behaviour) -> Receiver {
+        let state = Arc::new(ReceiverState {
+            failing: behaviour
+                .failing_key
+                .as_ref()
+                .map(|key| format!(r#""key":"{key}""#).into_bytes()),
+            behaviour,
+            ..ReceiverState::default()
+        });
         let handler_state = state.clone();
         let handler = move |body: Bytes| {
             let state = handler_state.clone();
             async move {
                 if state.stalled.load(Ordering::Relaxed) {
                     std::future::pending::<()>().await;
+                }
+                if !state.behaviour.delay.is_zero() {
+                    tokio::time::sleep(state.behaviour.delay).await;
+                }
+                if let Some(failing) = &state.failing
+                    && body.windows(failing.len()).any(|w| w == failing.as_slice())
+                {
+                    state.failed.fetch_add(1, Ordering::Relaxed);
+                    return StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                if state.behaviour.arrivals {
+                    state.arrivals.lock().unwrap().push(now_us());
                 }
                 if let Some(sent) = sent_at(&body) {
                     let now = now_us();
@@ -245,6 +285,17 @@ impl Receiver {
 
     pub fn received(&self) -> u64 {
         self.state.received.load(Ordering::Relaxed)
+    }
+
+    /// Requests answered 500 for the failing key, since the receiver started.
+    pub fn failed(&self) -> u64 {
+        self.state.failed.load(Ordering::Relaxed)
+    }
+
+    /// Takes the arrival times (see [`now_us`]) of the 200s recorded so far, in order, and
+    /// starts afresh; empty unless [`Behaviour::arrivals`].
+    pub fn take_arrivals(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.state.arrivals.lock().unwrap())
     }
 
     /// Takes the latencies recorded so far and starts afresh.

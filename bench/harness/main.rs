@@ -3,6 +3,7 @@
 //!
 //!   scripts/bench                          # all backends found on this machine
 //!   scripts/bench --backends embedded --duration 5s
+//!   scripts/bench --backends nats,kafka --only scale-out   # replicas, slow receiver (scale.rs)
 //!
 //! For each backend it starts hookbridge (the release binary next to this one), drives its
 //! ingress with a keep-alive HTTP/1.1 load generator, runs the receiver, and prints
@@ -15,6 +16,7 @@
 mod load;
 mod peers;
 mod process;
+mod scale;
 mod stats;
 
 use std::sync::Arc;
@@ -88,6 +90,13 @@ struct Args {
     /// Rate of each peer's open-loop latency run, per second (for --duration).
     #[arg(long, default_value_t = 200)]
     peer_rate: u64,
+    /// Replica counts of the scale-out scenario (`--only scale-out`; NATS and Kafka).
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 4])]
+    scale_replicas: Vec<usize>,
+    /// How long the scale-out scenario counts deliveries, once the replicas hold their
+    /// partitions.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    scale_window: Duration,
 }
 
 /// The longest a limit (bare handler, bare client, raw publish) is measured for.
@@ -200,6 +209,9 @@ fn sample_rss(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(f64, 
 struct Backend {
     /// The `broker:` section of the config.
     broker_yaml: String,
+    /// The `broker:` section for replicas sharing a subscription (scale-out); `None` where
+    /// one process owns the log.
+    replicas_yaml: Option<String>,
     raw: Arc<RawPublisher>,
     _server: Option<Server>,
 }
@@ -264,6 +276,7 @@ async fn backend(name: &str, args: &Args) -> anyhow::Result<Backend> {
                 broker_yaml:
                     "broker:\n  kind: embedded\n  embedded: { dir: __DIR__/data, partitions: 8 }\n"
                         .into(),
+                replicas_yaml: None,
                 raw: Arc::new(RawPublisher::Embedded(log, dir)),
                 _server: None,
             })
@@ -292,6 +305,10 @@ async fn backend(name: &str, args: &Args) -> anyhow::Result<Backend> {
                 broker_yaml: format!(
                     "broker:\n  kind: nats\n  nats: {{ url: \"{url}\", partitions: 8 }}\n"
                 ),
+                // A short lease, so that replicas joining settle within seconds.
+                replicas_yaml: Some(format!(
+                    "broker:\n  kind: nats\n  nats: {{ url: \"{url}\", partitions: 8, lease: 2s }}\n"
+                )),
                 raw: Arc::new(RawPublisher::Nats(js)),
                 _server: Some(server),
             })
@@ -316,10 +333,12 @@ async fn backend(name: &str, args: &Args) -> anyhow::Result<Backend> {
             };
             let admin = hookbridge::broker::kafka::KafkaBroker::connect(&config)?;
             admin.ensure_topics(&["rawbench".to_string()]).await?;
+            let broker_yaml = format!(
+                "broker:\n  kind: kafka\n  kafka: {{ bootstrap_servers: \"{bootstrap}\", partitions: 8 }}\n"
+            );
             Ok(Backend {
-                broker_yaml: format!(
-                    "broker:\n  kind: kafka\n  kafka: {{ bootstrap_servers: \"{bootstrap}\", partitions: 8 }}\n"
-                ),
+                replicas_yaml: Some(broker_yaml.clone()),
+                broker_yaml,
                 raw: Arc::new(RawPublisher::Kafka(producer)),
                 _server: None,
             })
@@ -555,16 +574,51 @@ async fn main() -> anyhow::Result<()> {
 
     let receiver = Receiver::start().await;
     let client = load::http_client(args.concurrency);
+    let scale_receiver = if selected(&args, scale::TITLE) {
+        Some(scale::receiver().await)
+    } else {
+        None
+    };
+    let mut scale_rows = Vec::new();
     for name in &args.backends {
         match backend(name, &args).await {
             Ok(backend) => {
                 println!("\n== {name}");
-                measure(name, &backend, &args, &load, &receiver, &client).await;
+                if others_selected(&args) {
+                    measure(name, &backend, &args, &load, &receiver, &client).await;
+                }
+                if let Some(slow) = &scale_receiver {
+                    scale_rows.extend(scale_out(name, &backend, &args, slow).await);
+                }
             }
             Err(e) => println!("\n== {name}: skipped ({e:#})"),
         }
     }
+    scale::print_table(&scale_rows);
     Ok(())
+}
+
+/// The scale-out scenario on one backend, where replicas can share a subscription.
+async fn scale_out(
+    name: &str,
+    backend: &Backend,
+    args: &Args,
+    receiver: &Receiver,
+) -> Vec<scale::Measurement> {
+    let Some(broker_yaml) = &backend.replicas_yaml else {
+        println!(
+            "{name} / {}: skipped (one process owns the log: no replicas)",
+            scale::TITLE
+        );
+        return Vec::new();
+    };
+    let settings = scale::Settings {
+        replicas: args.scale_replicas.clone(),
+        window: args.scale_window,
+        body_size: args.body_size,
+        concurrency: args.concurrency,
+    };
+    scale::run(name, broker_yaml, receiver, &settings).await
 }
 
 /// One scenario of a backend: its title, the subscription's ordering (none: ingest only),
@@ -608,6 +662,14 @@ fn runs(args: &Args) -> Vec<Run> {
 /// Whether `--only` selects the scenario titled `title`.
 fn selected(args: &Args, title: &str) -> bool {
     args.only.is_empty() || args.only.iter().any(|w| title.contains(w.as_str()))
+}
+
+/// The title of the delivery-alone scenario, which runs after [`runs`].
+const DELIVERY_ALONE: &str = "delivery alone, from a backlog, ordering: key";
+
+/// Whether `--only` selects any scenario [`measure`] runs (else its limits are skipped too).
+fn others_selected(args: &Args) -> bool {
+    selected(args, DELIVERY_ALONE) || runs(args).iter().any(|run| selected(args, &run.0))
 }
 
 /// Every scenario of one backend, after its limits.
@@ -663,7 +725,7 @@ async fn measure(
             Err(e) => println!("{name} / {title}: failed: {e:#}"),
         }
     }
-    let title = "delivery alone, from a backlog, ordering: key";
+    let title = DELIVERY_ALONE;
     if selected(args, title) {
         match delivery_only(backend, receiver, load, "key").await {
             Ok(m) => {

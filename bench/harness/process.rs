@@ -1,7 +1,7 @@
 //! The hookbridge process under test: started from the binary next to this one, measured
 //! through /proc (CPU seconds, peak RSS).
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -10,10 +10,21 @@ use std::time::{Duration, Instant};
 pub struct Hookbridge {
     child: Child,
     pub ingress: String,
+    /// The admin listener, `http://host:port`.
+    pub admin: String,
 }
 
 impl Hookbridge {
     pub fn start(dir: &Path, config: &str) -> anyhow::Result<Hookbridge> {
+        Hookbridge::start_logged(dir, config, None)
+    }
+
+    /// [`Hookbridge::start`], and every line the process logs (JSON) written to `log`.
+    pub fn start_logged(
+        dir: &Path,
+        config: &str,
+        log: Option<&Path>,
+    ) -> anyhow::Result<Hookbridge> {
         let path = dir.join("bench.yaml");
         std::fs::write(&path, config)?;
         // HOOKBRIDGE_BENCH_LOG sets the service's RUST_LOG and prints every line it logs,
@@ -34,12 +45,18 @@ impl Hookbridge {
             .stderr(Stdio::piped())
             .spawn()?;
         let stderr = child.stderr.take().expect("piped");
+        let mut log = log.map(std::fs::File::create).transpose()?;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(file) = log.as_mut() {
+                    let _ = writeln!(file, "{line}");
+                }
                 if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
                     if event["message"] == "hookbridge is serving" {
-                        let _ = tx.send(event["ingress"].as_str().unwrap_or_default().to_string());
+                        let field =
+                            |name: &str| event[name].as_str().unwrap_or_default().to_string();
+                        let _ = tx.send((field("ingress"), field("admin")));
                     } else if verbose.is_some()
                         || event["level"] == "ERROR"
                         || event["level"] == "WARN"
@@ -49,7 +66,7 @@ impl Hookbridge {
                 }
             }
         });
-        let Ok(ingress) = rx.recv_timeout(Duration::from_secs(30)) else {
+        let Ok((ingress, admin)) = rx.recv_timeout(Duration::from_secs(30)) else {
             // Not left running behind the next scenario.
             let _ = child.kill();
             let _ = child.wait();
@@ -58,6 +75,7 @@ impl Hookbridge {
         Ok(Hookbridge {
             child,
             ingress: format!("http://{ingress}"),
+            admin: format!("http://{admin}"),
         })
     }
 
