@@ -378,11 +378,18 @@ async fn start_reader(
         StartFrom::Earliest => DeliverPolicy::All,
         StartFrom::Latest => DeliverPolicy::New,
     };
-    let (mut unacked, mut exists, mut resume_floor) = (0, false, 0);
+    let (mut unacked, mut usable_as_is, mut resume_floor) = (0, false, 0);
     match stream.consumer_info(&name).await {
         Ok(info) if info.config.ack_policy == AckPolicy::Explicit => {
-            (unacked, exists) = (info.num_ack_pending, true);
+            (unacked, usable_as_is) = (info.num_ack_pending, true);
             resume_floor = info.delivered.stream_sequence;
+            // Made under another `broker.nats.lease`: the consumer (which outlives the
+            // process) takes this one's ack wait, or held messages would be redelivered
+            // under their owner between two renewals.
+            if info.config.ack_wait != ctx.ack_wait() {
+                deliver_policy = info.config.deliver_policy;
+                usable_as_is = false;
+            }
         }
         // A consumer of an earlier layout (acked cumulatively): start a new one where its
         // acks ended. Its unacked messages are delivered again.
@@ -402,7 +409,7 @@ async fn start_reader(
         }
         Err(_) => {}
     }
-    let consumer = if exists {
+    let consumer = if usable_as_is {
         stream
             .get_consumer::<pull::Config>(&name)
             .await

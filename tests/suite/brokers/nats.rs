@@ -323,3 +323,57 @@ async fn nats_a_stalled_broker_call_does_not_hold_up_deliveries_in_hand() {
         during.len()
     );
 }
+
+/// `broker.nats.lease` changed between two runs: the partitions' consumers, which outlive
+/// the process, take the new lease's `ack_wait` (half of it). Left on the old one, a longer
+/// lease would see held messages redelivered under their owner before it renews.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_lease_reaches_the_existing_consumers() {
+    use futures_util::StreamExt;
+    let nats = NatsServer::start();
+    let receiver = Receiver::start().await;
+    let subs = format!(
+        "  - name: leased\n    topics: [jobs]\n    url: {}\n",
+        receiver.url
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let with_lease = |lease: &str| {
+        events_config(
+            &format!(
+                "  kind: nats\n  nats: {{ url: \"{}\", partitions: 2, lease: {lease} }}\n",
+                nats.url()
+            ),
+            "jobs",
+            &subs,
+        )
+    };
+    let ack_waits = || async {
+        let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        let mut stream = js.get_stream("jobs").await.unwrap();
+        let names: Vec<String> = stream
+            .consumer_names()
+            .map(|name| name.unwrap())
+            .collect()
+            .await;
+        let mut waits = Vec::new();
+        for name in names {
+            let info = stream.consumer_info(&name).await.unwrap();
+            waits.push(info.config.ack_wait);
+        }
+        waits
+    };
+    let mut first = Hookbridge::start(dir.path(), &with_lease("2s"));
+    first.wait_assigned(6, "the partitions are held").await;
+    assert_eq!(ack_waits().await, vec![Duration::from_secs(1); 2]);
+    assert!(first.terminate().success());
+
+    let second = Hookbridge::start(dir.path(), &with_lease("6s"));
+    second
+        .wait_assigned(6, "the partitions are held again")
+        .await;
+    assert_eq!(
+        ack_waits().await,
+        vec![Duration::from_secs(3); 2],
+        "the consumers wait half of the new lease"
+    );
+}
