@@ -349,7 +349,7 @@ async fn a_changed_lease_reaches_the_existing_consumers() {
     };
     let ack_waits = || async {
         let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-        let mut stream = js.get_stream("jobs").await.unwrap();
+        let stream = js.get_stream("jobs").await.unwrap();
         let names: Vec<String> = stream
             .consumer_names()
             .map(|name| name.unwrap())
