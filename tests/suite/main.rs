@@ -5,6 +5,7 @@
 mod support;
 
 mod brokers;
+mod chaos;
 mod completion;
 mod config;
 mod delivery;

@@ -1,0 +1,104 @@
+//! The seeded fault schedule: what the receiver answers each key, and what happens to the
+//! replicas, the broker, the config and the operator's verbs, when. One seed, one schedule.
+
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+/// How the receiver answers one key's requests for a while.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// 200 at once.
+    Fine,
+    /// 500: the endpoint failing for this key (retried, parks after `park_after`).
+    ServerError,
+    /// 400: the event refused (dead-lettered at once).
+    Refused,
+    /// 429 with `Retry-After: 1`.
+    TooMany,
+    /// 200 after 300 ms.
+    Slow,
+    /// 200 after 1.5 s, past the subscription's 1 s `timeout`: a failed attempt.
+    PastTimeout,
+}
+
+/// One step of the schedule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// The receiver answers `key` so for `for_`.
+    Answer {
+        key: usize,
+        answer: Answer,
+        for_: Duration,
+    },
+    /// `kill -9` of replica `replica` (of those running, by index), started again after
+    /// `down`.
+    Kill { replica: usize, down: Duration },
+    /// SIGTERM of a replica, started again after `down`.
+    Terminate { replica: usize, down: Duration },
+    /// One more replica joins (up to the backend's most).
+    Join,
+    /// The broker is stopped and started again (NATS only).
+    BrokerRestart,
+    /// The config file changes: `max_in_flight` and the longest backoff.
+    Reload {
+        max_in_flight: u32,
+        max_backoff_ms: u64,
+    },
+    /// Every replica pauses delivery for `for_`.
+    Pause { for_: Duration },
+    /// The dead letters are redriven while traffic flows.
+    Redrive,
+}
+
+/// The schedule of a run: `(at, action)` in time order.
+pub fn schedule(
+    seed: u64,
+    duration: Duration,
+    keys: usize,
+    replicas: bool,
+    broker_restarts: bool,
+) -> Vec<(Duration, Action)> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut at = Duration::from_secs(2);
+    let mut steps = Vec::new();
+    // Faults stop a few seconds before the end, so that the last ones have played out.
+    while at + Duration::from_secs(5) < duration {
+        let action = match rng.random_range(0..100u32) {
+            0..40 => Action::Answer {
+                key: rng.random_range(0..keys),
+                answer: match rng.random_range(0..5u32) {
+                    0 => Answer::ServerError,
+                    1 => Answer::Refused,
+                    2 => Answer::TooMany,
+                    3 => Answer::Slow,
+                    _ => Answer::PastTimeout,
+                },
+                for_: Duration::from_millis(rng.random_range(500..4_000)),
+            },
+            40..50 => Action::Kill {
+                replica: rng.random_range(0..4),
+                down: Duration::from_millis(rng.random_range(200..3_000)),
+            },
+            50..58 => Action::Terminate {
+                replica: rng.random_range(0..4),
+                down: Duration::from_millis(rng.random_range(200..3_000)),
+            },
+            58..64 if replicas => Action::Join,
+            64..68 if broker_restarts => Action::BrokerRestart,
+            68..80 => Action::Reload {
+                max_in_flight: rng.random_range(1..16),
+                max_backoff_ms: rng.random_range(100..1_000),
+            },
+            80..90 => Action::Pause {
+                for_: Duration::from_millis(rng.random_range(200..2_000)),
+            },
+            90..100 => Action::Redrive,
+            _ => continue,
+        };
+        steps.push((at, action));
+        at += Duration::from_millis(rng.random_range(500..2_500));
+    }
+    steps
+}
