@@ -73,6 +73,26 @@ impl Subscriber for KafkaBroker {
         topics: &[String],
         start: StartFrom,
     ) -> Result<Subscription, BrokerError> {
+        self.check_partition_counts(group, topics);
         consumer::subscribe(&self.config, group, topics, start)
+    }
+}
+
+impl KafkaBroker {
+    /// Warns when a group's topics have different partition counts. Range assignment gives
+    /// partition `p` of every topic to one replica, and a key lands on the same `p` of each
+    /// topic only when their counts are equal: otherwise a key's resent or parked events may
+    /// be delivered by another replica than its live ones, and at the same time.
+    fn check_partition_counts(&self, group: &str, topics: &[String]) {
+        let (producer, group, topics) = (self.producer.clone(), group.to_string(), topics.to_vec());
+        tokio::task::spawn_blocking(move || match producer.partition_counts(&topics) {
+            Ok(counts) if counts.windows(2).any(|w| w[0].1 != w[1].1) => {
+                tracing::warn!(%group, ?counts, "the group's topics have different partition counts: a key's live, parked and resent events may be delivered by different replicas at once; give them one count (hookbridge creates its own topics with broker.kafka.partitions)");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(%group, error = %e, "cannot read the topics' partition counts")
+            }
+        });
     }
 }

@@ -19,6 +19,7 @@ use crate::config::KafkaConfig;
 /// How long metadata and admin requests may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+#[derive(Clone)]
 pub struct KafkaProducer {
     producer: FutureProducer<RefusalWatch>,
     /// What the producer's connections were refused, if anything.
@@ -26,6 +27,22 @@ pub struct KafkaProducer {
 }
 
 impl KafkaProducer {
+    /// How many partitions each of `topics` has, of those that exist (one metadata call,
+    /// blocking).
+    pub fn partition_counts(&self, topics: &[String]) -> Result<Vec<(String, usize)>, BrokerError> {
+        let metadata = self
+            .producer
+            .client()
+            .fetch_metadata(None, ADMIN_TIMEOUT)
+            .map_err(kafka_error)?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .filter(|t| topics.iter().any(|wanted| wanted == t.name()))
+            .map(|t| (t.name().to_string(), t.partitions().len()))
+            .collect())
+    }
+
     pub fn new(config: &KafkaConfig) -> Result<KafkaProducer, BrokerError> {
         let mut client = base_config(config);
         client

@@ -274,3 +274,37 @@ async fn a_backlog_behind_a_stalled_receiver_is_delivered_without_gaps() {
         received.len()
     );
 }
+
+/// A subscription whose topic has another partition count than the parking and resend
+/// topics hookbridge creates: the replicas cannot keep a key's events together, and the
+/// log says so, naming the counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_of_unequal_partition_counts_are_named_at_start() {
+    let bootstrap = bootstrap();
+    let topic = unique("uneven");
+    create_topic(&bootstrap, &topic, 3).await;
+    let receiver = Receiver::start().await;
+    let subs = subscription(&topic, &topic, &receiver.url, "");
+    let dir = tempfile::tempdir().unwrap();
+    // Its own topics get `partitions: 4`.
+    let server = Hookbridge::start(dir.path(), &config(&bootstrap, &topic, &subs));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server.log_text().contains("different partition counts") {
+        assert!(
+            Instant::now() < deadline,
+            "a warning about the partition counts; the log:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let warning = server
+        .log_text()
+        .lines()
+        .find(|l| l.contains("different partition counts"))
+        .unwrap()
+        .to_string();
+    assert!(
+        warning.contains(&format!("(\\\"{topic}\\\", 3)")) && warning.contains("4)"),
+        "the counts are named: {warning}"
+    );
+}
