@@ -96,7 +96,8 @@ struct Worker {
     tenure: watch::Receiver<Tenure>,
     source: Source,
     /// Whether this partition's keys park (see `parking`): only with `ordering: key`, and
-    /// never on the parking topic itself.
+    /// never on the parking topic itself. Keys parked before (under another ordering)
+    /// stay parked whatever the ordering now, until their parked events are done.
     parks: bool,
     tracker: CommitTracker,
     parked: ParkedKeys,
@@ -143,7 +144,7 @@ impl Worker {
         let calls = stream.calls();
         let resumed = resumed(&sub, &stream).await;
         let parked = match &resumed {
-            Some(resumed) if parks => ParkedKeys::resumed(&resumed.parked),
+            Some(resumed) if source != Source::Parking => ParkedKeys::resumed(&resumed.parked),
             _ => ParkedKeys::default(),
         };
         let per_record = calls.per_record();
@@ -235,9 +236,8 @@ impl Worker {
             self.tracker.done(event.record.offset);
             return;
         }
-        let lane = LaneKey::of(self.sub.ordering, &event);
+        let lane = self.lane_of(&event);
         if let LaneKey::Key(key) = &lane
-            && self.parks
             && self.parked.is_draining(key)
         {
             // Waits until the key's parked events are done (see `parking`).
@@ -246,6 +246,19 @@ impl Worker {
         }
         if let Some(event) = self.lanes.admit(&lane, event) {
             self.start_event(lane, event);
+        }
+    }
+
+    /// The event's lane by the subscription's ordering, but a key parked under `ordering:
+    /// key` before the ordering changed keeps a lane of its own while it is parked: its
+    /// events follow it to the parking topic, or wait while it drains, in order.
+    fn lane_of(&mut self, event: &Event) -> LaneKey {
+        let lane = LaneKey::of(self.sub.ordering, event);
+        match event.key() {
+            Some(key) if !matches!(lane, LaneKey::Key(_)) && self.parked.contains(key) => {
+                LaneKey::Key(key.clone())
+            }
+            _ => lane,
         }
     }
 
@@ -267,12 +280,12 @@ impl Worker {
     /// when its key is parked.
     fn start_event(&mut self, lane: LaneKey, event: Event) {
         let key = match &lane {
-            LaneKey::Key(key) if self.parks => Some(key),
+            LaneKey::Key(key) => Some(key),
             _ => None,
         };
         // A draining key's events wait in `Lanes`, so a parked one started here forwards.
         let forward = key.is_some_and(|key| self.parked.contains(key));
-        let parking = (key.is_some() && !forward).then(|| lane::Parking {
+        let parking = (self.parks && key.is_some() && !forward).then(|| lane::Parking {
             after: self.sub.settings().park_after,
             room: self.parked.room(),
         });

@@ -665,3 +665,96 @@ async fn nats_a_key_recovers_while_one_parked_before_it_still_fails() {
 async fn kafka_a_key_recovers_while_one_parked_before_it_still_fails() {
     a_key_recovers_while_one_parked_before_it_still_fails(Backend::kafka()).await;
 }
+
+/// A key parked under `ordering: key`, and the subscription's ordering changed to
+/// `partition` by a live reload: the key stays parked until its parked events are done, so
+/// its next event is not delivered before them (the new ordering parks no key, but it
+/// does not forget those parked before).
+async fn a_parked_key_keeps_its_order_across_a_change_of_ordering(backend: Backend) {
+    let topic = unique("reordered");
+    let receiver = Receiver::start().await;
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let fails = failing.clone();
+    receiver.answer(move |_, body| {
+        let seq = serde_json::from_slice::<serde_json::Value>(body).unwrap_or_default()["seq"]
+            .as_u64()
+            .unwrap_or_default();
+        if fails.load(std::sync::atomic::Ordering::SeqCst) {
+            return Reply::status(500);
+        }
+        // The parked events take their time: the next one, sent past them, would be
+        // answered first.
+        Reply {
+            status: 200,
+            delay: Duration::from_millis(if seq < 2 { 700 } else { 0 }),
+            retry_after: None,
+        }
+    });
+    let subs = |ordering: &str| {
+        format!(
+            "  - name: {topic}\n    topics: [{topic}]\n    url: {}\n    ordering: {ordering}\n{PARK_QUICKLY}",
+            receiver.url
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    let config = |ordering: &str| events_config(&backend.broker(1), &topic, &subs(ordering));
+    std::fs::write(&path, config("key")).unwrap();
+    let server = Hookbridge::start_file(&path, &[], &[]);
+    support::post_accepted(&server, 2, |_| "K".into()).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server.log_text().contains("parking it") {
+        assert!(Instant::now() < deadline, "the key parked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    std::fs::write(&path, config("partition")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server.log_text().contains("subscription rejoining") {
+        assert!(
+            Instant::now() < deadline,
+            "the subscription rejoined with its new ordering"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let response = http_client()
+        .post(server.hook_url("events"))
+        .json(&serde_json::json!({"key": "K", "seq": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    receiver
+        .wait_for("the three events", Duration::from_secs(30), |r| {
+            all_delivered(r, 0..3)
+        })
+        .await;
+    let delivered: Vec<u64> = receiver
+        .received()
+        .iter()
+        .filter(|r| r.ok())
+        .map(|r| seq_of(r).1)
+        .collect();
+    let first_of = |seq: u64| delivered.iter().position(|s| *s == seq).unwrap();
+    assert!(
+        first_of(0) < first_of(1) && first_of(1) < first_of(2),
+        "K's events first delivered in order: {delivered:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn embedded_a_parked_key_keeps_its_order_across_a_change_of_ordering() {
+    a_parked_key_keeps_its_order_across_a_change_of_ordering(Backend::embedded()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_a_parked_key_keeps_its_order_across_a_change_of_ordering() {
+    a_parked_key_keeps_its_order_across_a_change_of_ordering(Backend::nats()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_a_parked_key_keeps_its_order_across_a_change_of_ordering() {
+    a_parked_key_keeps_its_order_across_a_change_of_ordering(Backend::kafka()).await;
+}
