@@ -14,10 +14,11 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::OwnedMutexGuard;
 
-/// The keys with an event on its way (or waiting for one to finish).
+/// The keys with an event on its way (or waiting for one to finish), each with how many
+/// events hold or wait for it.
 #[derive(Default)]
 pub struct KeyLocks {
-    keys: Mutex<HashMap<Bytes, Arc<tokio::sync::Mutex<()>>>>,
+    keys: Mutex<HashMap<Bytes, (Arc<tokio::sync::Mutex<()>>, usize)>>,
 }
 
 /// Held while one event of the key is on its way; the next waits for it to drop.
@@ -31,18 +32,21 @@ impl KeyLocks {
     /// Waits until no other event of `key` is on its way, and takes its place. Waiters
     /// are served in the order they came.
     pub async fn lock(&self, key: &Bytes) -> KeyLock<'_> {
-        let lock = self
-            .keys
-            .lock()
-            .expect("key locks")
-            .entry(key.clone())
-            .or_default()
-            .clone();
-        KeyLock {
+        let lock = {
+            let mut keys = self.keys.lock().expect("key locks");
+            let (lock, users) = keys.entry(key.clone()).or_default();
+            *users += 1;
+            lock.clone()
+        };
+        // Made before the wait, so that a wait given up (its future dropped) still counts
+        // itself out.
+        let mut held = KeyLock {
             locks: self,
             key: key.clone(),
-            guard: Some(lock.lock_owned().await),
-        }
+            guard: None,
+        };
+        held.guard = Some(lock.lock_owned().await);
+        held
     }
 
     /// How many keys have an event on its way or waiting (for tests of the bound).
@@ -57,11 +61,11 @@ impl Drop for KeyLock<'_> {
         drop(self.guard.take());
         let mut keys = self.locks.keys.lock().expect("key locks");
         // Forgotten once nobody holds or waits for it: the map holds only keys in use.
-        if keys
-            .get(&self.key)
-            .is_some_and(|l| Arc::strong_count(l) == 1)
-        {
-            keys.remove(&self.key);
+        if let Some((_, users)) = keys.get_mut(&self.key) {
+            *users -= 1;
+            if *users == 0 {
+                keys.remove(&self.key);
+            }
         }
     }
 }
@@ -88,6 +92,17 @@ mod tests {
         assert!(!waiting.is_finished(), "the second waits for the first");
         drop(first);
         waiting.await.unwrap();
+        assert_eq!(locks.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_wait_given_up_is_forgotten() {
+        let locks = KeyLocks::default();
+        let key = Bytes::from_static(b"k");
+        let first = locks.lock(&key).await;
+        let gave_up = tokio::time::timeout(Duration::from_millis(10), locks.lock(&key)).await;
+        assert!(gave_up.is_err());
+        drop(first);
         assert_eq!(locks.len(), 0);
     }
 }

@@ -4,12 +4,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::attempt::{AttemptResult, attempt};
 use super::breaker::BreakerState;
 use super::dead_letter::{self, Failure};
 use super::event::Event;
+use super::key_locks::KeyLock;
 use super::parked_keys::ParkingRoom;
 use super::runtime::SubscriptionRuntime;
 use super::{parking, payload};
@@ -87,10 +89,13 @@ async fn deliver_in_span(
     }
     // The key's resent and parked events, read by other partitions' workers, wait for this
     // one and it for them (see `key_locks`).
-    let _one_of_its_key = match (sub.ordering, event.key()) {
-        (OrderingMode::Key, Some(key)) => tokio::select! {
-            lock = sub.key_locks.lock(key) => Some(lock),
-            _ = stop.cancelled() => return Outcome::Abandoned,
+    let _key_turn = match (sub.ordering, event.key()) {
+        (OrderingMode::Key, Some(key)) => match key_turn(sub, key, parking.as_ref(), stop).await {
+            Turn::Ours(lock) => Some(lock),
+            Turn::Park => {
+                return park_or_give_back(sub, event, event.prior_attempts, stop, parking).await;
+            }
+            Turn::Stopped => return Outcome::Abandoned,
         },
         _ => None,
     };
@@ -189,13 +194,7 @@ async fn deliver_in_span(
                     .is_some_and(|p| failing_for >= p.after && p.room.take()) =>
             {
                 tracing::info!(subscription = %sub.name, id = %event.id, attempts, ?failing_for, "key still failing; parking it");
-                let outcome = park(sub, event, attempts, stop).await;
-                if outcome == Outcome::Abandoned
-                    && let Some(parking) = &parking
-                {
-                    parking.room.give_back(1);
-                }
-                return outcome;
+                return park_or_give_back(sub, event, attempts, stop, parking).await;
             }
             Some(delay) => {
                 tokio::select! {
@@ -209,6 +208,61 @@ async fn deliver_in_span(
             }
         }
     }
+}
+
+/// What waiting for the key's turn came to.
+enum Turn<'a> {
+    Ours(KeyLock<'a>),
+    /// Waited `park_after` and took a place in the parked set: the event parks.
+    Park,
+    Stopped,
+}
+
+/// Waits until no other event of the key is on its way (see `key_locks`). An event that
+/// waited `park_after` is as stuck as one failing that long (the event holding the key is
+/// failing, from the parking topic or the resend topic): with a place in the parked set
+/// it parks instead, so that the key's queued events do not fill the partition's buffer.
+async fn key_turn<'a>(
+    sub: &'a SubscriptionRuntime,
+    key: &Bytes,
+    parking: Option<&Parking>,
+    stop: &CancellationToken,
+) -> Turn<'a> {
+    let lock = sub.key_locks.lock(key);
+    tokio::pin!(lock);
+    let mut patience = parking.map(|p| tokio::time::Instant::now() + p.after);
+    loop {
+        tokio::select! {
+            lock = &mut lock => return Turn::Ours(lock),
+            _ = stop.cancelled() => return Turn::Stopped,
+            _ = tokio::time::sleep_until(patience.unwrap_or_else(tokio::time::Instant::now)), if patience.is_some() => {
+                let parking = parking.expect("patience comes with parking");
+                if parking.room.take() {
+                    tracing::info!(subscription = %sub.name, "key held by its event from another topic for park_after; parking it");
+                    return Turn::Park;
+                }
+                patience = Some(tokio::time::Instant::now() + parking.after);
+            }
+        }
+    }
+}
+
+/// Parks `event` with the place it took in the parked set, which goes back if the event
+/// is abandoned on its way.
+async fn park_or_give_back(
+    sub: &SubscriptionRuntime,
+    event: &Event,
+    attempts: u32,
+    stop: &CancellationToken,
+    parking: Option<Parking>,
+) -> Outcome {
+    let outcome = park(sub, event, attempts, stop).await;
+    if outcome == Outcome::Abandoned
+        && let Some(parking) = &parking
+    {
+        parking.room.give_back(1);
+    }
+    outcome
 }
 
 /// Sends `event` to the parking topic: its key is parked (see `parking`).

@@ -758,3 +758,69 @@ async fn nats_a_parked_key_keeps_its_order_across_a_change_of_ordering() {
 async fn kafka_a_parked_key_keeps_its_order_across_a_change_of_ordering() {
     a_parked_key_keeps_its_order_across_a_change_of_ordering(Backend::kafka()).await;
 }
+
+/// A key failing on two topics of one subscription: its event on the first parks, and the
+/// parking topic retries it, holding the key (one event of a key at a time). The key's event
+/// on the second topic, waiting for its turn that long, parks too, instead of waiting (with
+/// the key's later events) until the first one is delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_waiting_park_after_for_its_key_parks() {
+    const TOKEN: &str = "waiting-admin-token-0123456789";
+    let receiver = Receiver::start().await;
+    receiver.answer(|_, _| Reply::status(500));
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"{base}routes:
+  - {{ name: first, topic: first, verify: {{ kind: none }}, key: {{ json: /key }} }}
+  - {{ name: second, topic: second, verify: {{ kind: none }}, key: {{ json: /key }} }}
+subscriptions:
+  - name: both
+    topics: [first, second]
+    url: {url}
+{PARK_QUICKLY}"#,
+        base = with_admin_token(&base_config(dir.path()), TOKEN),
+        url = receiver.url
+    );
+    let server = Hookbridge::start(dir.path(), &config);
+    let post = |route: &str| {
+        let url = server.hook_url(route);
+        async move {
+            let response = http_client()
+                .post(url)
+                .json(&serde_json::json!({"key": "K", "seq": 0}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 202);
+        }
+    };
+    let parked_on = |topic: &'static str| {
+        let admin = server.admin.clone();
+        async move {
+            let status = admin_get(&admin, "/v1/subscriptions/both", TOKEN).await;
+            status["partitions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|row| row["topic"] == topic)
+                .map(|row| row["parked_keys"].as_u64().unwrap_or_default())
+                .sum::<u64>()
+        }
+    };
+    post("first").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while parked_on("first").await == 0 {
+        assert!(Instant::now() < deadline, "K parked on the first topic");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    post("second").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while parked_on("second").await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "K's event on the second topic parked after waiting for its turn; the log:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
