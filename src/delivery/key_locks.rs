@@ -14,11 +14,13 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::OwnedMutexGuard;
 
-/// The keys with an event on its way (or waiting for one to finish), each with how many
-/// events hold or wait for it.
+/// A key's turn, and how many events hold or wait for it.
+type Turn = (Arc<tokio::sync::Mutex<()>>, usize);
+
+/// The keys with an event on its way (or waiting for one to finish).
 #[derive(Default)]
 pub struct KeyLocks {
-    keys: Mutex<HashMap<Bytes, (Arc<tokio::sync::Mutex<()>>, usize)>>,
+    keys: Mutex<HashMap<Bytes, Turn>>,
 }
 
 /// Held while one event of the key is on its way; the next waits for it to drop.
