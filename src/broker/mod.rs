@@ -296,19 +296,20 @@ pub enum Tenure {
     /// not renewed since); past it the worker must have stopped delivering.
     Held { until: Option<Instant> },
     /// Being handed over: stop taking records, let the attempts on the wire finish within
-    /// the subscription's grace, commit, and drop the stream.
-    Revoked,
+    /// the subscription's grace, commit, and drop the stream. `until` as for `Held`: a
+    /// lease still renewed while the worker lets go, and past which it must have stopped
+    /// all the same.
+    Revoked { until: Option<Instant> },
     /// Taken by another owner already (a lease found taken or expired, a handover that
     /// waited too long): stop at once, attempts on the wire included.
     Lost,
 }
 
 impl Tenure {
-    /// Until when the partition is surely held, if that is bounded (and it is held).
+    /// Until when the partition is surely held, if that is bounded.
     pub fn held_until(self) -> Option<Instant> {
         match self {
-            Tenure::Held { until } => until,
-            Tenure::Revoked => None,
+            Tenure::Held { until } | Tenure::Revoked { until } => until,
             Tenure::Lost => Some(Instant::now()),
         }
     }
@@ -331,25 +332,30 @@ pub struct PartitionHandle {
 }
 
 impl PartitionHandle {
-    /// The ownership is confirmed until `until` (a renewed lease).
+    /// The ownership is confirmed until `until` (a renewed lease), while it is held or
+    /// being handed over.
     pub fn hold_until(&self, until: Instant) {
         self.tenure.send_if_modified(|tenure| match tenure {
             Tenure::Held { .. } => {
                 *tenure = Tenure::Held { until: Some(until) };
                 true
             }
-            Tenure::Revoked | Tenure::Lost => false,
+            Tenure::Revoked { .. } => {
+                *tenure = Tenure::Revoked { until: Some(until) };
+                true
+            }
+            Tenure::Lost => false,
         });
     }
 
-    /// Asks the worker to hand the partition over.
+    /// Asks the worker to hand the partition over (within what its lease still holds).
     pub fn revoke(&self) {
-        self.tenure.send_if_modified(|tenure| match tenure {
-            Tenure::Held { .. } => {
-                *tenure = Tenure::Revoked;
+        self.tenure.send_if_modified(|tenure| match *tenure {
+            Tenure::Held { until } => {
+                *tenure = Tenure::Revoked { until };
                 true
             }
-            Tenure::Revoked | Tenure::Lost => false,
+            Tenure::Revoked { .. } | Tenure::Lost => false,
         });
     }
 

@@ -187,8 +187,8 @@ impl Worker {
                         return Ending::Revoked;
                     }
                     match *self.tenure.borrow_and_update() {
-                        Tenure::Revoked => return Ending::Revoked,
-                        Tenure::Lost => return Ending::Fenced,
+                        Tenure::Revoked { .. } => return Ending::Revoked,
+                        Tenure::Lost => return Ending::Lost,
                         Tenure::Held { .. } => {}
                     }
                 }

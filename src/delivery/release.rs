@@ -30,6 +30,8 @@ pub enum Ending {
     Revoked,
     /// The ownership could not be confirmed in time: stop at once.
     Fenced,
+    /// Another owner has the partition already: stop at once.
+    Lost,
     /// The broker ended the stream.
     StreamEnded,
 }
@@ -59,19 +61,29 @@ pub async fn release(sub: &SubscriptionRuntime, handback: Handback, ending: Endi
     let (topic, partition) = (stream.topic.clone(), stream.partition);
     lanes.stop();
     let grace = match ending {
-        Ending::Fenced => Duration::ZERO,
+        Ending::Fenced | Ending::Lost => Duration::ZERO,
         _ => sub.settings().timeout + Duration::from_secs(1),
     };
-    let mut deadline = Instant::now() + grace;
-    if let Some(fence) = tenure.borrow().held_until() {
-        deadline = deadline.min(fence);
-    }
-    finish_on_the_wire(&mut lanes, &mut tracker, &mut parked, &mut tenure, deadline).await;
+    let grace_ends = Instant::now() + grace;
+    finish_on_the_wire(
+        &mut lanes,
+        &mut tracker,
+        &mut parked,
+        &mut tenure,
+        grace_ends,
+    )
+    .await;
     // Whatever is still on its way now is cut off: after a fence it must not go on.
     let abandoned = lanes.on_their_way();
     drop(lanes);
-    if ending == Ending::Fenced {
-        tracing::warn!(subscription = %sub.name, %topic, partition, abandoned, "partition ownership not confirmed in time; stopped delivering it");
+    match ending {
+        Ending::Fenced => {
+            tracing::warn!(subscription = %sub.name, %topic, partition, abandoned, "partition ownership not confirmed in time; stopped delivering it")
+        }
+        Ending::Lost => {
+            tracing::warn!(subscription = %sub.name, %topic, partition, abandoned, "partition taken by another owner; stopped delivering it at once")
+        }
+        _ => {}
     }
     final_commit(sub, &stream, &mut tracker, committing).await;
     tracing::info!(subscription = %sub.name, %topic, partition, ?ending, pending = tracker.pending(), skipped_as_done = tracker.skipped(), "partition released");
@@ -79,28 +91,29 @@ pub async fn release(sub: &SubscriptionRuntime, handback: Handback, ending: Endi
     drop(stream);
 }
 
-/// Lets the attempts on the wire finish until `deadline`, or until the partition is lost
-/// meanwhile; each lane has one event on its way, and those that stopped at a wait come
-/// back abandoned at once.
+/// Lets the attempts on the wire finish until `grace_ends`, or until the tenure's fence
+/// (a lease renewed while the worker lets go moves it on; one lost brings it to now);
+/// each lane has one event on its way, and those that stopped at a wait come back
+/// abandoned at once.
 async fn finish_on_the_wire(
     lanes: &mut Lanes,
     tracker: &mut CommitTracker,
     parked: &mut ParkedKeys,
     tenure: &mut watch::Receiver<Tenure>,
-    deadline: Instant,
+    grace_ends: Instant,
 ) {
-    let mut backend_there = true;
+    let mut tenure_open = true;
     while lanes.on_their_way() > 0 {
+        let fence = tenure.borrow_and_update().held_until();
+        let deadline = fence.map_or(grace_ends, |fence| fence.min(grace_ends));
         tokio::select! {
             finished = lanes.finished() => {
                 settle(tracker, parked, &finished);
             }
             _ = tokio::time::sleep_until(deadline.into()) => break,
-            changed = tenure.changed(), if backend_there => match changed {
-                Ok(()) if *tenure.borrow_and_update() == Tenure::Lost => break,
-                Ok(()) => {}
-                Err(_) => backend_there = false,
-            },
+            changed = tenure.changed(), if tenure_open => {
+                tenure_open = changed.is_ok();
+            }
         }
     }
 }

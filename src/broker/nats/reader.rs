@@ -191,7 +191,7 @@ impl Reader {
             return May::Stop;
         }
         match *self.tenure.borrow() {
-            Tenure::Revoked | Tenure::Lost => May::Stop,
+            Tenure::Revoked { .. } | Tenure::Lost => May::Stop,
             Tenure::Held { until: None } => May::Go,
             Tenure::Held { until: Some(until) } => {
                 if Instant::now() + self.pull_expires + EXPIRY_SLACK * 2 < until {

@@ -275,3 +275,69 @@ async fn nats_a_lease_taken_by_another_member_stops_delivery_at_once() {
     let first = &receiver.received()[0];
     assert!(first.abandoned, "the attempt was cut off, not answered");
 }
+
+/// A partition being handed over keeps its lease renewed until its worker lets go, and
+/// the worker lets its attempts on the wire run for the subscription's `timeout`. If the
+/// replica then cannot renew (its connection to NATS stalls), the lease expires and the
+/// next owner starts: the worker must have stopped by then, handover or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_partition_handed_over_is_still_fenced_when_its_lease_is_not_renewed() {
+    let Proxied {
+        nats,
+        proxy,
+        topic,
+        receiver,
+        subs,
+    } = Proxied::start("handfence", Duration::from_secs(20), 8).await;
+    let subs = format!("{subs}    timeout: 30s\n");
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Hookbridge::start(
+        dir_a.path(),
+        &events_config(&nats_broker(&proxy.url(), 2), &topic, &subs),
+    );
+    a.wait_assigned(6, "the first replica holds every partition")
+        .await;
+    for seq in 0..8u64 {
+        let response = http_client()
+            .post(a.hook_url("events"))
+            .json(&serde_json::json!({"key": format!("k{seq}"), "seq": seq}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while receiver.on_the_wire() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "events on the wire from both partitions"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // B joins: A hands one partition number over, and lets its attempts run.
+    let _b = Hookbridge::start(
+        dir_b.path(),
+        &events_config(&nats_broker(&nats.url(), 2), &topic, &subs),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !a.log_text().contains("handing a partition over") {
+        assert!(Instant::now() < deadline, "A hands a partition over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let on_the_wire = receiver.on_the_wire();
+    proxy.stall(true);
+    let stalled_at = Instant::now();
+    // The lease period is 2 s: by then every attempt of A has been cut off.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let cut_off = receiver
+        .received()
+        .iter()
+        .filter(|r| r.at < stalled_at && r.abandoned)
+        .count();
+    assert_eq!(
+        cut_off,
+        on_the_wire,
+        "every attempt A had on the wire was cut off before its leases could expire; A's log:\n{}",
+        a.log_text()
+    );
+}
