@@ -151,6 +151,8 @@ pub fn subscribe(
 /// topic and partition, so members that share by topic and partition still exclude these.
 async fn manage(ctx: Context, topics: Vec<Arc<str>>, partitions: u32) {
     let mut held: HashMap<Unit, Held> = HashMap::new();
+    // Numbers whose readers could not start, and when.
+    let mut failed: HashMap<u32, Instant> = HashMap::new();
     let mut tick = tokio::time::interval(ctx.lease / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Start the search for free partitions at a member-specific place, so replicas that
@@ -178,13 +180,19 @@ async fn manage(ctx: Context, topics: Vec<Arc<str>>, partitions: u32) {
             tracing::info!(group = %ctx.group, partition = number, members, "handing a partition over");
             hand_over(&mut held, number);
         }
+        failed.retain(|_, at: &mut Instant| at.elapsed() < ctx.lease * 5);
         for i in 0..partitions {
             if whole_numbers(&held, topics.len()).len() >= fair_share {
                 break;
             }
             let number = (i + offset) % partitions;
-            if !held.keys().any(|unit| unit.1 == number) {
-                take(&ctx, &mut held, &topics, number).await;
+            if !held.keys().any(|unit| unit.1 == number)
+                && !failed.contains_key(&number)
+                && !take(&ctx, &mut held, &topics, number).await
+            {
+                // Not taken again for a while: a topic that cannot be read would have its
+                // number's other topics started and stopped on every tick.
+                failed.insert(number, Instant::now());
             }
         }
     }
@@ -230,8 +238,14 @@ fn hand_over(held: &mut HashMap<Unit, Held>, number: u32) {
 }
 
 /// Takes partition `number` of every topic: all of their leases, or none (what was taken
-/// is given back when one is held by someone else); then starts their readers.
-async fn take(ctx: &Context, held: &mut HashMap<Unit, Held>, topics: &[Arc<str>], number: u32) {
+/// is given back when one is held by someone else); then starts their readers. False when
+/// a reader could not start (the number is given back whole).
+async fn take(
+    ctx: &Context,
+    held: &mut HashMap<Unit, Held>,
+    topics: &[Arc<str>],
+    number: u32,
+) -> bool {
     let asked_at = Instant::now();
     let mut taken: Vec<(Unit, String, u64)> = Vec::new();
     for topic in topics {
@@ -249,9 +263,10 @@ async fn take(ctx: &Context, held: &mut HashMap<Unit, Held>, topics: &[Arc<str>]
         for (_, key, _) in taken {
             leases::release(&ctx.store, &key).await;
         }
-        return;
+        return true;
     }
-    for (unit, key, revision) in taken {
+    let mut taken = taken.into_iter();
+    while let Some((unit, key, revision)) = taken.next() {
         match start_reader(ctx, unit.clone(), asked_at).await {
             Ok((handle, reader)) => {
                 held.insert(
@@ -266,12 +281,19 @@ async fn take(ctx: &Context, held: &mut HashMap<Unit, Held>, topics: &[Arc<str>]
                 );
             }
             Err(e) => {
-                // The number's other topics, started or not, go too.
-                tracing::warn!(group = %ctx.group, topic = %unit.0, partition = unit.1, error = %e, "cannot read partition");
+                // The number goes whole: the topics started are handed over, the others
+                // given back before they start.
+                tracing::warn!(group = %ctx.group, topic = %unit.0, partition = unit.1, error = %e, "cannot read partition; giving its partition number back");
                 leases::release(&ctx.store, &key).await;
+                for (_, key, _) in taken.by_ref() {
+                    leases::release(&ctx.store, &key).await;
+                }
+                hand_over(held, number);
+                return false;
             }
         }
     }
+    true
 }
 
 /// Renews every lease still ours and extends its worker's tenure; a lease found taken
