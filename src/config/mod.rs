@@ -33,6 +33,12 @@ pub const DEFAULT_CONFIG_NAME: &str = "<built-in config/hookbridge.yaml>";
 /// under `max.poll.interval.ms`).
 pub const MAX_ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// The least `max.poll.interval.ms` a Kafka consumer may have (librdkafka's rebalance
+/// timeout): a revocation waits for the attempts on the wire, up to `MAX_ATTEMPT_TIMEOUT`
+/// and the last commits, and the member must be back in the group within it.
+pub const KAFKA_MAX_POLL_INTERVAL: std::time::Duration =
+    MAX_ATTEMPT_TIMEOUT.saturating_add(std::time::Duration::from_secs(90));
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {

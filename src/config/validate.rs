@@ -1,7 +1,7 @@
 //! Checks serde cannot make: names the brokers would reject, duplicates, URLs, secrets,
 //! bounds. Every problem is collected, so one run of `check-config` shows them all.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -69,6 +69,7 @@ fn check_broker(config: &Config, problems: &mut Problems) {
     if broker.kafka.bootstrap_servers.trim().is_empty() {
         problems.add("broker.kafka.bootstrap_servers", "is empty");
     }
+    check_kafka_properties(&broker.kafka.properties, problems);
     // A cluster is several URLs, comma-separated.
     for url in broker.nats.url.split(',').map(str::trim) {
         if !(url.starts_with("nats://") || url.starts_with("tls://")) {
@@ -100,6 +101,37 @@ fn check_broker(config: &Config, problems: &mut Problems) {
         .is_some_and(|b| b.0 == 0)
     {
         problems.add("broker.embedded.retention.max_bytes", "must be more than 0");
+    }
+}
+
+/// librdkafka properties hookbridge's guarantees rest on: the assignment that gives
+/// partition `p` of every topic of a subscription to one replica (ARCHITECTURE §6.1), and a
+/// rebalance timeout that outlasts a handover's wait for the attempts on the wire.
+fn check_kafka_properties(properties: &BTreeMap<String, Secret>, problems: &mut Problems) {
+    for key in [
+        "partition.assignment.strategy",
+        "group.protocol",
+        "group.remote.assignor",
+    ] {
+        if properties.contains_key(key) {
+            problems.add(
+                format!("broker.kafka.properties.{key}"),
+                "is hookbridge's to set: replicas share a subscription's partitions by number (range assignment)",
+            );
+        }
+    }
+    let least = super::KAFKA_MAX_POLL_INTERVAL.as_millis();
+    if let Some(value) = properties.get("max.poll.interval.ms")
+        && value
+            .expose()
+            .trim()
+            .parse::<u128>()
+            .is_ok_and(|ms| ms < least)
+    {
+        problems.add(
+            "broker.kafka.properties.max.poll.interval.ms",
+            format!("must be at least {least} (a handover waits for the attempts on the wire, up to the longest timeout)"),
+        );
     }
 }
 
@@ -257,7 +289,10 @@ fn check_subscription(at: &str, sub: &SubscriptionConfig, problems: &mut Problem
     if sub.timeout.0 > super::MAX_ATTEMPT_TIMEOUT {
         problems.add(
             format!("{at}.timeout"),
-            "must be at most 5m (a partition's handover waits for the attempts on the wire)",
+            format!(
+                "must be at most {}s (a partition's handover waits for the attempts on the wire)",
+                super::MAX_ATTEMPT_TIMEOUT.as_secs()
+            ),
         );
     }
     let retry = &sub.retry;

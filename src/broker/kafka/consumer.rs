@@ -51,7 +51,7 @@ use crate::broker::{
     BrokerError, Committer, Completion, ConsumedRecord, PartitionEvent, PartitionHandle,
     PartitionStream, Progress, RecordHeader, StartFrom, Subscription,
 };
-use crate::config::{KafkaConfig, MAX_ATTEMPT_TIMEOUT};
+use crate::config::{KAFKA_MAX_POLL_INTERVAL, KafkaConfig};
 
 /// Records buffered ahead of the engine, per partition, on top of librdkafka's own queue.
 const READ_AHEAD: usize = 256;
@@ -67,11 +67,10 @@ const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
 /// lets its attempts on the wire run for the subscription's `timeout` (at most
 /// `MAX_ATTEMPT_TIMEOUT`) + 1 s and retries its last commit for 5 s, so this is only
 /// reached by a worker that is stuck. Past it the partitions are lost (their workers stop
-/// at once) and go; the next owner redelivers what was not committed.
-const REVOKE_WAIT: Duration = MAX_ATTEMPT_TIMEOUT.saturating_add(Duration::from_secs(30));
-/// librdkafka's rebalance timeout: a member not back in the group by then is left out, so
-/// it must outlast a revocation's wait.
-const MAX_POLL_INTERVAL: Duration = REVOKE_WAIT.saturating_add(Duration::from_secs(60));
+/// at once) and go; the next owner redelivers what was not committed. A minute under
+/// librdkafka's rebalance timeout (`KAFKA_MAX_POLL_INTERVAL`), so that the member is back
+/// in the group in time.
+const REVOKE_WAIT: Duration = KAFKA_MAX_POLL_INTERVAL.saturating_sub(Duration::from_secs(60));
 
 type TopicPartition = (Arc<str>, u32);
 type GroupConsumer = StreamConsumer<GroupContext>;
@@ -405,7 +404,7 @@ pub fn subscribe(
         .set("heartbeat.interval.ms", "1000")
         .set(
             "max.poll.interval.ms",
-            MAX_POLL_INTERVAL.as_millis().to_string(),
+            KAFKA_MAX_POLL_INTERVAL.as_millis().to_string(),
         )
         // A fetch waits at most this long for data: brokers that answer a fetch only when
         // the wait expires (rather than as soon as data arrives) would otherwise add up to
