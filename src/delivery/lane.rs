@@ -145,8 +145,8 @@ async fn deliver_in_span(
         )
         .await;
         drop(permit);
-        // An answer refusing the event itself says the endpoint is up: it does not count
-        // against the breaker (`retry.dead_letter_on`).
+        // An answer refusing the event itself (`retry.dead_letter_on`) says the endpoint is
+        // up: the breaker counts it as a success, which ends a run of failures.
         admission.record(!matches!(result, AttemptResult::Retry { .. }));
         let open = settings.breaker.state() != BreakerState::Closed;
         sub.metrics.breaker_open.set(i64::from(open));
