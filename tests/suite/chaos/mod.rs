@@ -171,35 +171,8 @@ async fn run(plan: Plan) {
         }
         run.applied
             .push(format!("{:>6.1}s {action:?}", at.as_secs_f64()));
-        match action {
-            Action::Answer { key, answer, for_ } => {
-                faults
-                    .lock()
-                    .unwrap()
-                    .insert(format!("k{key}"), (answer, Instant::now() + for_));
-            }
-            Action::Kill { replica, down } => run.stop_replica(replica, down, false),
-            Action::Terminate { replica, down } => run.stop_replica(replica, down, true),
-            Action::Join => {
-                if run.replicas.len() + run.comebacks.len() < run.most_replicas {
-                    run.start_replica();
-                }
-            }
-            Action::BrokerRestart => {
-                if let Backend::Nats(nats) = &mut run.backend {
-                    tokio::task::block_in_place(|| nats.restart());
-                }
-            }
-            Action::Reload {
-                max_in_flight,
-                max_backoff_ms,
-            } => run.write_config(&receiver.url, max_in_flight, max_backoff_ms),
-            Action::Pause { for_ } => run.pause(for_).await,
-            Action::Redrive => {
-                if let Some(admin) = run.replicas.first().map(|r| r.admin.clone()) {
-                    redrives.push(redrive(admin, run.name.clone()));
-                }
-            }
+        if let Some(redriving) = run.apply(action, &faults, &receiver.url).await {
+            redrives.push(redriving);
         }
     }
     while started.elapsed() < run.plan.duration {
@@ -365,6 +338,45 @@ fn redrive(admin: String, name: String) -> tokio::task::JoinHandle<()> {
 }
 
 impl Run {
+    /// Applies one step of the schedule; a redrive runs on while the schedule goes on.
+    async fn apply(
+        &mut self,
+        action: Action,
+        faults: &Faults,
+        url: &str,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        match action {
+            Action::Answer { key, answer, for_ } => {
+                faults
+                    .lock()
+                    .unwrap()
+                    .insert(format!("k{key}"), (answer, Instant::now() + for_));
+            }
+            Action::Kill { replica, down } => self.stop_replica(replica, down, false),
+            Action::Terminate { replica, down } => self.stop_replica(replica, down, true),
+            Action::Join => {
+                if self.replicas.len() + self.comebacks.len() < self.most_replicas {
+                    self.start_replica();
+                }
+            }
+            Action::BrokerRestart => {
+                if let Backend::Nats(nats) = &mut self.backend {
+                    tokio::task::block_in_place(|| nats.restart());
+                }
+            }
+            Action::Reload {
+                max_in_flight,
+                max_backoff_ms,
+            } => self.write_config(url, max_in_flight, max_backoff_ms),
+            Action::Pause { for_ } => self.pause(for_).await,
+            Action::Redrive => {
+                let admin = self.replicas.first()?.admin.clone();
+                return Some(redrive(admin, self.name.clone()));
+            }
+        }
+        None
+    }
+
     fn write_config(&mut self, url: &str, max_in_flight: u32, max_backoff_ms: u64) {
         let partitions = 4;
         let subs = format!(
@@ -447,7 +459,16 @@ impl Run {
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
             self.tend().await;
-            let dead = self.dead_letters().await;
+            // A listing that fails (a replica starting or stopping) is asked again: a
+            // partial one would make dead letters look lost.
+            let Some(dead) = self.dead_letters().await else {
+                assert!(
+                    Instant::now() < deadline,
+                    "the dead letters could not be listed"
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            };
             let delivered: HashSet<String> = receiver
                 .received()
                 .iter()
@@ -465,28 +486,31 @@ impl Run {
         }
     }
 
-    /// Every dead letter's id, through a running replica's admin API.
-    async fn dead_letters(&self) -> HashSet<String> {
+    /// Every dead letter's id, through a running replica's admin API; `None` if the
+    /// listing failed on the way.
+    async fn dead_letters(&self) -> Option<HashSet<String>> {
         let mut ids = HashSet::new();
-        let Some(replica) = self.replicas.first() else {
-            return ids;
-        };
+        let replica = self.replicas.first()?;
         let mut after: Option<String> = None;
         loop {
             let mut url = format!("{}/v1/dead-letters/{}?limit=500", replica.admin, self.name);
             if let Some(after) = &after {
                 url.push_str(&format!("&after={after}"));
             }
-            let Ok(response) = http_client().get(url).bearer_auth(TOKEN).send().await else {
-                return ids;
-            };
-            let page: serde_json::Value = response.json().await.unwrap_or_default();
-            for letter in page["dead_letters"].as_array().into_iter().flatten() {
-                ids.insert(letter["id"].as_str().unwrap_or_default().to_string());
+            let response = http_client()
+                .get(url)
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())?;
+            let page: serde_json::Value = response.json().await.ok()?;
+            for letter in page["dead_letters"].as_array()? {
+                ids.insert(letter["id"].as_str()?.to_string());
             }
             match page["next"].as_str() {
                 Some(next) => after = Some(next.to_string()),
-                None => return ids,
+                None => return Some(ids),
             }
         }
     }
