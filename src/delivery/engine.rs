@@ -165,6 +165,8 @@ impl Delivery {
         for (runtime, rejoin) in starting {
             let name = runtime.name.clone();
             if rejoin && let Some(old) = running.remove(&name) {
+                // An operator's pause is the subscription's, not its runtime's: it goes on.
+                runtime.set_paused(old.runtime.is_paused());
                 old.stop(grace).await;
                 tracing::info!(subscription = %name, "subscription rejoining its group with its new topics or ordering");
                 reloaded.rejoined.push(name.clone());
