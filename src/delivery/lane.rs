@@ -4,14 +4,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::attempt::{AttemptResult, attempt};
 use super::breaker::BreakerState;
 use super::dead_letter::{self, Failure};
 use super::event::Event;
-use super::key_locks::KeyLock;
+use super::key_locks::{KeyLock, Ordered};
 use super::parked_keys::ParkingRoom;
 use super::runtime::SubscriptionRuntime;
 use super::{parking, payload};
@@ -88,16 +87,22 @@ async fn deliver_in_span(
         return dead_letter_or_abandon(sub, event, &failure, counter, stop).await;
     }
     // The key's resent and parked events, read by other partitions' workers, wait for this
-    // one and it for them (see `key_locks`).
-    let _key_turn = match (sub.ordering, event.key()) {
-        (OrderingMode::Key, Some(key)) => match key_turn(sub, key, parking.as_ref(), stop).await {
+    // one and it for them (see `key_locks`); under `ordering: partition`, the partition
+    // number's.
+    let ordered = match (sub.ordering, event.key()) {
+        (OrderingMode::Key, Some(key)) => Some(Ordered::Key(key.clone())),
+        (OrderingMode::Partition, _) => Some(Ordered::Partition(event.record.partition)),
+        _ => None,
+    };
+    let _turn = match ordered {
+        Some(ordered) => match turn(sub, &ordered, parking.as_ref(), stop).await {
             Turn::Ours(lock) => Some(lock),
             Turn::Park => {
                 return park_or_give_back(sub, event, event.prior_attempts, stop, parking).await;
             }
             Turn::Stopped => return Outcome::Abandoned,
         },
-        _ => None,
+        None => None,
     };
     // Each attempt takes the settings of the moment (a reload may change them between
     // two); the payload is built again only when they did change.
@@ -222,9 +227,9 @@ enum Turn<'a> {
 /// waited `park_after` is as stuck as one failing that long (the event holding the key is
 /// failing, from the parking topic or the resend topic): with a place in the parked set
 /// it parks instead, so that the key's queued events do not fill the partition's buffer.
-async fn key_turn<'a>(
+async fn turn<'a>(
     sub: &'a SubscriptionRuntime,
-    key: &Bytes,
+    key: &Ordered,
     parking: Option<&Parking>,
     stop: &CancellationToken,
 ) -> Turn<'a> {

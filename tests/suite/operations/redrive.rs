@@ -357,7 +357,7 @@ async fn interrupted_redrive_stops_and_the_next_sends_the_rest() {
 
 /// Dead letters of a key redriven while the same key's live events flow: the resent and the
 /// live events of one key are one lane's, never two requests of the key on the wire at once.
-async fn redriven_and_live_events_of_a_key_never_overlap(backend: Backend) {
+async fn redriven_and_live_events_of_a_key_never_overlap(backend: Backend, ordering: &str) {
     const DEAD: u64 = 30;
     const LIVE: std::ops::Range<u64> = 100..250;
     let topic = unique("redrive-race");
@@ -383,7 +383,9 @@ async fn redriven_and_live_events_of_a_key_never_overlap(backend: Backend) {
                 &topic,
                 &topic,
                 &receiver.url,
-                "    max_in_flight: 8\n    breaker: { failures: 1000 }\n",
+                &format!(
+                    "    max_in_flight: 8\n    ordering: {ordering}\n    breaker: {{ failures: 1000 }}\n"
+                ),
             ),
         ),
     );
@@ -442,15 +444,22 @@ async fn redriven_and_live_events_of_a_key_never_overlap(backend: Backend) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn embedded_redriven_and_live_events_of_a_key_never_overlap() {
-    redriven_and_live_events_of_a_key_never_overlap(Backend::embedded()).await;
+    redriven_and_live_events_of_a_key_never_overlap(Backend::embedded(), "key").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nats_redriven_and_live_events_of_a_key_never_overlap() {
-    redriven_and_live_events_of_a_key_never_overlap(Backend::nats()).await;
+    redriven_and_live_events_of_a_key_never_overlap(Backend::nats(), "key").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kafka_redriven_and_live_events_of_a_key_never_overlap() {
-    redriven_and_live_events_of_a_key_never_overlap(Backend::kafka()).await;
+    redriven_and_live_events_of_a_key_never_overlap(Backend::kafka(), "key").await;
+}
+
+/// Under `ordering: partition` the resend partition waits for its live partition's event on
+/// its way, and the other way round, as a key's do under `ordering: key`.
+#[tokio::test(flavor = "multi_thread")]
+async fn embedded_redriven_and_live_events_never_overlap_under_partition_ordering() {
+    redriven_and_live_events_of_a_key_never_overlap(Backend::embedded(), "partition").await;
 }
