@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use check::Accepted;
-use schedule::{Action, Answer};
+use schedule::{Action, Answer, Reload};
 
 use crate::support::backend::Backend;
 use crate::support::receiver::{Receiver, Reply};
@@ -147,7 +147,7 @@ async fn run(plan: Plan) {
         backend,
         plan,
     };
-    run.write_config(&receiver.url, 8, 500);
+    run.write_config(&receiver.url, &Reload::first());
     for _ in 0..most_replicas.min(2) {
         run.start_replica();
     }
@@ -364,10 +364,7 @@ impl Run {
                     tokio::task::block_in_place(|| nats.restart());
                 }
             }
-            Action::Reload {
-                max_in_flight,
-                max_backoff_ms,
-            } => self.write_config(url, max_in_flight, max_backoff_ms),
+            Action::Reload(reload) => self.write_config(url, &reload),
             Action::Pause { for_ } => self.pause(for_).await,
             Action::Redrive => {
                 let admin = self.replicas.first()?.admin.clone();
@@ -377,10 +374,17 @@ impl Run {
         None
     }
 
-    fn write_config(&mut self, url: &str, max_in_flight: u32, max_backoff_ms: u64) {
+    fn write_config(&mut self, url: &str, reload: &Reload) {
         let partitions = 4;
+        let Reload {
+            max_in_flight,
+            max_backoff_ms,
+            url_version,
+            ordering_by_key,
+        } = reload;
+        let ordering = if *ordering_by_key { "key" } else { "partition" };
         let subs = format!(
-            "  - name: {name}\n    topics: [{name}]\n    url: {url}\n    timeout: 1s\n    max_in_flight: {max_in_flight}\n    breaker: {{ failures: 50, cool_down: 1s }}\n    retry: {{ initial_backoff: 50ms, max_backoff: {max_backoff_ms}ms, max_attempts: 1000000, max_age: 1h, park_after: 2s }}\n",
+            "  - name: {name}\n    topics: [{name}]\n    url: {url}?v={url_version}\n    ordering: {ordering}\n    timeout: 1s\n    max_in_flight: {max_in_flight}\n    breaker: {{ failures: 50, cool_down: 1s }}\n    retry: {{ initial_backoff: 50ms, max_backoff: {max_backoff_ms}ms, max_attempts: 1000000, max_age: 1h, park_after: 2s }}\n",
             name = self.name
         );
         let config = with_admin_token(

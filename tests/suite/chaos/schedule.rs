@@ -41,15 +41,34 @@ pub enum Action {
     Join,
     /// The broker is stopped and started again (NATS only).
     BrokerRestart,
-    /// The config file changes: `max_in_flight` and the longest backoff.
-    Reload {
-        max_in_flight: u32,
-        max_backoff_ms: u64,
-    },
+    /// The config file changes.
+    Reload(Reload),
     /// Every replica pauses delivery for `for_`.
     Pause { for_: Duration },
     /// The dead letters are redriven while traffic flows.
     Redrive,
+}
+
+/// What a reload changes: `max_in_flight`, the longest backoff, the URL (its query, taken
+/// in place) and the ordering (`key` or `partition`: the subscription rejoins its group).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reload {
+    pub max_in_flight: u32,
+    pub max_backoff_ms: u64,
+    pub url_version: u32,
+    pub ordering_by_key: bool,
+}
+
+impl Reload {
+    /// The config a run starts with.
+    pub fn first() -> Reload {
+        Reload {
+            max_in_flight: 8,
+            max_backoff_ms: 500,
+            url_version: 0,
+            ordering_by_key: true,
+        }
+    }
 }
 
 /// The schedule of a run: `(at, action)` in time order.
@@ -87,10 +106,12 @@ pub fn schedule(
             },
             58..64 if replicas => Action::Join,
             64..68 if broker_restarts => Action::BrokerRestart,
-            68..80 => Action::Reload {
+            68..80 => Action::Reload(Reload {
                 max_in_flight: rng.random_range(1..16),
                 max_backoff_ms: rng.random_range(100..1_000),
-            },
+                url_version: rng.random_range(0..3),
+                ordering_by_key: rng.random_bool(0.7),
+            }),
             80..90 => Action::Pause {
                 for_: Duration::from_millis(rng.random_range(200..2_000)),
             },
