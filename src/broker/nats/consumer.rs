@@ -153,6 +153,7 @@ async fn manage(ctx: Context, topics: Vec<Arc<str>>, partitions: u32) {
     let mut held: HashMap<Unit, Held> = HashMap::new();
     // Numbers whose readers could not start, and when.
     let mut failed: HashMap<u32, Instant> = HashMap::new();
+    let (mut last_members, mut settling_until) = (0, Instant::now());
     let mut tick = tokio::time::interval(ctx.lease / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Start the search for free partitions at a member-specific place, so replicas that
@@ -172,7 +173,20 @@ async fn manage(ctx: Context, topics: Vec<Arc<str>>, partitions: u32) {
                 continue;
             }
         };
-        let fair_share = partitions.div_ceil(members as u32) as usize;
+        // The share is `ceil(numbers / members)`, but when a member joins, every member
+        // sheds down to `floor` (at least one) and takes no more for a lease period, so
+        // that the new one finds numbers free (keeping the larger share, 4 numbers over 3
+        // members would stay 2, 2 and 0); then the numbers left are taken up to the
+        // larger share.
+        if members > last_members {
+            settling_until = Instant::now() + ctx.lease;
+        }
+        last_members = members;
+        let fair_share = if Instant::now() < settling_until {
+            (partitions / members as u32).max(1) as usize
+        } else {
+            partitions.div_ceil(members as u32) as usize
+        };
         hand_over_broken_numbers(&ctx, &mut held, topics.len());
         while let Some(number) = whole_numbers(&held, topics.len()).into_iter().max()
             && whole_numbers(&held, topics.len()).len() > fair_share

@@ -111,3 +111,43 @@ async fn nats_two_replicas_share_every_topic_evenly_and_by_partition_number() {
 async fn kafka_two_replicas_share_every_topic_evenly_and_by_partition_number() {
     two_replicas_share_every_topic_evenly_and_by_partition_number(Backend::kafka()).await;
 }
+
+/// Three NATS replicas over four partition numbers: each holds some (2, 1, 1), none is
+/// left idle with the others at the larger share (2, 2, 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_three_replicas_over_four_partitions_all_deliver() {
+    let backend = Backend::nats();
+    let topic = unique("three");
+    let receiver = Receiver::start().await;
+    let subs = subscription(&topic, &topic, &receiver.url, "");
+    let config = with_admin_token(
+        &events_config(&backend.broker(PARTITIONS), &topic, &subs),
+        TOKEN,
+    );
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut replicas = Vec::new();
+    for dir in &dirs {
+        replicas.push(Hookbridge::start(dir.path(), &config));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut held_by = Vec::new();
+        for replica in &replicas {
+            held_by.push(held(replica, &topic).await);
+        }
+        let all: usize = held_by.iter().map(BTreeSet::len).sum();
+        let numbers: Vec<usize> = held_by
+            .iter()
+            .map(|h| by_topic(h).values().next().map_or(0, BTreeSet::len))
+            .collect();
+        if all == 3 * PARTITIONS as usize && numbers.iter().all(|n| *n >= 1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "every replica holds partition numbers: {numbers:?} ({held_by:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
