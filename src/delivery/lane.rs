@@ -14,7 +14,7 @@ use super::key_locks::{KeyLock, Ordered};
 use super::parked_keys::ParkingRoom;
 use super::runtime::SubscriptionRuntime;
 use super::{parking, payload};
-use crate::broker::Receipt;
+use crate::broker::{Receipt, sleep_until};
 use crate::config::OrderingMode;
 use crate::{metrics, tracecontext};
 use prometheus_client::metrics::counter::Counter;
@@ -235,18 +235,19 @@ async fn turn<'a>(
 ) -> Turn<'a> {
     let lock = sub.key_locks.lock(key);
     tokio::pin!(lock);
-    let mut patience = parking.map(|p| tokio::time::Instant::now() + p.after);
+    let mut patience = parking.map(|p| Instant::now() + p.after);
     loop {
         tokio::select! {
             lock = &mut lock => return Turn::Ours(lock),
             _ = stop.cancelled() => return Turn::Stopped,
-            _ = tokio::time::sleep_until(patience.unwrap_or_else(tokio::time::Instant::now)), if patience.is_some() => {
-                let parking = parking.expect("patience comes with parking");
+            // Without parking there is no patience: this arm never ends.
+            _ = sleep_until(patience) => {
+                let Some(parking) = parking else { continue };
                 if parking.room.take() {
                     tracing::info!(subscription = %sub.name, "key held by its event from another topic for park_after; parking it");
                     return Turn::Park;
                 }
-                patience = Some(tokio::time::Instant::now() + parking.after);
+                patience = Some(Instant::now() + parking.after);
             }
         }
     }

@@ -27,20 +27,11 @@ pub struct KafkaProducer {
 }
 
 impl KafkaProducer {
-    /// How many partitions each of `topics` has, of those that exist (one metadata call,
-    /// blocking).
+    /// How many partitions each of `topics` has, of those that exist (blocking).
     pub fn partition_counts(&self, topics: &[String]) -> Result<Vec<(String, usize)>, BrokerError> {
-        let metadata = self
-            .producer
-            .client()
-            .fetch_metadata(None, ADMIN_TIMEOUT)
-            .map_err(kafka_error)?;
-        Ok(metadata
-            .topics()
-            .iter()
-            .filter(|t| topics.iter().any(|wanted| wanted == t.name()))
-            .map(|t| (t.name().to_string(), t.partitions().len()))
-            .collect())
+        let mut counts = topic_partitions(&self.producer, &self.refusals)?;
+        counts.retain(|(name, _)| topics.contains(name));
+        Ok(counts)
     }
 
     pub fn new(config: &KafkaConfig) -> Result<KafkaProducer, BrokerError> {
@@ -118,9 +109,13 @@ pub async fn ensure_topics(
 ) -> Result<(), BrokerError> {
     // Metadata calls block: run them off the async threads.
     let (client, refusals) = (producer.producer.clone(), producer.refusals.clone());
-    let existing = tokio::task::spawn_blocking(move || topic_names(&client, &refusals))
-        .await
-        .map_err(kafka_error)??;
+    let existing: Vec<String> =
+        tokio::task::spawn_blocking(move || topic_partitions(&client, &refusals))
+            .await
+            .map_err(kafka_error)??
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
     let admin: AdminClient<DefaultClientContext> = with_properties(base_config(config), config)
         .create()
         .map_err(kafka_error)?;
@@ -159,12 +154,12 @@ pub async fn ensure_topics(
     Ok(())
 }
 
-/// The cluster's topic names. Asks in short rounds, so that a refused authentication or
-/// handshake ends the wait as soon as librdkafka reports it.
-fn topic_names(
+/// The cluster's topics and their partition counts. Asks in short rounds, so that a
+/// refused authentication or handshake ends the wait as soon as librdkafka reports it.
+fn topic_partitions(
     producer: &FutureProducer<RefusalWatch>,
     refusals: &RefusalWatch,
-) -> Result<Vec<String>, BrokerError> {
+) -> Result<Vec<(String, usize)>, BrokerError> {
     let deadline = Instant::now() + ADMIN_TIMEOUT;
     loop {
         match producer
@@ -176,7 +171,7 @@ fn topic_names(
                 return Ok(metadata
                     .topics()
                     .iter()
-                    .map(|t| t.name().to_string())
+                    .map(|t| (t.name().to_string(), t.partitions().len()))
                     .collect());
             }
             Err(e) => {

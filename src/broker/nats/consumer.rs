@@ -188,9 +188,10 @@ async fn manage(ctx: Context, topics: Vec<Arc<str>>, partitions: u32) {
             partitions.div_ceil(members as u32) as usize
         };
         hand_over_broken_numbers(&ctx, &mut held, topics.len());
-        while let Some(number) = whole_numbers(&held, topics.len()).into_iter().max()
-            && whole_numbers(&held, topics.len()).len() > fair_share
-        {
+        let mut whole = whole_numbers(&held, topics.len());
+        whole.sort_unstable();
+        while whole.len() > fair_share {
+            let number = whole.pop().expect("more than the share");
             tracing::info!(group = %ctx.group, partition = number, members, "handing a partition over");
             hand_over(&mut held, number);
         }
