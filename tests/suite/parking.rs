@@ -509,23 +509,7 @@ async fn nats_a_park_is_recorded_before_its_event_is_acked() {
     let nats = NatsServer::start();
     let topic = unique("acked");
     let receiver = Receiver::start().await;
-    let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let fails = failing.clone();
-    receiver.answer(move |_, body| {
-        let seq = serde_json::from_slice::<serde_json::Value>(body).unwrap_or_default()["seq"]
-            .as_u64()
-            .unwrap_or_default();
-        if fails.load(std::sync::atomic::Ordering::SeqCst) {
-            return Reply::status(500);
-        }
-        // The parked event takes its time: a later event sent past it would be answered
-        // first.
-        Reply {
-            status: 200,
-            delay: Duration::from_millis(if seq == 0 { 1500 } else { 0 }),
-            retry_after: None,
-        }
-    });
+    let failing = failing_then_slow_below(&receiver, 1, Duration::from_millis(1500));
     let subs = format!(
         "  - name: {topic}\n    topics: [{topic}]\n    url: {}\n{PARK_QUICKLY}",
         receiver.url
@@ -569,16 +553,10 @@ async fn nats_a_park_is_recorded_before_its_event_is_acked() {
             all_delivered(r, 0..2)
         })
         .await;
-    let delivered: Vec<u64> = receiver
-        .received()
-        .iter()
-        .filter(|r| r.ok())
-        .map(|r| seq_of(r).1)
-        .collect();
-    let first_of = |seq: u64| delivered.iter().position(|s| *s == seq).unwrap();
-    assert!(
-        first_of(0) < first_of(1),
-        "the parked event was delivered before the key's next one: {delivered:?}"
+    assert_first_delivered_in_order(
+        &receiver,
+        0..2,
+        "the parked event was delivered before the key's next one",
     );
 }
 
@@ -673,23 +651,7 @@ async fn kafka_a_key_recovers_while_one_parked_before_it_still_fails() {
 async fn a_parked_key_keeps_its_order_across_a_change_of_ordering(backend: Backend) {
     let topic = unique("reordered");
     let receiver = Receiver::start().await;
-    let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let fails = failing.clone();
-    receiver.answer(move |_, body| {
-        let seq = serde_json::from_slice::<serde_json::Value>(body).unwrap_or_default()["seq"]
-            .as_u64()
-            .unwrap_or_default();
-        if fails.load(std::sync::atomic::Ordering::SeqCst) {
-            return Reply::status(500);
-        }
-        // The parked events take their time: the next one, sent past them, would be
-        // answered first.
-        Reply {
-            status: 200,
-            delay: Duration::from_millis(if seq < 2 { 700 } else { 0 }),
-            retry_after: None,
-        }
-    });
+    let failing = failing_then_slow_below(&receiver, 2, Duration::from_millis(700));
     let subs = |ordering: &str| {
         format!(
             "  - name: {topic}\n    topics: [{topic}]\n    url: {}\n    ordering: {ordering}\n{PARK_QUICKLY}",
@@ -731,17 +693,7 @@ async fn a_parked_key_keeps_its_order_across_a_change_of_ordering(backend: Backe
             all_delivered(r, 0..3)
         })
         .await;
-    let delivered: Vec<u64> = receiver
-        .received()
-        .iter()
-        .filter(|r| r.ok())
-        .map(|r| seq_of(r).1)
-        .collect();
-    let first_of = |seq: u64| delivered.iter().position(|s| *s == seq).unwrap();
-    assert!(
-        first_of(0) < first_of(1) && first_of(1) < first_of(2),
-        "K's events first delivered in order: {delivered:?}"
-    );
+    assert_first_delivered_in_order(&receiver, 0..3, "K's events first delivered in order");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -823,4 +775,51 @@ subscriptions:
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Answers 500 while the returned flag is set; then 200, after `delay` for the events
+/// with a seq under `slow_below` (the parked ones take their time, so a later event sent
+/// past them would be answered first).
+fn failing_then_slow_below(
+    receiver: &Receiver,
+    slow_below: u64,
+    delay: Duration,
+) -> Arc<std::sync::atomic::AtomicBool> {
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let fails = failing.clone();
+    receiver.answer(move |_, body| {
+        let seq = serde_json::from_slice::<serde_json::Value>(body).unwrap_or_default()["seq"]
+            .as_u64()
+            .unwrap_or_default();
+        if fails.load(std::sync::atomic::Ordering::SeqCst) {
+            return Reply::status(500);
+        }
+        Reply {
+            status: 200,
+            delay: if seq < slow_below {
+                delay
+            } else {
+                Duration::ZERO
+            },
+            retry_after: None,
+        }
+    });
+    failing
+}
+
+/// The first successful deliveries of `seqs` came in that order.
+fn assert_first_delivered_in_order(receiver: &Receiver, seqs: std::ops::Range<u64>, what: &str) {
+    let delivered: Vec<u64> = receiver
+        .received()
+        .iter()
+        .filter(|r| r.ok())
+        .map(|r| seq_of(r).1)
+        .collect();
+    let first: Vec<usize> = seqs
+        .map(|seq| delivered.iter().position(|s| *s == seq).unwrap())
+        .collect();
+    assert!(
+        first.windows(2).all(|w| w[0] < w[1]),
+        "{what}: {delivered:?}"
+    );
 }
