@@ -112,11 +112,7 @@ pub async fn serve(
         .await
         .map_err(|source| ServeError::Topics { source })?;
     let delivery = if role.delivery() {
-        Some(Arc::new(Delivery::start(
-            &config,
-            broker.subscriber.clone(),
-            publisher.clone(),
-        )?))
+        Some(Arc::new(Delivery::start(&config, broker.clone())?))
     } else {
         None
     };

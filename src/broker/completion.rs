@@ -14,11 +14,13 @@
 //! Which keys those are must outlive the process too, or a restart would deliver a parked
 //! key's new events before its parked ones.
 //!
-//! The encoding is a version tag and varints: the parked keys, the length of the known
-//! range, then alternating runs of done and open offsets. Records that do not exist (gaps after
+//! The encoding is a version byte and varints: the parking topics named, the parked keys,
+//! the length of the known range, then alternating runs of done and open offsets. Records that do not exist (gaps after
 //! compaction, transaction markers) simply count as done. When a size limit applies (Kafka
 //! brokers cap commit metadata, 4 KiB by default) the known range is cut short so the
 //! encoding fits: what lies past the cut is redelivered after a crash, never skipped.
+
+use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -40,10 +42,13 @@ pub struct Completion {
 }
 
 /// A key of the partition whose events go to the parking topic until `last` is done there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParkedKey {
     /// [`key_hash`] of the key: fixed size, however long keys are.
     pub key: u64,
+    /// The parking topic its events went to: the subscription's may have changed since.
+    /// `None` in forms written before the topic was kept (it was the subscription's then).
+    pub topic: Option<Arc<str>>,
     /// The parking topic's partition (a key's events all land on one).
     pub partition: u32,
     /// The offset of the key's last event sent there.
@@ -93,12 +98,7 @@ impl Completion {
         if self.is_bare() {
             return out;
         }
-        put_varint(&mut out, self.parked.len() as u64);
-        for parked in &self.parked {
-            out.extend_from_slice(&parked.key.to_be_bytes());
-            put_varint(&mut out, u64::from(parked.partition));
-            put_varint(&mut out, parked.last);
-        }
+        put_parked(&mut out, &self.parked);
         let max_len = max_len.saturating_sub(out.len());
         // Runs of (done, open) lengths from the commit point on.
         let mut runs: Vec<(u64, u64)> = Vec::new();
@@ -145,20 +145,7 @@ impl Completion {
             return Some(Completion::at(next_offset));
         }
         let mut input = bytes;
-        let parked_count = take_varint(&mut input)?;
-        if parked_count > MAX_PARKED as u64 {
-            return None;
-        }
-        let mut parked = Vec::with_capacity(parked_count as usize);
-        for _ in 0..parked_count {
-            let (key, rest) = input.split_first_chunk::<8>()?;
-            input = rest;
-            parked.push(ParkedKey {
-                key: u64::from_be_bytes(*key),
-                partition: u32::try_from(take_varint(&mut input)?).ok()?,
-                last: take_varint(&mut input)?,
-            });
-        }
+        let parked = take_parked(&mut input)?;
         let length = take_varint(&mut input)?;
         let known_until = next_offset.checked_add(length)?;
         let mut open = Vec::new();
@@ -209,11 +196,102 @@ impl Completion {
     }
 }
 
+/// The first byte of the form that names each parked key's parking topic. The form before
+/// it starts with the parked-key count, never above `MAX_PARKED`, so the two cannot be
+/// confused.
+const VERSION_2: u8 = 0x7f;
+
+/// Writes the parked keys, naming their parking topics (version 2); none is written in the
+/// earlier form, a count of 0, which reads the same.
+fn put_parked(out: &mut Vec<u8>, parked: &[ParkedKey]) {
+    if parked.is_empty() {
+        put_varint(out, 0);
+        return;
+    }
+    out.push(VERSION_2);
+    let mut topics: Vec<&Arc<str>> = parked.iter().flat_map(|p| &p.topic).collect();
+    topics.sort_unstable();
+    topics.dedup();
+    put_varint(out, topics.len() as u64);
+    for topic in &topics {
+        put_varint(out, topic.len() as u64);
+        out.extend_from_slice(topic.as_bytes());
+    }
+    put_varint(out, parked.len() as u64);
+    for key in parked {
+        out.extend_from_slice(&key.key.to_be_bytes());
+        // 0: no topic kept; n: the n-th named above.
+        let topic = key
+            .topic
+            .as_ref()
+            .and_then(|t| topics.binary_search(&t).ok())
+            .map_or(0, |i| i as u64 + 1);
+        put_varint(out, topic);
+        put_varint(out, u64::from(key.partition));
+        put_varint(out, key.last);
+    }
+}
+
+/// Reads the parked keys: the version-2 form (topics named), or the earlier one (none).
+fn take_parked(input: &mut &[u8]) -> Option<Vec<ParkedKey>> {
+    let topics = match input.split_first() {
+        Some((&VERSION_2, rest)) => {
+            *input = rest;
+            Some(take_topics(input)?)
+        }
+        _ => None,
+    };
+    let count = take_varint(input)?;
+    if count > MAX_PARKED as u64 {
+        return None;
+    }
+    let mut parked = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let (key, rest) = input.split_first_chunk::<8>()?;
+        *input = rest;
+        // 0: no topic kept; n: the n-th named.
+        let topic = match &topics {
+            None => None,
+            Some(topics) => match take_varint(input)? {
+                0 => None,
+                n => Some(topics.get(usize::try_from(n - 1).ok()?)?.clone()),
+            },
+        };
+        parked.push(ParkedKey {
+            key: u64::from_be_bytes(*key),
+            topic,
+            partition: u32::try_from(take_varint(input)?).ok()?,
+            last: take_varint(input)?,
+        });
+    }
+    Some(parked)
+}
+
+fn take_topics(input: &mut &[u8]) -> Option<Vec<Arc<str>>> {
+    let count = take_varint(input)?;
+    if count > MAX_PARKED as u64 {
+        return None;
+    }
+    (0..count)
+        .map(|_| {
+            let len = usize::try_from(take_varint(input)?).ok()?;
+            if len > input.len() {
+                return None;
+            }
+            let (name, rest) = input.split_at(len);
+            *input = rest;
+            Some(Arc::from(std::str::from_utf8(name).ok()?))
+        })
+        .collect()
+}
+
 /// More open records than any partition buffer holds: a value claiming so is not ours.
 const MAX_OPEN: u64 = 1 << 20;
 /// At most this many keys of one partition are parked at once; a key failing while this
 /// many are parked keeps retrying in place (holding only its own events, as before G8).
-/// Bounded so the parked keys always fit in a Kafka commit's metadata (about 20 bytes each).
+/// Bounded so the parked keys always fit in a Kafka commit's metadata (about 20 bytes each,
+/// and the names of their parking topics: one, or a former one too while its events are
+/// carried over, see `delivery::parking_carry`; a Kafka topic name is at most 249 bytes).
 pub const MAX_PARKED: usize = 64;
 
 fn put_varint(out: &mut Vec<u8>, mut value: u64) {
@@ -276,6 +354,32 @@ mod tests {
     }
 
     #[test]
+    fn parked_keys_stored_before_their_topic_was_kept_read_back_without_one() {
+        // A key parked at 1/42, written by the form that named no topic: count, key, partition,
+        // last, then an empty known range.
+        let mut old = vec![1];
+        old.extend_from_slice(&7u64.to_be_bytes());
+        old.extend_from_slice(&[1, 42, 0]);
+        let read = Completion::decode(5, &old).expect("the earlier form");
+        assert_eq!(
+            read.parked,
+            vec![ParkedKey {
+                key: 7,
+                topic: None,
+                partition: 1,
+                last: 42
+            }]
+        );
+        let mut moved = read.clone();
+        moved.parked[0].topic = Some(Arc::from("hookbridge.park.orders"));
+        assert_eq!(
+            Completion::decode(5, &moved.encode(usize::MAX)),
+            Some(moved),
+            "the topic is kept from now on"
+        );
+    }
+
+    #[test]
     fn past_the_size_limit_the_known_range_is_cut_never_widened() {
         // Every other record open: the worst case for run lengths.
         let open: Vec<u64> = (0..10_000).map(|i| 100 + 2 * i).collect();
@@ -286,6 +390,7 @@ mod tests {
             parked: vec![
                 ParkedKey {
                     key: 1,
+                    topic: Some(Arc::from("hookbridge.park.a-subscription-name")),
                     partition: 3,
                     last: 99
                 };
@@ -312,11 +417,12 @@ mod tests {
             steps in prop::collection::vec((0u64..300, any::<bool>()), 0..400),
             tail in 0u64..50,
             max_len in 200usize..900,
-            parked in prop::collection::vec((any::<u64>(), 0u32..64, any::<u64>()), 0..4),
+            parked in prop::collection::vec((any::<u64>(), 0usize..3, 0u32..64, any::<u64>()), 0..4),
         ) {
+            let topics = [None, Some(Arc::from("park.one")), Some(Arc::from("park.two"))];
             let parked: Vec<ParkedKey> = parked
                 .into_iter()
-                .map(|(key, partition, last)| ParkedKey { key, partition, last })
+                .map(|(key, topic, partition, last)| ParkedKey { key, topic: topics[topic].clone(), partition, last })
                 .collect();
             let mut open = Vec::new();
             let mut at = next_offset;

@@ -10,7 +10,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::runtime::{Change, DeliveryError, Settings, SubscriptionRuntime};
 use super::subscription;
-use crate::broker::{Publisher, Subscriber};
+use crate::broker::Broker;
 use crate::config::{Config, SubscriptionConfig};
 
 /// One running subscription: its runtime, its stop signal, its task. Dropped without
@@ -46,20 +46,14 @@ pub struct Reloaded {
 
 /// The running subscriptions.
 pub struct Delivery {
-    subscriber: Arc<dyn Subscriber>,
-    publisher: Arc<dyn Publisher>,
+    broker: Broker,
     running: tokio::sync::Mutex<BTreeMap<String, Running>>,
 }
 
 impl Delivery {
-    pub fn start(
-        config: &Config,
-        subscriber: Arc<dyn Subscriber>,
-        publisher: Arc<dyn Publisher>,
-    ) -> Result<Delivery, DeliveryError> {
+    pub fn start(config: &Config, broker: Broker) -> Result<Delivery, DeliveryError> {
         let mut delivery = Delivery {
-            subscriber,
-            publisher,
+            broker,
             running: Default::default(),
         };
         let mut running = BTreeMap::new();
@@ -76,7 +70,7 @@ impl Delivery {
     ) -> Result<Arc<SubscriptionRuntime>, DeliveryError> {
         Ok(Arc::new(SubscriptionRuntime::from_config(
             config,
-            self.publisher.clone(),
+            &self.broker,
         )?))
     }
 
@@ -84,7 +78,7 @@ impl Delivery {
         let stop = CancellationToken::new();
         let task = tokio::spawn(subscription::run(
             runtime.clone(),
-            self.subscriber.clone(),
+            self.broker.subscriber.clone(),
             stop.clone(),
         ));
         Running {

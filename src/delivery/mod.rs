@@ -29,6 +29,7 @@ mod lane;
 mod lanes;
 mod parked_keys;
 mod parking;
+mod parking_carry;
 mod parking_progress;
 mod partition;
 mod payload;

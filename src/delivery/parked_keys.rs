@@ -1,7 +1,9 @@
 //! A partition's parked keys (see [`super::parking`]): which keys are parked, where their
 //! last parked event went, and whether their new events follow it there, wait for it
 //! (draining), or go to the subscriber again (unparked). Stored with every commit of the
-//! partition as 64-bit digests, at most `MAX_PARKED`.
+//! partition as 64-bit digests, at most `MAX_PARKED`, each with the parking topic its
+//! events went to: the subscription's parking topic may change, and keys parked in a former
+//! one are carried over to it ([`super::parking_carry`]) before the partition is delivered.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,6 +18,8 @@ use crate::broker::{Completion, Receipt};
 /// A partition's parked keys.
 #[derive(Debug, Default)]
 pub struct ParkedKeys {
+    /// The subscription's parking topic, where keys parked from now on go.
+    topic: Arc<str>,
     keys: HashMap<u64, Parked>,
     /// The places taken in the set: its keys, and events that decided to park and have
     /// not come back yet. Shared with the lanes, which take a place when they park.
@@ -55,6 +59,8 @@ impl ParkingRoom {
 struct Parked {
     /// The key, once one of its events was seen since this worker started.
     key: Option<Bytes>,
+    /// The parking topic its events went to.
+    topic: Arc<str>,
     partition: u32,
     last: u64,
     /// `last` when the parking partition was last looked at.
@@ -64,9 +70,10 @@ struct Parked {
 }
 
 impl Parked {
-    fn new(key: Option<Bytes>, partition: u32, last: u64) -> Parked {
+    fn new(key: Option<Bytes>, topic: Arc<str>, partition: u32, last: u64) -> Parked {
         Parked {
             key,
+            topic,
             partition,
             last,
             seen_last: None,
@@ -84,17 +91,83 @@ pub struct Review {
     pub forward_again: Vec<Bytes>,
 }
 
+/// Keys parked in a former parking topic's partition, to carry over to the current one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stranded {
+    pub topic: Arc<str>,
+    pub partition: u32,
+    /// The keys' digests, each with the offset of its last event there.
+    pub keys: HashMap<u64, u64>,
+}
+
 impl ParkedKeys {
-    /// The keys a previous owner stored with its last commit.
-    pub fn resumed(parked: &[ParkedKey]) -> ParkedKeys {
+    /// No key parked; keys parked from now on go to `topic`.
+    pub fn new(topic: &str) -> ParkedKeys {
+        ParkedKeys {
+            topic: Arc::from(topic),
+            ..ParkedKeys::default()
+        }
+    }
+
+    /// The keys a previous owner stored with its last commit; `topic` is the subscription's
+    /// parking topic now (and was, for keys stored without one).
+    pub fn resumed(parked: &[ParkedKey], topic: &str) -> ParkedKeys {
+        let topic: Arc<str> = Arc::from(topic);
         ParkedKeys {
             keys: parked
                 .iter()
-                .map(|p| (p.key, Parked::new(None, p.partition, p.last)))
+                .map(|p| {
+                    let in_topic = p.topic.clone().unwrap_or_else(|| topic.clone());
+                    (p.key, Parked::new(None, in_topic, p.partition, p.last))
+                })
                 .collect(),
             room: ParkingRoom {
                 taken: Arc::new(AtomicUsize::new(parked.len())),
             },
+            topic,
+        }
+    }
+
+    /// Keys parked in another topic than the current parking topic, by partition there.
+    pub fn stranded(&self) -> Vec<Stranded> {
+        let mut stranded: Vec<Stranded> = Vec::new();
+        for (&key, p) in self.keys.iter().filter(|(_, p)| p.topic != self.topic) {
+            match stranded
+                .iter_mut()
+                .find(|s| s.topic == p.topic && s.partition == p.partition)
+            {
+                Some(s) => {
+                    s.keys.insert(key, p.last);
+                }
+                None => stranded.push(Stranded {
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                    keys: HashMap::from([(key, p.last)]),
+                }),
+            }
+        }
+        stranded
+    }
+
+    /// A stranded key's events not done yet were copied to the current parking topic, the
+    /// last at `receipt`; with `None`, none was left to copy: the key is unparked.
+    pub fn carried(&mut self, key: u64, receipt: Option<Receipt>) {
+        match receipt {
+            Some(receipt) => {
+                if let Some(parked) = self.keys.get_mut(&key) {
+                    *parked = Parked::new(
+                        parked.key.take(),
+                        self.topic.clone(),
+                        receipt.partition,
+                        receipt.offset,
+                    );
+                }
+            }
+            None => {
+                if self.keys.remove(&key).is_some() {
+                    self.room.give_back(1);
+                }
+            }
         }
     }
 
@@ -139,8 +212,9 @@ impl ParkedKeys {
         let parked = self
             .keys
             .entry(key_hash(key))
-            .or_insert_with(|| Parked::new(None, receipt.partition, receipt.offset));
+            .or_insert_with(|| Parked::new(None, self.topic.clone(), 0, 0));
         parked.key.get_or_insert_with(|| key.clone());
+        parked.topic = self.topic.clone();
         parked.partition = receipt.partition;
         parked.last = receipt.offset;
     }
@@ -151,7 +225,7 @@ impl ParkedKeys {
         let mut partitions: Vec<u32> = self
             .keys
             .values()
-            .filter(|p| !p.key.as_ref().is_some_and(&busy))
+            .filter(|p| p.topic == self.topic && !p.key.as_ref().is_some_and(&busy))
             .map(|p| p.partition)
             .collect();
         partitions.sort_unstable();
@@ -173,7 +247,8 @@ impl ParkedKeys {
         let mut review = Review::default();
         let mut unparked = 0;
         self.keys.retain(|_, p| {
-            if p.partition != partition || p.key.as_ref().is_some_and(&busy) {
+            let elsewhere = p.topic != self.topic || p.partition != partition;
+            if elsewhere || p.key.as_ref().is_some_and(&busy) {
                 return true;
             }
             if done.is_done(p.last) {
@@ -205,6 +280,7 @@ impl ParkedKeys {
             .iter()
             .map(|(&key, p)| ParkedKey {
                 key,
+                topic: Some(p.topic.clone()),
                 partition: p.partition,
                 last: p.last,
             })
@@ -229,7 +305,7 @@ mod tests {
     fn a_key_whose_events_keep_coming_drains_once_the_parking_topic_catches_up() {
         let key = Bytes::from_static(b"A");
         let idle = |_: &Bytes| false;
-        let mut parked = ParkedKeys::default();
+        let mut parked = ParkedKeys::new("park");
         assert!(parked.room().take(), "a place for A");
         parked.sent(&key, receipt(10));
         // First look: nothing done there yet.
@@ -254,8 +330,34 @@ mod tests {
     }
 
     #[test]
+    fn keys_parked_in_a_former_parking_topic_are_stranded_until_carried_over() {
+        let stored = |key, last| ParkedKey {
+            key,
+            topic: Some(Arc::from("park.old")),
+            partition: 2,
+            last,
+        };
+        let mut parked = ParkedKeys::resumed(&[stored(1, 10), stored(2, 11)], "park.new");
+        let stranded = parked.stranded();
+        assert_eq!(stranded.len(), 1, "{stranded:?}");
+        assert_eq!(stranded[0].keys, HashMap::from([(1, 10), (2, 11)]));
+        assert!(
+            parked.idle_partitions(|_| false).is_empty(),
+            "not reviewed against the new topic's partitions"
+        );
+        parked.carried(1, Some(receipt(40)));
+        parked.carried(2, None);
+        assert!(parked.stranded().is_empty());
+        let snapshot = parked.snapshot();
+        assert_eq!(snapshot.len(), 1, "key 2 had nothing left: unparked");
+        assert_eq!(snapshot[0].topic.as_deref(), Some("park.new"));
+        assert_eq!(snapshot[0].last, 40);
+        assert!(parked.room().take(), "key 2's place is free again");
+    }
+
+    #[test]
     fn the_parked_set_has_max_parked_places_given_back_when_keys_unpark() {
-        let mut parked = ParkedKeys::default();
+        let mut parked = ParkedKeys::new("park");
         let room = parked.room();
         for n in 0..MAX_PARKED as u64 {
             assert!(room.take(), "place {n}");

@@ -18,7 +18,9 @@
 //! partition instead, until the parked ones are done (then they go directly) or until
 //! `park_after` passes without that (then they follow to the parking topic after all).
 //! Which keys are parked ([`super::parked_keys`]) is stored with every commit of the
-//! partition, so it holds across restarts and moves too.
+//! partition, so it holds across restarts and moves too, and so does where their events
+//! went: when the parking topic changes, what is left in the former one is carried over
+//! ([`super::parking_carry`]).
 //!
 //! A parked copy is the original record, value and headers unchanged, plus `hb-parked-*`
 //! headers that keep what the copy must not lose: the webhook id and arrival time of a
@@ -32,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use super::event::Event;
 use super::runtime::SubscriptionRuntime;
 use super::side_topic;
-use crate::broker::{Receipt, Record};
+use crate::broker::{ConsumedRecord, Receipt, Record};
 
 const HEADER_ID: &str = "hb-parked-id";
 const HEADER_RECEIVED_AT: &str = "hb-parked-received-at";
@@ -66,6 +68,26 @@ pub fn record(sub: &SubscriptionRuntime, event: &Event, attempts: u32) -> Record
         record_id,
         headers,
     )
+}
+
+/// Whether a record of a parking topic is the parked copy of an event of `topic`'s
+/// `partition`.
+pub fn came_from(record: &ConsumedRecord, topic: &str, partition: u32) -> bool {
+    record.header(HEADER_FROM).is_some_and(|from| {
+        let prefix = format!("{topic}/{partition}/");
+        from.starts_with(prefix.as_bytes())
+    })
+}
+
+/// A parked copy, read from a former parking topic, for the current one: unchanged, so it
+/// keeps what it kept (and a broker that deduplicates keeps one of two carries).
+pub fn carried(sub: &SubscriptionRuntime, record: &ConsumedRecord) -> Record {
+    Record {
+        topic: sub.parking_topic.clone(),
+        key: record.key.clone(),
+        headers: record.headers.clone(),
+        value: record.value.clone(),
+    }
 }
 
 /// An event read from the parking topic takes back what its copy kept: its webhook id, its

@@ -14,6 +14,7 @@
 //!
 //! Parking: a key failing longer than `retry.park_after` moves to the parking topic with
 //! its queued and later events, so the commit point moves on (see [`super::parking`]).
+//! Keys parked in a former parking topic are carried over first ([`super::parking_carry`]).
 //!
 //! Resumption: a worker starts from what the partition's last commit said was done (see
 //! [`super::commit`]), so records finished behind a failing key before a crash or a move
@@ -41,7 +42,7 @@ use super::parked_keys::{ParkedKeys, Review};
 use super::release::{self, Ending, FINAL_COMMIT_FOR, Handback, Settled};
 use super::runtime::SubscriptionRuntime;
 use super::status::PartitionRow;
-use super::{parking, resend};
+use super::{parking, parking_carry, resend};
 use crate::broker::{
     BrokerError, Completion, ConsumedRecord, PartitionCalls, PartitionStream, Tenure, sleep_until,
 };
@@ -52,6 +53,8 @@ use crate::metrics::{self, GaugeShare};
 const LAG_INTERVAL: Duration = Duration::from_secs(2);
 /// How often a partition with parked keys looks whether their parked events are done.
 const UNPARK_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a worker waits to try carrying parked events over again after a broker error.
+const CARRY_RETRY: Duration = Duration::from_secs(2);
 
 /// A broker call (a lag read, a parked-key review) the worker has on its way while its
 /// lanes go on: at most one of each kind at a time.
@@ -85,7 +88,10 @@ enum Source {
 /// then lets it go.
 pub async fn run(sub: Arc<SubscriptionRuntime>, stream: PartitionStream, stop: CancellationToken) {
     let mut worker = Worker::start(sub, stream).await;
-    let ending = worker.deliver(&stop).await;
+    let ending = match worker.carry_stranded(&stop).await {
+        Some(ending) => ending,
+        None => worker.deliver(&stop).await,
+    };
     worker.release(ending).await;
 }
 
@@ -144,8 +150,10 @@ impl Worker {
         let calls = stream.calls();
         let resumed = resumed(&sub, &stream).await;
         let parked = match &resumed {
-            Some(resumed) if source != Source::Parking => ParkedKeys::resumed(&resumed.parked),
-            _ => ParkedKeys::default(),
+            Some(resumed) if source != Source::Parking => {
+                ParkedKeys::resumed(&resumed.parked, &sub.parking_topic)
+            }
+            _ => ParkedKeys::new(&sub.parking_topic),
         };
         let per_record = calls.per_record();
         let reports = Reports::new(&sub, &topic, partition, per_record);
@@ -173,26 +181,49 @@ impl Worker {
         worker
     }
 
+    /// Carries the keys parked in a former parking topic over to the current one (see
+    /// [`super::parking_carry`]) before any record is taken; tried again until it is done,
+    /// unless the tenure ends (or `stop` comes) first.
+    async fn carry_stranded(&mut self, stop: &CancellationToken) -> Option<Ending> {
+        for stranded in self.parked.stranded() {
+            let carried = loop {
+                let result = tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return Some(Ending::Shutdown),
+                    ending = tenure_ended(&mut self.tenure) => return Some(ending),
+                    result = parking_carry::carry(&self.sub, &self.calls, &stranded, stop) => result,
+                };
+                match result {
+                    Ok(Some(carried)) => break carried,
+                    Ok(None) => return Some(Ending::Shutdown),
+                    Err(e) => {
+                        tracing::warn!(subscription = %self.sub.name, topic = %self.stream.topic, partition = self.stream.partition, from = %stranded.topic, error = %e, "cannot carry parked events over from the former parking topic; retrying");
+                        tokio::select! {
+                            _ = stop.cancelled() => return Some(Ending::Shutdown),
+                            _ = tokio::time::sleep(CARRY_RETRY) => {}
+                        }
+                    }
+                }
+            };
+            let events = carried.values().flatten().count();
+            tracing::info!(subscription = %self.sub.name, topic = %self.stream.topic, partition = self.stream.partition, from = %stranded.topic, from_partition = stranded.partition, keys = stranded.keys.len(), events, "parked events carried over to the new parking topic");
+            for (key, last) in carried {
+                self.parked.carried(key, last);
+            }
+            self.parked_changed();
+        }
+        None
+    }
+
     /// Delivers the partition's records until the tenure ends (or the stream, or `stop`
     /// comes): the loop is the list of what can happen.
     async fn deliver(&mut self, stop: &CancellationToken) -> Ending {
         loop {
-            let fence = self.tenure.borrow().held_until();
             let takes_records = self.takes_records();
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return Ending::Shutdown,
-                changed = self.tenure.changed() => {
-                    if changed.is_err() {
-                        return Ending::Revoked;
-                    }
-                    match *self.tenure.borrow_and_update() {
-                        Tenure::Revoked { .. } => return Ending::Revoked,
-                        Tenure::Lost => return Ending::Lost,
-                        Tenure::Held { .. } => {}
-                    }
-                }
-                _ = sleep_until(fence), if fence.is_some() => return Ending::Fenced,
+                ending = tenure_ended(&mut self.tenure) => return ending,
                 done = self.lanes.finished() => self.on_lane_finished(done),
                 Ok(()) = self.paused.changed() => {}
                 record = self.stream.next(), if takes_records => match record {
@@ -482,6 +513,26 @@ impl Reports {
             row.held = held;
             row.parked_keys = parked_keys;
         });
+    }
+}
+
+/// Waits until the tenure is revoked, lost, or runs out (the fence).
+async fn tenure_ended(tenure: &mut watch::Receiver<Tenure>) -> Ending {
+    loop {
+        let fence = tenure.borrow().held_until();
+        tokio::select! {
+            changed = tenure.changed() => {
+                if changed.is_err() {
+                    return Ending::Revoked;
+                }
+                match *tenure.borrow_and_update() {
+                    Tenure::Revoked { .. } => return Ending::Revoked,
+                    Tenure::Lost => return Ending::Lost,
+                    Tenure::Held { .. } => {}
+                }
+            }
+            _ = sleep_until(fence), if fence.is_some() => return Ending::Fenced,
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use super::parking_progress::ParkingProgress;
 use super::retry::RetryPolicy;
 use super::status::{LastError, PartitionStatus, StatusBoard};
 use super::type_filter::TypeFilter;
-use crate::broker::Publisher;
+use crate::broker::{Broker, Publisher, TopicReader};
 use crate::config::{OrderingMode, PayloadMode, SubscriptionConfig};
 use crate::metrics;
 use crate::standard_webhooks;
@@ -53,6 +53,8 @@ pub struct SubscriptionRuntime {
     /// Where redriven and replayed events come from (see `resend`).
     pub resend_topic: String,
     pub publisher: Arc<dyn Publisher>,
+    /// Reads topics outside the group: a former parking topic's events, to carry over.
+    pub reader: Arc<dyn TopicReader>,
     /// Where its partitions stand, for the admin API.
     pub board: Arc<StatusBoard>,
     /// True while an operator has paused delivery: no attempt starts and no record is
@@ -196,7 +198,7 @@ pub struct RateStatus {
 impl SubscriptionRuntime {
     pub fn from_config(
         config: &SubscriptionConfig,
-        publisher: Arc<dyn Publisher>,
+        broker: &Broker,
     ) -> Result<SubscriptionRuntime, DeliveryError> {
         let settings = Settings::from_config(config)?;
         Ok(SubscriptionRuntime {
@@ -211,7 +213,8 @@ impl SubscriptionRuntime {
             dead_letter_topic: config.dead_letter_topic(),
             parking_topic: config.parking_topic(),
             resend_topic: config.resend_topic(),
-            publisher,
+            publisher: broker.publisher.clone(),
+            reader: broker.reader.clone(),
             board: Arc::default(),
             paused: watch::Sender::new(false),
             settings: RwLock::new(Arc::new(settings)),

@@ -527,11 +527,7 @@ async fn nats_a_park_is_recorded_before_its_event_is_acked() {
         .unwrap();
     thief.claim(&topic, 0).await.unwrap();
     support::post_accepted(&server, 1, |_| "K".into()).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !server.log_text().contains("parking it") {
-        assert!(Instant::now() < deadline, "the key parked");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    logged(&server, "parking it", "the key parked").await;
     // Commits go every half second; give a few the time to ack, or to try.
     tokio::time::sleep(Duration::from_secs(2)).await;
     server.kill();
@@ -541,13 +537,7 @@ async fn nats_a_park_is_recorded_before_its_event_is_acked() {
     server
         .wait_assigned(3, "the restarted replica holds its partitions")
         .await;
-    let response = http_client()
-        .post(server.hook_url("events"))
-        .json(&serde_json::json!({"key": "K", "seq": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
+    post_one(&server, "K", 1).await;
     receiver
         .wait_for("both events delivered", Duration::from_secs(30), |r| {
             all_delivered(r, 0..2)
@@ -664,30 +654,18 @@ async fn a_parked_key_keeps_its_order_across_a_change_of_ordering(backend: Backe
     std::fs::write(&path, config("key")).unwrap();
     let server = Hookbridge::start_file(&path, &[], &[]);
     support::post_accepted(&server, 2, |_| "K".into()).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !server.log_text().contains("parking it") {
-        assert!(Instant::now() < deadline, "the key parked");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    logged(&server, "parking it", "the key parked").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     std::fs::write(&path, config("partition")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !server.log_text().contains("subscription rejoining") {
-        assert!(
-            Instant::now() < deadline,
-            "the subscription rejoined with its new ordering"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    logged(
+        &server,
+        "subscription rejoining",
+        "the subscription rejoined with its new ordering",
+    )
+    .await;
     failing.store(false, std::sync::atomic::Ordering::SeqCst);
-    let response = http_client()
-        .post(server.hook_url("events"))
-        .json(&serde_json::json!({"key": "K", "seq": 2}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
+    post_one(&server, "K", 2).await;
     receiver
         .wait_for("the three events", Duration::from_secs(30), |r| {
             all_delivered(r, 0..3)
@@ -709,6 +687,73 @@ async fn nats_a_parked_key_keeps_its_order_across_a_change_of_ordering() {
 #[tokio::test(flavor = "multi_thread")]
 async fn kafka_a_parked_key_keeps_its_order_across_a_change_of_ordering() {
     a_parked_key_keeps_its_order_across_a_change_of_ordering(Backend::kafka()).await;
+}
+
+/// A key parked with five events, then the subscription's parking topic changed (by a live
+/// reload, or in the config of a restart): the parked events are carried over to the new
+/// parking topic, so all of them are delivered once the receiver recovers, in order,
+/// before the key's next event.
+async fn parked_events_follow_a_change_of_parking_topic(backend: Backend, restart: bool) {
+    let topic = unique("moved");
+    let receiver = Receiver::start().await;
+    let failing = failing_then_slow_below(&receiver, 0, Duration::ZERO);
+    let subs = |parking: &str| {
+        format!(
+            "  - name: {topic}\n    topics: [{topic}]\n    url: {}\n    parking_topic: {topic}.{parking}\n{PARK_QUICKLY}",
+            receiver.url
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    let config = |parking: &str| events_config(&backend.broker(1), &topic, &subs(parking));
+    std::fs::write(&path, config("first")).unwrap();
+    let mut server = Hookbridge::start_file(&path, &[], &[]);
+    support::post_accepted(&server, 5, |_| "K".into()).await;
+    logged(&server, "parking it", "the key parked").await;
+    // Its five events on the first parking topic, and committed on the live one.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    std::fs::write(&path, config("second")).unwrap();
+    if restart {
+        server.terminate();
+        server = Hookbridge::start_file(&path, &[], &[]);
+    } else {
+        logged(
+            &server,
+            "subscription rejoining",
+            "the subscription rejoined with its new parking topic",
+        )
+        .await;
+    }
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    post_one(&server, "K", 5).await;
+    receiver
+        .wait_for("the six events", Duration::from_secs(45), |r| {
+            all_delivered(r, 0..6)
+        })
+        .await;
+    assert_first_delivered_in_order(&receiver, 0..6, "K's events first delivered in order");
+    support::receiver::assert_no_overlap_per_key(&receiver.received());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn embedded_parked_events_follow_a_change_of_parking_topic_on_reload() {
+    parked_events_follow_a_change_of_parking_topic(Backend::embedded(), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn embedded_parked_events_follow_a_change_of_parking_topic_across_a_restart() {
+    parked_events_follow_a_change_of_parking_topic(Backend::embedded(), true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_parked_events_follow_a_change_of_parking_topic_on_reload() {
+    parked_events_follow_a_change_of_parking_topic(Backend::nats(), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_parked_events_follow_a_change_of_parking_topic_across_a_restart() {
+    parked_events_follow_a_change_of_parking_topic(Backend::kafka(), true).await;
 }
 
 /// A key failing on two topics of one subscription: its event on the first parks, and the
@@ -805,6 +850,26 @@ fn failing_then_slow_below(
         }
     });
     failing
+}
+
+/// Waits (30 s at most) until the server's log says `text`.
+async fn logged(server: &Hookbridge, text: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !server.log_text().contains(text) {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Posts one event of `key` and checks it was accepted.
+async fn post_one(server: &Hookbridge, key: &str, seq: u64) {
+    let response = http_client()
+        .post(server.hook_url("events"))
+        .json(&serde_json::json!({"key": key, "seq": seq}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
 }
 
 /// The first successful deliveries of `seqs` came in that order.

@@ -179,6 +179,7 @@ async fn a_previous_owners_late_write_of_parked_keys_is_refused() {
     let js = jetstream::new(client);
     let key = |key: u64, last: u64| ParkedKey {
         key,
+        topic: Some("hookbridge.park.orders".into()),
         partition: 0,
         last,
     };
