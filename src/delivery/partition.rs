@@ -320,8 +320,21 @@ impl Worker {
             after: self.sub.settings().park_after,
             room: self.parked.room(),
         });
-        let (sub, stop) = (self.sub.clone(), self.lanes.stop_token());
+        let original = match self.source {
+            Source::Resend => resend::Original::of(&event, &self.sub.topics),
+            _ => None,
+        };
+        let (sub, calls, stop) = (
+            self.sub.clone(),
+            self.calls.clone(),
+            self.lanes.stop_token(),
+        );
         self.lanes.run(async move {
+            if let Some(original) = original
+                && !original.done(&sub, &calls, event.key(), &stop).await
+            {
+                return (lane, event.record.offset, lane::Outcome::Abandoned);
+            }
             let outcome = if forward {
                 lane::park(&sub, &event, event.prior_attempts, &stop).await
             } else {
@@ -335,11 +348,10 @@ impl Worker {
         match result {
             Ok(()) => {
                 self.tracker.accepted(&pending);
-                if self.source == Source::Parking {
-                    self.sub
-                        .parking_progress
-                        .accepted(self.stream.partition, &pending.completion);
-                }
+                let (topic, partition) = (&self.stream.topic, self.stream.partition);
+                self.sub
+                    .progress
+                    .accepted(topic, partition, &pending.completion);
             }
             Err(e) => {
                 tracing::warn!(subscription = %self.sub.name, topic = %self.stream.topic, partition = self.stream.partition, error = %e, "commit failed; will retry")
@@ -436,12 +448,9 @@ impl Worker {
             parked,
             committing,
             reports,
-            source,
             ..
         } = self;
-        if source == Source::Parking {
-            sub.parking_progress.forget(stream.partition);
-        }
+        sub.progress.forget(&stream.topic, stream.partition);
         // Another replica reports this partition's lag from now on.
         metrics::metrics().consumer_lag.remove(&reports.lag);
         let handback = Handback {
@@ -545,7 +554,7 @@ async fn read_parking_partitions(
 ) -> Vec<(u32, Completion)> {
     let mut stored = Vec::with_capacity(partitions.len());
     for partition in partitions {
-        if let Some(done) = sub.parking_progress.of(partition) {
+        if let Some(done) = sub.progress.of(&sub.parking_topic, partition) {
             stored.push((partition, done));
             continue;
         }

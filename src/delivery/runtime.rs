@@ -15,7 +15,7 @@ use super::breaker::{Breaker, BreakerState};
 use super::client::{ClientOptions, WebhookClient};
 use super::event::{Decode, Event};
 use super::key_locks::KeyLocks;
-use super::parking_progress::ParkingProgress;
+use super::progress::PartitionProgress;
 use super::retry::RetryPolicy;
 use super::status::{LastError, PartitionStatus, StatusBoard};
 use super::type_filter::TypeFilter;
@@ -43,8 +43,8 @@ pub struct SubscriptionRuntime {
     pub in_flight: Semaphore,
     /// One event of a key on its way at a time, whichever topic it came from.
     pub key_locks: KeyLocks,
-    /// What the parking partitions delivered here have done (for unparking).
-    pub parking_progress: ParkingProgress,
+    /// What the partitions delivered here have done (for unparking, and replays).
+    pub progress: PartitionProgress,
     /// Records a partition worker holds at most (queued in lanes or in flight).
     pub buffer: usize,
     pub dead_letter_topic: String,
@@ -208,7 +208,7 @@ impl SubscriptionRuntime {
             ordering: config.ordering,
             in_flight: Semaphore::new(settings.max_in_flight),
             key_locks: KeyLocks::default(),
-            parking_progress: ParkingProgress::default(),
+            progress: PartitionProgress::default(),
             buffer: (config.max_in_flight as usize * 4).max(256),
             dead_letter_topic: config.dead_letter_topic(),
             parking_topic: config.parking_topic(),
