@@ -7,12 +7,12 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, BrokerError, OpenError};
+use crate::broker::{Broker, BrokerError, OpenError, Publisher};
 use crate::config::{BrokerKind, Config};
 use crate::delivery::{Delivery, DeliveryError};
 use crate::ingress::Ingress;
@@ -87,6 +87,27 @@ pub struct Bound {
     pub admin: SocketAddr,
 }
 
+/// How long a start waits for a broker it cannot reach yet (restarting, a network blip)
+/// before it gives up: longer than a broker's restart, short enough that a wrong address
+/// fails the start.
+const UNREACHABLE_AT_START: Duration = Duration::from_secs(60);
+
+/// Creates the config's missing topics, waiting up to `UNREACHABLE_AT_START` for a broker
+/// that cannot be reached; a refusal fails at once.
+async fn ensure_topics(publisher: &dyn Publisher, topics: &[String]) -> Result<(), ServeError> {
+    let give_up = Instant::now() + UNREACHABLE_AT_START;
+    loop {
+        match publisher.ensure_topics(topics).await {
+            Ok(()) => return Ok(()),
+            Err(BrokerError::Unavailable(e)) if Instant::now() < give_up => {
+                tracing::warn!(error = %e, "cannot create the configured topics yet: the broker is not reachable; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(source) => return Err(ServeError::Topics { source }),
+        }
+    }
+}
+
 /// Runs hookbridge in `role` until `shutdown` resolves. `on_bound` learns the bound
 /// addresses.
 pub async fn serve(
@@ -107,10 +128,7 @@ pub async fn serve(
     let broker = Broker::open(&config).await?;
     let publisher = broker.publisher.clone();
     let ingress = Ingress::new(&config, publisher.clone());
-    publisher
-        .ensure_topics(&config.topics())
-        .await
-        .map_err(|source| ServeError::Topics { source })?;
+    ensure_topics(publisher.as_ref(), &config.topics()).await?;
     let delivery = if role.delivery() {
         Some(Arc::new(Delivery::start(&config, broker.clone())?))
     } else {

@@ -24,6 +24,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_nats::jetstream::context::CreateStreamErrorKind;
 use async_nats::jetstream::{self, stream};
 use async_trait::async_trait;
 
@@ -81,7 +82,15 @@ impl Publisher for NatsBroker {
                 .get_or_create_stream(config)
                 .await
                 .map_err(|e| {
-                    BrokerError::Rejected(format!("cannot create the stream of topic {topic}: {e}"))
+                    let said = format!("cannot create the stream of topic {topic}: {e}");
+                    match e.kind() {
+                        // Not reached (restarting, a network blip): worth another try.
+                        CreateStreamErrorKind::TimedOut
+                        | CreateStreamErrorKind::JetStreamUnavailable => {
+                            BrokerError::Unavailable(said)
+                        }
+                        _ => BrokerError::Rejected(said),
+                    }
                 })?;
             self.streams
                 .lock()

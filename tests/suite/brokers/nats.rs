@@ -377,3 +377,31 @@ async fn a_changed_lease_reaches_the_existing_consumers() {
         "the consumers wait half of the new lease"
     );
 }
+
+/// A replica started while NATS cannot be reached (the server restarting, a network blip)
+/// waits for it and starts once it answers, instead of exiting at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_while_nats_is_unreachable_starts_once_it_answers() {
+    let nats = NatsServer::start();
+    let proxy = crate::support::nats::StallableProxy::start(nats.port).await;
+    proxy.stall(true);
+    let topic = unique("late");
+    let receiver = Receiver::start().await;
+    let subs = subscription(&topic, &topic, &receiver.url, "");
+    let config = events_config(&nats_broker(&proxy.url(), 1), &topic, &subs);
+    let dir = tempfile::tempdir().unwrap();
+    let unstalled = tokio::spawn(async move {
+        // Longer than a JetStream request's timeout.
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        proxy.stall(false);
+        proxy
+    });
+    let server = tokio::task::block_in_place(|| Hookbridge::start(dir.path(), &config));
+    let _proxy = unstalled.await.unwrap();
+    crate::support::post_accepted(&server, 3, |_| "K".into()).await;
+    receiver
+        .wait_for("the three events", Duration::from_secs(30), |r| {
+            all_delivered(r, 0..3)
+        })
+        .await;
+}
