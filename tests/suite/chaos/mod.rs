@@ -2,7 +2,10 @@
 //! real broker, a recording receiver, steady traffic of a few keys, and a seeded schedule of
 //! receiver faults per key (5xx runs, 400s, 429 with `Retry-After`, slow answers, answers
 //! past `timeout`), `kill -9` and SIGTERM of replicas, replicas joining, broker restarts
-//! (NATS), config reloads, pause and resume, and redrives while traffic flows. Then the
+//! and stalled broker connections (NATS and Kafka, each a private server behind a proxy),
+//! config reloads (in place, rejoining with another ordering or parking topic, a second
+//! subscription added and removed), pause and resume, and redrives and replays while
+//! traffic flows. Then the
 //! faults stop, everything settles, and `check` reads the receiver's history and the dead
 //! letters: nothing accepted lost, per-key order, never two requests of a key at once, and
 //! memory within its bound.
@@ -24,6 +27,8 @@ use check::Accepted;
 use schedule::{Action, Answer, Reload};
 
 use crate::support::backend::Backend;
+use crate::support::kafka::KafkaNode;
+use crate::support::nats::StallableProxy;
 use crate::support::receiver::{Receiver, Reply};
 use crate::support::*;
 
@@ -107,6 +112,14 @@ type Faults = Arc<Mutex<HashMap<String, (Answer, Instant)>>>;
 struct Run {
     plan: Plan,
     backend: Backend,
+    /// Kafka's private node (restarted by the schedule), behind `proxy`.
+    kafka: Option<KafkaNode>,
+    /// Between the replicas and the broker (NATS, Kafka): stalls on the schedule.
+    proxy: Option<StallableProxy>,
+    /// When a stalled proxy moves bytes again.
+    unstall_at: Option<Instant>,
+    /// The second subscription's receiver (always 200; its history is not checked).
+    second_url: String,
     config_path: std::path::PathBuf,
     name: String,
     replicas: Vec<Hookbridge>,
@@ -122,12 +135,32 @@ struct Run {
 }
 
 async fn run(plan: Plan) {
-    let backend = match plan.backend {
-        "embedded" => Backend::embedded(),
-        "nats" => Backend::nats(),
-        _ => Backend::kafka(),
+    let (backend, kafka, proxy) = match plan.backend {
+        "embedded" => (Backend::embedded(), None, None),
+        "nats" => {
+            let nats = Backend::nats();
+            let Backend::Nats(server) = &nats else {
+                unreachable!()
+            };
+            let proxy = StallableProxy::start(server.port).await;
+            (nats, None, Some(proxy))
+        }
+        _ => {
+            // The node advertises the proxy, so that every connection goes through it.
+            let proxy_port = free_port();
+            let node = tokio::task::block_in_place(|| {
+                KafkaNode::start(
+                    |_, _| format!("advertised.listeners=PLAINTEXT://127.0.0.1:{proxy_port}\n"),
+                    &[],
+                )
+            });
+            let proxy = StallableProxy::start_on(proxy_port, node.port).await;
+            let bootstrap = format!("127.0.0.1:{proxy_port}");
+            (Backend::Kafka(bootstrap), Some(node), Some(proxy))
+        }
     };
     let receiver = Receiver::start().await;
+    let second = Receiver::start().await;
     let faults: Faults = Arc::default();
     answer_by_faults(&receiver, faults.clone());
     let name = unique("chaos");
@@ -145,6 +178,10 @@ async fn run(plan: Plan) {
         applied: Vec::new(),
         dir,
         backend,
+        kafka,
+        proxy,
+        unstall_at: None,
+        second_url: second.url.clone(),
         plan,
     };
     run.write_config(&receiver.url, &Reload::first());
@@ -156,14 +193,14 @@ async fn run(plan: Plan) {
         run.plan.duration,
         KEYS,
         most_replicas > 1,
-        run.plan.backend == "nats",
+        run.plan.backend != "embedded",
     );
 
     let stop_load = Arc::new(AtomicBool::new(false));
     let accepted: Arc<Mutex<Vec<Accepted>>> = Arc::default();
     let load = start_load(run.ingresses.clone(), stop_load.clone(), accepted.clone());
     let started = Instant::now();
-    let mut redrives = Vec::new();
+    let mut operations = Vec::new();
     for (at, action) in steps {
         while started.elapsed() < at {
             run.tend().await;
@@ -171,8 +208,8 @@ async fn run(plan: Plan) {
         }
         run.applied
             .push(format!("{:>6.1}s {action:?}", at.as_secs_f64()));
-        if let Some(redriving) = run.apply(action, &faults, &receiver.url).await {
-            redrives.push(redriving);
+        if let Some(operation) = run.apply(action, &faults, &receiver.url).await {
+            operations.push(operation);
         }
     }
     while started.elapsed() < run.plan.duration {
@@ -184,14 +221,15 @@ async fn run(plan: Plan) {
     stop_load.store(true, Ordering::SeqCst);
     faults.lock().unwrap().clear();
     run.resume_at = Some(Instant::now());
+    run.unstall_at = Some(Instant::now());
     run.comebacks.iter_mut().for_each(|at| *at = Instant::now());
     run.tend().await;
     if run.replicas.is_empty() {
         run.start_replica();
     }
     load.await.unwrap();
-    for redrive in redrives {
-        let _ = redrive.await;
+    for operation in operations {
+        let _ = operation.await;
     }
     let accepted = accepted.lock().unwrap().clone();
     let dead = run.settle(&receiver, &accepted).await;
@@ -319,19 +357,13 @@ fn start_load(
     })
 }
 
-/// `hookbridge dlq redrive` of every dead letter, as an operator runs it.
-fn redrive(admin: String, name: String) -> tokio::task::JoinHandle<()> {
+/// An operator's verb (`dlq redrive NAME`, `replay NAME --since 5s`) run through the
+/// CLI against `admin`, while the schedule goes on.
+fn operate(admin: String, args: Vec<String>) -> tokio::task::JoinHandle<()> {
     tokio::task::spawn_blocking(move || {
         let _ = std::process::Command::new(BIN)
-            .args([
-                "dlq",
-                "redrive",
-                &name,
-                "--admin-url",
-                &admin,
-                "--output",
-                "json",
-            ])
+            .args(&args)
+            .args(["--admin-url", &admin, "--output", "json"])
             .env("HOOKBRIDGE_ADMIN_TOKEN", TOKEN)
             .output();
     })
@@ -356,19 +388,35 @@ impl Run {
             Action::Terminate { replica, down } => self.stop_replica(replica, down, true),
             Action::Join => {
                 if self.replicas.len() + self.comebacks.len() < self.most_replicas {
-                    self.start_replica();
+                    self.comebacks.push(Instant::now());
                 }
             }
             Action::BrokerRestart => {
                 if let Backend::Nats(nats) = &mut self.backend {
                     tokio::task::block_in_place(|| nats.restart());
                 }
+                if let Some(kafka) = &mut self.kafka {
+                    tokio::task::block_in_place(|| kafka.restart());
+                }
+            }
+            Action::Stall { for_ } => {
+                if let Some(proxy) = &self.proxy {
+                    proxy.stall(true);
+                    self.unstall_at = Some(Instant::now() + for_);
+                }
             }
             Action::Reload(reload) => self.write_config(url, &reload),
             Action::Pause { for_ } => self.pause(for_).await,
             Action::Redrive => {
                 let admin = self.replicas.first()?.admin.clone();
-                return Some(redrive(admin, self.name.clone()));
+                let args = ["dlq", "redrive", &self.name].map(String::from).to_vec();
+                return Some(operate(admin, args));
+            }
+            Action::Replay { span } => {
+                let admin = self.replicas.first()?.admin.clone();
+                let since = format!("{}s", span.as_secs());
+                let args = ["replay", &self.name, "--since", &since].map(String::from);
+                return Some(operate(admin, args.to_vec()));
             }
         }
         None
@@ -381,16 +429,26 @@ impl Run {
             max_backoff_ms,
             url_version,
             ordering_by_key,
+            parking_version,
+            second,
         } = reload;
         let ordering = if *ordering_by_key { "key" } else { "partition" };
-        let subs = format!(
-            "  - name: {name}\n    topics: [{name}]\n    url: {url}?v={url_version}\n    ordering: {ordering}\n    timeout: 1s\n    max_in_flight: {max_in_flight}\n    breaker: {{ failures: 50, cool_down: 1s }}\n    retry: {{ initial_backoff: 50ms, max_backoff: {max_backoff_ms}ms, max_attempts: 1000000, max_age: 1h, park_after: 2s }}\n",
+        let mut subs = format!(
+            "  - name: {name}\n    topics: [{name}]\n    url: {url}?v={url_version}\n    ordering: {ordering}\n    parking_topic: {name}.park.{parking_version}\n    timeout: 1s\n    max_in_flight: {max_in_flight}\n    breaker: {{ failures: 50, cool_down: 1s }}\n    retry: {{ initial_backoff: 50ms, max_backoff: {max_backoff_ms}ms, max_attempts: 1000000, max_age: 1h, park_after: 2s }}\n",
             name = self.name
         );
-        let config = with_admin_token(
-            &events_config(&self.backend.broker(partitions), &self.name, &subs),
-            TOKEN,
-        );
+        if *second {
+            subs.push_str(&format!(
+                "  - name: {name}-second\n    topics: [{name}]\n    url: {second_url}\n",
+                name = self.name,
+                second_url = self.second_url
+            ));
+        }
+        let broker = match (&self.backend, &self.proxy) {
+            (Backend::Nats(_), Some(proxy)) => nats_broker(&proxy.url(), partitions),
+            (backend, _) => backend.broker(partitions),
+        };
+        let config = with_admin_token(&events_config(&broker, &self.name, &subs), TOKEN);
         std::fs::write(&self.config_path, config).unwrap();
     }
 
@@ -419,14 +477,23 @@ impl Run {
         self.comebacks.push(Instant::now() + down);
     }
 
-    /// Brings back the replicas whose time has come, resumes a pause that is over, and
-    /// samples memory.
+    /// Ends a stall that is over, brings back the replicas whose time has come (not while
+    /// the broker is out of reach: a replica waits for it before it serves), resumes a
+    /// pause that is over, and samples memory.
     async fn tend(&mut self) {
         let now = Instant::now();
-        let due = self.comebacks.iter().filter(|at| **at <= now).count();
-        self.comebacks.retain(|at| *at > now);
-        for _ in 0..due {
-            self.start_replica();
+        if self.unstall_at.is_some_and(|at| at <= now) {
+            self.unstall_at = None;
+            if let Some(proxy) = &self.proxy {
+                proxy.stall(false);
+            }
+        }
+        if self.unstall_at.is_none() {
+            let due = self.comebacks.iter().filter(|at| **at <= now).count();
+            self.comebacks.retain(|at| *at > now);
+            for _ in 0..due {
+                self.start_replica();
+            }
         }
         if self.resume_at.is_some_and(|at| at <= now) {
             self.resume_at = None;

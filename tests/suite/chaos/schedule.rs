@@ -39,24 +39,33 @@ pub enum Action {
     Terminate { replica: usize, down: Duration },
     /// One more replica joins (up to the backend's most).
     Join,
-    /// The broker is stopped and started again (NATS only).
+    /// The broker is killed and started again (NATS and Kafka).
     BrokerRestart,
+    /// Every replica's broker connection moves no byte for `for_`, as in a network
+    /// partition (NATS and Kafka, through a proxy).
+    Stall { for_: Duration },
     /// The config file changes.
     Reload(Reload),
     /// Every replica pauses delivery for `for_`.
     Pause { for_: Duration },
     /// The dead letters are redriven while traffic flows.
     Redrive,
+    /// The last `span` of events is replayed to the subscription while traffic flows.
+    Replay { span: Duration },
 }
 
 /// What a reload changes: `max_in_flight`, the longest backoff, the URL (its query, taken
-/// in place) and the ordering (`key` or `partition`: the subscription rejoins its group).
+/// in place), the ordering (`key` or `partition`) and the parking topic (either makes the
+/// subscription rejoin its group), and whether a second subscription on the same topic
+/// runs (added or removed beside the checked one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reload {
     pub max_in_flight: u32,
     pub max_backoff_ms: u64,
     pub url_version: u32,
     pub ordering_by_key: bool,
+    pub parking_version: u32,
+    pub second: bool,
 }
 
 impl Reload {
@@ -67,6 +76,8 @@ impl Reload {
             max_backoff_ms: 500,
             url_version: 0,
             ordering_by_key: true,
+            parking_version: 0,
+            second: false,
         }
     }
 }
@@ -77,14 +88,14 @@ pub fn schedule(
     duration: Duration,
     keys: usize,
     replicas: bool,
-    broker_restarts: bool,
+    broker_faults: bool,
 ) -> Vec<(Duration, Action)> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut at = Duration::from_secs(2);
     let mut steps = Vec::new();
     // Faults stop a few seconds before the end, so that the last ones have played out.
     while at + Duration::from_secs(5) < duration {
-        let action = match rng.random_range(0..100u32) {
+        let action = match rng.random_range(0..112u32) {
             0..40 => Action::Answer {
                 key: rng.random_range(0..keys),
                 answer: match rng.random_range(0..5u32) {
@@ -105,17 +116,25 @@ pub fn schedule(
                 down: Duration::from_millis(rng.random_range(200..3_000)),
             },
             58..64 if replicas => Action::Join,
-            64..68 if broker_restarts => Action::BrokerRestart,
+            64..68 if broker_faults => Action::BrokerRestart,
             68..80 => Action::Reload(Reload {
                 max_in_flight: rng.random_range(1..16),
                 max_backoff_ms: rng.random_range(100..1_000),
                 url_version: rng.random_range(0..3),
                 ordering_by_key: rng.random_bool(0.7),
+                parking_version: rng.random_range(0..2),
+                second: rng.random_bool(0.5),
             }),
             80..90 => Action::Pause {
                 for_: Duration::from_millis(rng.random_range(200..2_000)),
             },
             90..100 => Action::Redrive,
+            100..106 => Action::Replay {
+                span: Duration::from_secs(rng.random_range(2..20)),
+            },
+            106..112 if broker_faults => Action::Stall {
+                for_: Duration::from_millis(rng.random_range(500..6_000)),
+            },
             _ => continue,
         };
         steps.push((at, action));

@@ -27,6 +27,7 @@ pub struct KafkaNode {
     pub dir: tempfile::TempDir,
     /// The PLAINTEXT listener's port.
     pub port: u16,
+    controller: u16,
     pid: u32,
 }
 
@@ -47,9 +48,35 @@ impl KafkaNode {
         ];
         args.extend_from_slice(format_args);
         let pid = tools("start_kafka", &args).trim().parse().unwrap();
-        let node = KafkaNode { dir, port, pid };
+        let node = KafkaNode {
+            dir,
+            port,
+            controller,
+            pid,
+        };
         node.wait_until_serving();
         node
+    }
+
+    /// SIGKILL, then the node started again on its data (what it acknowledged is kept);
+    /// returns once it answers.
+    pub fn restart(&mut self) {
+        unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Path::new(&format!("/proc/{}", self.pid)).exists()
+            && std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+                .is_ok_and(|stat| !stat.contains(") Z "))
+        {
+            assert!(Instant::now() < deadline, "the Kafka node stopped");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let args = [
+            self.dir.path().display().to_string(),
+            self.port.to_string(),
+            self.controller.to_string(),
+        ];
+        self.pid = tools("start_kafka", &args).trim().parse().unwrap();
+        self.wait_until_serving();
     }
 
     /// The log the node wrote so far.

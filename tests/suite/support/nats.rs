@@ -111,8 +111,16 @@ pub struct StallableProxy {
 
 impl StallableProxy {
     pub async fn start(upstream: u16) -> StallableProxy {
+        StallableProxy::start_on(0, upstream).await
+    }
+
+    /// A proxy listening on `port` (0: any free one): for a server that must advertise the
+    /// proxy's address before the proxy can know the server's (Kafka).
+    pub async fn start_on(port: u16, upstream: u16) -> StallableProxy {
         use std::sync::atomic::AtomicBool;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
         let port = listener.local_addr().unwrap().port();
         let stalled = Arc::new(AtomicBool::new(false));
         let flag = stalled.clone();
