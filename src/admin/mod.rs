@@ -1,5 +1,6 @@
 //! The admin listener (`server.admin_listen`): liveness and readiness for orchestrators,
-//! Prometheus metrics, and the operator's `/v1` API behind `server.admin_token`:
+//! Prometheus metrics, and the operator's `/v1` API behind `server.admin_token` and closed
+//! to web pages ([`browser`]):
 //!
 //! - [`subscriptions`]: where each subscription stands on this replica; pause and resume.
 //! - [`operations`]: dead letters, redrive and replay (see `crate::operations`).
@@ -7,6 +8,7 @@
 //! Everything under `/v1` answers JSON, and problem+json (RFC 9457) when it refuses.
 
 mod auth;
+mod browser;
 mod operations;
 mod state;
 mod subscriptions;
@@ -51,6 +53,11 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
+        ))
+        // Outermost: a browser's request is refused before its token is looked at.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            browser::refuse_browsers,
         ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
