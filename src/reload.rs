@@ -73,7 +73,7 @@ pub struct Reloader {
 /// a refusal.
 fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     let (a, b) = (&old.server, &new.server);
-    let checks: [(&'static str, bool); 9] = [
+    let checks: [(&'static str, bool); 10] = [
         ("broker.kind", old.broker.kind != new.broker.kind),
         (
             "broker.embedded",
@@ -84,6 +84,7 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
         ("server.listen", a.listen != b.listen),
         ("server.admin_listen", a.admin_listen != b.admin_listen),
         ("server.read_timeout", a.read_timeout != b.read_timeout),
+        ("server.idle_timeout", a.idle_timeout != b.idle_timeout),
         (
             "server.max_connections",
             a.max_connections != b.max_connections,

@@ -199,6 +199,7 @@ pub async fn serve(
     let grace = config.server.shutdown_timeout.0;
     let limits = crate::ingress::listener::Limits {
         read_timeout: config.server.read_timeout.0,
+        idle_timeout: config.server.idle_timeout.0,
         max_connections: config.server.max_connections as usize,
     };
 

@@ -207,6 +207,10 @@ pub struct ServerConfig {
     /// ingress.
     #[serde(default = "defaults::read_timeout")]
     pub read_timeout: ConfigDuration,
+    /// An ingress connection with no request open for this long is closed (HTTP/1 or
+    /// HTTP/2), so idle connections cannot hold `max_connections`.
+    #[serde(default = "defaults::idle_timeout")]
+    pub idle_timeout: ConfigDuration,
     /// Ingress connections open at once; past it new senders wait to be accepted.
     #[serde(
         default = "defaults::max_connections",
@@ -596,6 +600,7 @@ impl Default for ServerConfig {
             admin_token: Secret::default(),
             shutdown_timeout: defaults::shutdown_timeout(),
             read_timeout: defaults::read_timeout(),
+            idle_timeout: defaults::idle_timeout(),
             max_connections: defaults::max_connections(),
             tls: ServerTlsConfig::default(),
         }
@@ -644,6 +649,9 @@ mod defaults {
     }
     pub fn read_timeout() -> ConfigDuration {
         ConfigDuration(Duration::from_secs(10))
+    }
+    pub fn idle_timeout() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(60))
     }
     pub fn max_connections() -> u32 {
         4096

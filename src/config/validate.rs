@@ -182,6 +182,7 @@ fn check_server(config: &Config, problems: &mut Problems) {
     }
     problems.positive("server.shutdown_timeout", server.shutdown_timeout.0);
     problems.positive("server.read_timeout", server.read_timeout.0);
+    problems.positive("server.idle_timeout", server.idle_timeout.0);
     if server.max_connections == 0 {
         problems.add("server.max_connections", "must be at least 1");
     }

@@ -5,6 +5,9 @@
 //! - a header read timeout (`server.read_timeout`): a connection that does not finish
 //!   sending its request head in time is closed (hyper answers nothing then; the body's
 //!   timeout, which gets a 408 problem, is the handler's, see `read_body`);
+//! - an idle timeout (`server.idle_timeout`): a connection with no request open that long
+//!   is closed, HTTP/2 included ([`super::idle`]); an HTTP/2 connection has at most
+//!   `MAX_STREAMS` requests open, and a peer that stops answering pings is dropped;
 //! - graceful shutdown: no new connections, requests in flight finish;
 //! - HTTPS when `server.tls` is set: the handshake runs in the connection's task (bounded by
 //!   the read timeout, so a sender that never finishes it holds nothing long), and ALPN
@@ -28,10 +31,16 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
+use super::idle::Activity;
+
+/// Requests open at once on one HTTP/2 connection.
+const MAX_STREAMS: u32 = 100;
+
 /// What bounds the senders' use of the ingress.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub read_timeout: Duration,
+    pub idle_timeout: Duration,
     pub max_connections: usize,
 }
 
@@ -52,7 +61,11 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.read_timeout);
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    http2.timer(TokioTimer::new());
+    http2
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS)
+        .keep_alive_interval(Some(limits.idle_timeout))
+        .keep_alive_timeout(limits.read_timeout);
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     tokio::pin!(shutdown);
     // Said once each time the cap is reached, not once per connection.
@@ -83,6 +96,8 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let activity = Activity::new();
+        let requests = activity.clone();
         let service = app
             .clone()
             .map_request(move |mut request: hyper::Request<Incoming>| {
@@ -90,6 +105,14 @@ pub async fn serve(
                     .extensions_mut()
                     .insert(ConnectInfo::<SocketAddr>(peer));
                 request
+            })
+            .map_future(move |answer| {
+                let open = requests.begin();
+                async move {
+                    let answered = answer.await;
+                    drop(open);
+                    answered
+                }
             })
             .map_err(|e: Infallible| match e {});
         let service = TowerToHyperService::new(service);
@@ -100,24 +123,35 @@ pub async fn serve(
             tls.clone(),
         );
         tokio::spawn(async move {
-            let ended = match tls {
-                None => {
-                    watcher
-                        .watch(http1.serve_connection(TokioIo::new(stream), service))
-                        .await
-                }
-                Some(acceptor) => {
-                    let Some(stream) = handshake(acceptor, stream, limits.read_timeout, peer).await
-                    else {
-                        return;
-                    };
-                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                    let io = TokioIo::new(stream);
-                    if h2 {
-                        watcher.watch(http2.serve_connection(io, service)).await
-                    } else {
-                        watcher.watch(http1.serve_connection(io, service)).await
+            let connection = async {
+                match tls {
+                    None => {
+                        watcher
+                            .watch(http1.serve_connection(TokioIo::new(stream), service))
+                            .await
                     }
+                    Some(acceptor) => {
+                        let Some(stream) =
+                            handshake(acceptor, stream, limits.read_timeout, peer).await
+                        else {
+                            return Ok(());
+                        };
+                        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                        let io = TokioIo::new(stream);
+                        if h2 {
+                            watcher.watch(http2.serve_connection(io, service)).await
+                        } else {
+                            watcher.watch(http1.serve_connection(io, service)).await
+                        }
+                    }
+                }
+            };
+            // Idle, the connection is dropped: it has no request to finish.
+            let ended = tokio::select! {
+                ended = connection => ended,
+                () = activity.idle_for(limits.idle_timeout) => {
+                    tracing::debug!(%peer, "idle ingress connection closed");
+                    Ok(())
                 }
             };
             if let Err(e) = ended {

@@ -9,6 +9,7 @@
 #![allow(clippy::result_large_err)]
 
 mod extract;
+mod idle;
 pub mod listener;
 pub mod route;
 mod verify;

@@ -1,7 +1,8 @@
 //! Slow or too many senders cannot hold the ingress: a body that does not arrive within
 //! `server.read_timeout` gets 408 problem+json, a request head that does not arrive in time
-//! gets its connection closed, and past `server.max_connections` new senders wait until a
-//! slot is free instead of each holding a task and a buffer.
+//! gets its connection closed, past `server.max_connections` new senders wait until a
+//! slot is free instead of each holding a task and a buffer, and connections idle for
+//! `server.idle_timeout` (HTTP/2 ones too) are closed, so they cannot hold those slots.
 
 use std::time::{Duration, Instant};
 
@@ -96,4 +97,85 @@ async fn past_max_connections_new_senders_wait_for_a_slot() {
         server.log_text().contains("server.max_connections"),
         "the cap is logged"
     );
+}
+
+/// A TLS connection to the ingress at `addr` that negotiated `alpn`.
+async fn tls_connection(
+    addr: &str,
+    ca: &crate::support::tls::Ca,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let connector =
+        tokio_rustls::TlsConnector::from(crate::support::tls::client_config(ca, &[alpn]));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let stream = connector.connect(name, tcp).await.unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(alpn));
+    stream
+}
+
+/// `max_connections` idle TLS connections, half HTTP/2 (each sent the client preface and
+/// its settings, then nothing), half HTTP/1.1 (nothing at all): within `idle_timeout` they
+/// are closed, and a new sender gets its 202.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_of_either_protocol_are_closed_and_new_senders_served() {
+    const SLOTS: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = crate::support::tls::Ca::new("idle CA");
+    let (cert, key) = ca.server().write(dir.path(), "ingress");
+    let limits = format!(
+        "  max_connections: {SLOTS}\n  idle_timeout: 2s\n  tls: {{ cert: {}, key: {} }}\n",
+        yaml_path(&cert),
+        yaml_path(&key)
+    );
+    let mut config = config(dir.path(), &limits);
+    // The HTTP/1 connections are closed by the read timeout already; made longer than the
+    // idle timeout, so that the idle timeout is what closes both kinds here.
+    config = config.replace("  read_timeout: 1s\n", "  read_timeout: 30s\n");
+    let server = Hookbridge::start(dir.path(), &config);
+    let addr = addr(&server);
+    let mut idle = Vec::new();
+    for n in 0..SLOTS {
+        if n % 2 == 0 {
+            let mut h2 = tls_connection(&addr, &ca, b"h2").await;
+            // The preface, then an empty SETTINGS frame.
+            h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+                .await
+                .unwrap();
+            idle.push(h2);
+        } else {
+            idle.push(tls_connection(&addr, &ca, b"http/1.1").await);
+        }
+    }
+    let started = Instant::now();
+    // A new sender (every slot is taken by an idle connection).
+    let mut sender = tokio::time::timeout(
+        Duration::from_secs(10),
+        tls_connection(&addr, &ca, b"http/1.1"),
+    )
+    .await
+    .expect("accepted once idle connections were closed");
+    sender
+        .write_all(b"POST /hooks/r HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), sender.read(&mut answer))
+        .await
+        .expect("answered")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "it waited for a slot: {:?}",
+        started.elapsed()
+    );
+    // Every idle connection was closed by the server.
+    for mut connection in idle {
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(5), connection.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "an idle connection was closed");
+    }
 }
