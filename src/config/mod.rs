@@ -136,7 +136,7 @@ pub struct KafkaConfig {
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
     #[serde(default = "defaults::nats_url")]
-    pub url: String,
+    pub url: CredentialedUrl,
     #[serde(default = "defaults::partitions", deserialize_with = "units::number")]
     pub partitions: u32,
     /// How long a replica's claim on a partition lasts without renewal: a dead replica's
@@ -609,7 +609,7 @@ impl Default for ServerConfig {
 
 /// Every default of the contract, in one place.
 mod defaults {
-    use super::{ByteSize, ConfigDuration, StatusMatch};
+    use super::{ByteSize, ConfigDuration, CredentialedUrl, StatusMatch};
     use std::net::SocketAddr;
     use std::path::PathBuf;
     use std::time::Duration;
@@ -629,8 +629,8 @@ mod defaults {
     pub fn kafka_bootstrap() -> String {
         "127.0.0.1:9092".into()
     }
-    pub fn nats_url() -> String {
-        "nats://127.0.0.1:4222".into()
+    pub fn nats_url() -> CredentialedUrl {
+        CredentialedUrl::new("nats://127.0.0.1:4222")
     }
     pub fn lease() -> ConfigDuration {
         ConfigDuration(Duration::from_secs(10))

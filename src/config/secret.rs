@@ -38,7 +38,7 @@ impl serde::Serialize for Secret {
     }
 }
 
-/// Shown without its password.
+/// Shown without its credentials.
 impl serde::Serialize for CredentialedUrl {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&self.redacted())
@@ -55,12 +55,17 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// A URL that may carry credentials (`https://user:password@host/`): shown without them.
+/// A URL that may carry credentials (`https://user:password@host/`, a secret path or query):
+/// shown without them (see [`redact_url`]).
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
 pub struct CredentialedUrl(String);
 
 impl CredentialedUrl {
+    pub fn new(url: impl Into<String>) -> CredentialedUrl {
+        CredentialedUrl(url.into())
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -83,20 +88,31 @@ impl fmt::Display for CredentialedUrl {
     }
 }
 
-/// `scheme://user:password@rest` → `scheme://user:***@rest`; anything else as it is.
+/// A URL as it is shown (logs, errors, the admin API): its scheme, host and port. Its
+/// user-info becomes `***@`, and its path and query, where receivers such as Slack and
+/// Discord keep their secret, become `/…`: `https://me:pw@hooks.example/services/T/B/x?t=y`
+/// → `https://***@hooks.example/…`. Comma-separated URLs (NATS servers) are shown each so;
+/// text that is not a URL as it is.
 pub fn redact_url(url: &str) -> String {
+    url.split(',').map(redact_one).collect::<Vec<_>>().join(",")
+}
+
+fn redact_one(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            format!("{scheme}://{user}:***@{host}{tail}")
-        }
-        None => url.to_string(),
-    }
+    let host = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => authority.to_string(),
+    };
+    let tail = if matches!(tail, "" | "/") {
+        tail
+    } else {
+        "/…"
+    };
+    format!("{scheme}://{host}{tail}")
 }
 
 #[cfg(test)]
@@ -108,9 +124,18 @@ mod tests {
         assert_eq!(format!("{:?}", Secret::new("s3cret")), "<redacted>");
         assert_eq!(
             redact_url("https://me:pa:ss@host:8443/hook?x=1"),
-            "https://me:***@host:8443/hook?x=1"
+            "https://***@host:8443/…"
         );
-        assert_eq!(redact_url("http://host/a@b"), "http://host/a@b");
+        assert_eq!(
+            redact_url("https://hooks.slack.com/services/T000/B000/XXXX"),
+            "https://hooks.slack.com/…"
+        );
+        assert_eq!(redact_url("http://host/a@b"), "http://host/…");
+        assert_eq!(redact_url("http://host:80/"), "http://host:80/");
+        assert_eq!(
+            redact_url("nats://a:4222,nats://u:p@b:4222"),
+            "nats://a:4222,nats://***@b:4222"
+        );
         assert_eq!(redact_url("not a url"), "not a url");
     }
 }

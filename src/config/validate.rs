@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Config, ExtractorConfig, Problem, Secret, SubscriptionConfig, VerifyConfig};
+use super::{
+    Config, ExtractorConfig, Problem, Secret, SubscriptionConfig, VerifyConfig, redact_url,
+};
 use crate::standard_webhooks;
 
 pub fn check(config: &Config) -> Vec<Problem> {
@@ -71,11 +73,11 @@ fn check_broker(config: &Config, problems: &mut Problems) {
     }
     check_kafka_properties(&broker.kafka.properties, problems);
     // A cluster is several URLs, comma-separated.
-    for url in broker.nats.url.split(',').map(str::trim) {
+    for url in broker.nats.url.expose().split(',').map(str::trim) {
         if !(url.starts_with("nats://") || url.starts_with("tls://")) {
             problems.add(
                 "broker.nats.url",
-                format!("`{url}` is not a nats:// or tls:// URL"),
+                format!("`{}` is not a nats:// or tls:// URL", redact_url(url)),
             );
         }
     }

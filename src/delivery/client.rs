@@ -117,8 +117,9 @@ impl WebhookClient {
         })
     }
 
-    pub fn uri(&self) -> &Uri {
-        &self.uri
+    /// The URL as it may be shown: scheme, host and port (see `config::redact_url`).
+    pub fn shown(&self) -> String {
+        crate::config::redact_url(&self.uri.to_string())
     }
 
     /// How many headers [`WebhookClient::post`] adds to the ones it is given, so a caller

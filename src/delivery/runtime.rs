@@ -293,7 +293,7 @@ impl SubscriptionRuntime {
             name: self.name.clone(),
             group: self.group(),
             topics: self.topics.clone(),
-            url: endpoint(settings.client.uri()),
+            url: settings.client.shown(),
             paused: self.is_paused(),
             in_flight: settings
                 .max_in_flight
@@ -324,14 +324,4 @@ impl SubscriptionRuntime {
         topics.push(self.resend_topic.clone());
         topics
     }
-}
-
-/// `scheme://host:port/path` of the subscriber's URL.
-fn endpoint(uri: &http::Uri) -> String {
-    format!(
-        "{}://{}{}",
-        uri.scheme_str().unwrap_or("http"),
-        uri.authority().map(|a| a.as_str()).unwrap_or(""),
-        uri.path()
-    )
 }

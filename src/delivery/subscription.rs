@@ -32,7 +32,7 @@ pub async fn run(
             }
         }
     };
-    tracing::info!(subscription = %sub.name, %group, topics = ?sub.topics, url = %sub.settings().client.uri(), "subscription running");
+    tracing::info!(subscription = %sub.name, %group, topics = ?sub.topics, url = %sub.settings().client.shown(), "subscription running");
     let mut partitions = JoinSet::new();
     loop {
         tokio::select! {

@@ -17,16 +17,18 @@ use std::time::Duration;
 use async_nats::{Auth, AuthError, ConnectErrorKind, ConnectOptions, ServerAddr};
 
 use crate::broker::BrokerError;
-use crate::config::{NatsConfig, Problem};
+use crate::config::{NatsConfig, Problem, redact_url};
 
 /// The servers of `broker.nats.url`.
 pub fn servers(config: &NatsConfig) -> Result<Vec<ServerAddr>, BrokerError> {
     config
         .url
+        .expose()
         .split(',')
         .map(str::trim)
         .map(|url| {
             url.parse::<ServerAddr>().map_err(|e| {
+                let url = redact_url(url);
                 BrokerError::Rejected(format!("broker.nats.url: `{url}` is not a server URL: {e}"))
             })
         })

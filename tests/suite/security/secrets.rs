@@ -1,7 +1,8 @@
-//! No secret from the config reaches a log line, even at `RUST_LOG=trace`, nor the `Debug`
-//! output of the config: verifier secrets and tokens, signing secrets, credentials in a
-//! subscription URL, a subscription's static headers, broker properties and the admin
-//! token.
+//! No secret from the config reaches a log line, even at `RUST_LOG=trace`, the admin API
+//! (`/v1/config`, status), `/metrics`, nor the `Debug` output of the config: verifier
+//! secrets and tokens, signing secrets, credentials in a subscription URL and the secrets
+//! receivers put in its path and query (Slack's, Discord's), a subscription's static
+//! headers, broker properties and the admin token.
 
 use std::time::Duration;
 
@@ -14,15 +15,23 @@ const TOKEN: &str = "tok-SECRET-8b2e71";
 
 const SIGNING: &str = "whsec_c2lnbmluZy1TRUNSRVQtOWQzZjAw"; // base64 of "signing-SECRET-9d3f00"
 const URL_PASSWORD: &str = "url-SECRET-e05b13";
+/// In the URL's path, as Slack's incoming webhooks have it.
+const URL_PATH: &str = "path-SECRET-5c7d21";
+const URL_QUERY: &str = "query-SECRET-0f4e98";
 
 const ADMIN: &str = "adm-SECRET-66c0de";
+
+const NATS_PASSWORD: &str = "nats-SECRET-2d8f55";
 
 const PROPERTY: &str = "prop-SECRET-3a9d7e";
 
 const HEADER: &str = "hdr-SECRET-71be4c";
 
-fn secrets() -> [&'static str; 8] {
+fn secrets() -> [&'static str; 11] {
     [
+        NATS_PASSWORD,
+        URL_PATH,
+        URL_QUERY,
         GITHUB,
         TOKEN,
         SIGNING,
@@ -40,6 +49,7 @@ fn config(dir: &std::path::Path, receiver_port: u16) -> String {
   kind: embedded
   embedded: {{ dir: '{}', partitions: 1 }}
   kafka: {{ properties: {{ sasl.password: {PROPERTY} }} }}
+  nats: {{ url: "nats://hb:{NATS_PASSWORD}@127.0.0.1:4222" }}
 server:
   listen: 127.0.0.1:0
   admin_listen: 127.0.0.1:0
@@ -54,7 +64,7 @@ routes:
 subscriptions:
   - name: out
     topics: [events]
-    url: http://user:{URL_PASSWORD}@127.0.0.1:{receiver_port}/hook
+    url: http://user:{URL_PASSWORD}@127.0.0.1:{receiver_port}/services/T000/{URL_PATH}?token={URL_QUERY}
     signing: {{ secret: {SIGNING} }}
     headers: {{ X-Api-Key: {HEADER} }}
 "#,
@@ -115,6 +125,30 @@ async fn no_secret_reaches_the_logs_at_trace_level() {
     assert_eq!(got.header("x-api-key"), HEADER);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
+    let mut shown = String::new();
+    for path in [
+        "/v1/config",
+        "/v1/subscriptions",
+        "/v1/subscriptions/out",
+        "/metrics",
+    ] {
+        let response = client
+            .get(format!("{}{path}", server.admin))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{path}");
+        shown.push_str(&response.text().await.unwrap());
+    }
+    assert!(shown.contains("127.0.0.1"), "the URL's host is shown");
+    for secret in secrets() {
+        assert!(
+            !shown.contains(secret),
+            "{secret} is shown by the admin listener"
+        );
+    }
+
     let logs = server.log_text();
     assert!(logs.len() > 10_000, "trace logging is on");
     for secret in secrets() {
@@ -148,7 +182,7 @@ fn a_bad_subscription_url_is_named_without_its_password() {
     let error = hookbridge::config::load_str("f.yaml", text, &|_| None).unwrap_err();
     let message = error.to_string();
     assert!(message.contains("subscriptions[0].url"), "{message}");
-    assert!(message.contains("ftp://me:***@host/hook"), "{message}");
+    assert!(message.contains("ftp://***@host/…"), "{message}");
     assert!(!message.contains("pw-SECRET-0a1b"), "{message}");
     assert!(!format!("{error:?}").contains("pw-SECRET-0a1b"));
 }

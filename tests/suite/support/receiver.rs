@@ -178,7 +178,10 @@ impl Receiver {
                 response
             }
         };
-        let app = axum::Router::new().route("/hook", axum::routing::post(handler));
+        // Any path: a subscriber URL may carry more than `/hook` (a Slack-style secret path).
+        let app = axum::Router::new()
+            .route("/hook", axum::routing::post(handler.clone()))
+            .route("/{*rest}", axum::routing::post(handler));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let url = match &tls {
