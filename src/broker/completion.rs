@@ -220,7 +220,6 @@ fn put_parked(out: &mut Vec<u8>, parked: &[ParkedKey]) {
     put_varint(out, parked.len() as u64);
     for key in parked {
         out.extend_from_slice(&key.key.to_be_bytes());
-        // 0: no topic kept; n: the n-th named above.
         let topic = key
             .topic
             .as_ref()
@@ -269,6 +268,7 @@ fn take_parked(input: &mut &[u8]) -> Option<Vec<ParkedKey>> {
 
 fn take_topics(input: &mut &[u8]) -> Option<Vec<Arc<str>>> {
     let count = take_varint(input)?;
+    // At most one topic per parked key: more is not a form this version wrote.
     if count > MAX_PARKED as u64 {
         return None;
     }

@@ -73,6 +73,8 @@ pub struct CommitTracker {
     committed: Option<(u64, u64, u64)>,
     /// The previous owner's completion, while records it knew of are still to be read.
     resumed: Option<Completion>,
+    /// The commit point the partition resumed from, if it had one.
+    resumed_at: Option<u64>,
     /// Records skipped because the previous owner had finished them.
     skipped: u64,
     /// The partition's parked keys, stored with each commit.
@@ -102,6 +104,7 @@ impl CommitTracker {
     pub fn new(per_record: bool, resumed: Option<Completion>) -> CommitTracker {
         CommitTracker {
             per_record,
+            resumed_at: resumed.as_ref().map(|r| r.next_offset),
             resumed: resumed.filter(Completion::knows_more),
             ..CommitTracker::default()
         }
@@ -145,7 +148,9 @@ impl CommitTracker {
     /// What is done: below the oldest pending record, and above it all but the pending ones
     /// (plus what the previous owner knew beyond what was read again so far).
     fn completion(&self) -> Option<Completion> {
-        let next_taken = self.next_taken?;
+        let Some(next_taken) = self.next_taken else {
+            return self.untouched();
+        };
         let mut completion = Completion {
             next_offset: self.pending.first().copied().unwrap_or(next_taken),
             known_until: next_taken,
@@ -158,6 +163,21 @@ impl CommitTracker {
                 .open
                 .extend(resumed.open.iter().filter(|&&o| o >= next_taken));
         }
+        Some(completion)
+    }
+
+    /// Before any record is taken, what the partition resumed with, but its parked keys as
+    /// they are now: keys carried over from a former parking topic, or unparked, are
+    /// committed even while no record comes (or a restart would carry them again).
+    fn untouched(&self) -> Option<Completion> {
+        if self.parked_changes == 0 {
+            return None;
+        }
+        let mut completion = match &self.resumed {
+            Some(resumed) => resumed.clone(),
+            None => Completion::at(self.resumed_at?),
+        };
+        completion.parked = self.parked.clone();
         Some(completion)
     }
 
@@ -222,6 +242,32 @@ mod tests {
         let pending = t.take()?;
         t.accepted(&pending);
         Some(pending.next_offset())
+    }
+
+    #[test]
+    fn parked_keys_changed_before_any_record_is_taken_are_committed() {
+        let parked = |last| ParkedKey {
+            key: 7,
+            topic: None,
+            partition: 0,
+            last,
+        };
+        let resumed = Completion {
+            parked: vec![parked(3)],
+            ..Completion::at(40)
+        };
+        let mut t = CommitTracker::new(false, Some(resumed));
+        assert_eq!(t.take(), None, "nothing new");
+        t.set_parked(vec![parked(9)]);
+        let pending = t.take().expect("the changed keys are committed");
+        assert_eq!(
+            pending.next_offset(),
+            40,
+            "at the commit point it resumed from"
+        );
+        assert_eq!(pending.completion.parked, vec![parked(9)]);
+        t.accepted(&pending);
+        assert_eq!(t.take(), None);
     }
 
     #[test]

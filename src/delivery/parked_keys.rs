@@ -151,7 +151,7 @@ impl ParkedKeys {
 
     /// A stranded key's events not done yet were copied to the current parking topic, the
     /// last at `receipt`; with `None`, none was left to copy: the key is unparked.
-    pub fn carried(&mut self, key: u64, receipt: Option<Receipt>) {
+    pub fn moved(&mut self, key: u64, receipt: Option<Receipt>) {
         match receipt {
             Some(receipt) => {
                 if let Some(parked) = self.keys.get_mut(&key) {
@@ -345,8 +345,8 @@ mod tests {
             parked.idle_partitions(|_| false).is_empty(),
             "not reviewed against the new topic's partitions"
         );
-        parked.carried(1, Some(receipt(40)));
-        parked.carried(2, None);
+        parked.moved(1, Some(receipt(40)));
+        parked.moved(2, None);
         assert!(parked.stranded().is_empty());
         let snapshot = parked.snapshot();
         assert_eq!(snapshot.len(), 1, "key 2 had nothing left: unparked");

@@ -81,7 +81,7 @@ pub fn came_from(record: &ConsumedRecord, topic: &str, partition: u32) -> bool {
 
 /// A parked copy, read from a former parking topic, for the current one: unchanged, so it
 /// keeps what it kept (and a broker that deduplicates keeps one of two carries).
-pub fn carried(sub: &SubscriptionRuntime, record: &ConsumedRecord) -> Record {
+pub fn copy_over(sub: &SubscriptionRuntime, record: &ConsumedRecord) -> Record {
     Record {
         topic: sub.parking_topic.clone(),
         key: record.key.clone(),

@@ -42,6 +42,11 @@ pub async fn carry(
     stop: &CancellationToken,
 ) -> Result<Option<Carried>, BrokerError> {
     let (topic, partition) = (&*stranded.topic, stranded.partition);
+    if let Err(BrokerError::Rejected(e)) = sub.reader.partitions(topic).await {
+        // Deleted by an operator: what was parked there is gone with it.
+        tracing::error!(subscription = %sub.name, %topic, error = %e, "the former parking topic is gone: the events parked there cannot be carried over; their keys are unparked");
+        return Ok(Some(stranded.keys.keys().map(|&key| (key, None)).collect()));
+    }
     let done = calls
         .stored(topic, partition)
         .await?
@@ -69,7 +74,7 @@ pub async fn carry(
             if !ours || done.is_done(record.offset) {
                 continue;
             }
-            let copy = parking::carried(sub, record);
+            let copy = parking::copy_over(sub, record);
             let Some(receipt) = side_topic::publish(sub, copy, stop).await else {
                 return Ok(None);
             };

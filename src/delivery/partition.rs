@@ -200,6 +200,7 @@ impl Worker {
                         tracing::warn!(subscription = %self.sub.name, topic = %self.stream.topic, partition = self.stream.partition, from = %stranded.topic, error = %e, "cannot carry parked events over from the former parking topic; retrying");
                         tokio::select! {
                             _ = stop.cancelled() => return Some(Ending::Shutdown),
+                            ending = tenure_ended(&mut self.tenure) => return Some(ending),
                             _ = tokio::time::sleep(CARRY_RETRY) => {}
                         }
                     }
@@ -208,7 +209,7 @@ impl Worker {
             let events = carried.values().flatten().count();
             tracing::info!(subscription = %self.sub.name, topic = %self.stream.topic, partition = self.stream.partition, from = %stranded.topic, from_partition = stranded.partition, keys = stranded.keys.len(), events, "parked events carried over to the new parking topic");
             for (key, last) in carried {
-                self.parked.carried(key, last);
+                self.parked.moved(key, last);
             }
             self.parked_changed();
         }
@@ -320,8 +321,11 @@ impl Worker {
             after: self.sub.settings().park_after,
             room: self.parked.room(),
         });
-        let original = match self.source {
-            Source::Resend => resend::Original::of(&event, &self.sub.topics),
+        // A replayed copy waits for its original only where there is an order to keep.
+        let original = match (self.source, &lane) {
+            (Source::Resend, LaneKey::Key(_) | LaneKey::Partition) => {
+                resend::Original::of(&event, &self.sub.topics)
+            }
             _ => None,
         };
         let (sub, calls, stop) = (
@@ -331,7 +335,9 @@ impl Worker {
         );
         self.lanes.run(async move {
             if let Some(original) = original
-                && !original.done(&sub, &calls, event.key(), &stop).await
+                && !original
+                    .wait_until_done(&sub, &calls, event.key(), &stop)
+                    .await
             {
                 return (lane, event.record.offset, lane::Outcome::Abandoned);
             }

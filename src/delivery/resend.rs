@@ -25,7 +25,7 @@ use crate::broker::PartitionCalls;
 use crate::broker::completion::key_hash;
 
 /// How often a replayed copy looks again whether its original is done.
-const ORIGINAL_POLL: Duration = Duration::from_millis(500);
+const ORIGINAL_POLL: Duration = Duration::from_secs(1);
 
 /// Where a resent event's original sits, when that is a partition of one of the
 /// subscription's topics (a replay's; a redrive's original is a dead letter).
@@ -55,7 +55,7 @@ impl Original {
     /// Waits until the original is done on its partition and `key` is not parked there,
     /// as this process's worker of that partition knows it, or else the group's last
     /// commit; false if asked to stop first.
-    pub async fn done(
+    pub async fn wait_until_done(
         &self,
         sub: &SubscriptionRuntime,
         calls: &PartitionCalls,

@@ -689,11 +689,21 @@ async fn kafka_a_parked_key_keeps_its_order_across_a_change_of_ordering() {
     a_parked_key_keeps_its_order_across_a_change_of_ordering(Backend::kafka()).await;
 }
 
+/// How the parking topic changes.
+#[derive(PartialEq)]
+enum Change {
+    Reload,
+    Restart,
+    /// A restart, after an operator deleted the former parking topic (NATS).
+    RestartWithoutTheFormer,
+}
+
 /// A key parked with five events, then the subscription's parking topic changed (by a live
 /// reload, or in the config of a restart): the parked events are carried over to the new
 /// parking topic, so all of them are delivered once the receiver recovers, in order,
-/// before the key's next event.
-async fn parked_events_follow_a_change_of_parking_topic(backend: Backend, restart: bool) {
+/// before the key's next event. Had an operator deleted the former parking topic, its
+/// events are gone with it, but the key's next event is still delivered.
+async fn parked_events_follow_a_change_of_parking_topic(backend: Backend, change: Change) {
     let topic = unique("moved");
     let receiver = Receiver::start().await;
     let failing = failing_then_slow_below(&receiver, 0, Duration::ZERO);
@@ -714,8 +724,16 @@ async fn parked_events_follow_a_change_of_parking_topic(backend: Backend, restar
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     std::fs::write(&path, config("second")).unwrap();
-    if restart {
+    if change != Change::Reload {
         server.terminate();
+        if change == Change::RestartWithoutTheFormer {
+            let Backend::Nats(nats) = &backend else {
+                panic!("deleted through JetStream")
+            };
+            let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+            let former = hookbridge::broker::nats::stream_name(&format!("{topic}.first"));
+            js.delete_stream(former).await.unwrap();
+        }
         server = Hookbridge::start_file(&path, &[], &[]);
     } else {
         logged(
@@ -727,6 +745,19 @@ async fn parked_events_follow_a_change_of_parking_topic(backend: Backend, restar
     }
     failing.store(false, std::sync::atomic::Ordering::SeqCst);
     post_one(&server, "K", 5).await;
+    if change == Change::RestartWithoutTheFormer {
+        receiver
+            .wait_for("the next event", Duration::from_secs(45), |r| {
+                all_delivered(r, 5..6)
+            })
+            .await;
+        assert!(
+            server
+                .log_text()
+                .contains("the former parking topic is gone")
+        );
+        return;
+    }
     receiver
         .wait_for("the six events", Duration::from_secs(45), |r| {
             all_delivered(r, 0..6)
@@ -738,22 +769,31 @@ async fn parked_events_follow_a_change_of_parking_topic(backend: Backend, restar
 
 #[tokio::test(flavor = "multi_thread")]
 async fn embedded_parked_events_follow_a_change_of_parking_topic_on_reload() {
-    parked_events_follow_a_change_of_parking_topic(Backend::embedded(), false).await;
+    parked_events_follow_a_change_of_parking_topic(Backend::embedded(), Change::Reload).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn embedded_parked_events_follow_a_change_of_parking_topic_across_a_restart() {
-    parked_events_follow_a_change_of_parking_topic(Backend::embedded(), true).await;
+    parked_events_follow_a_change_of_parking_topic(Backend::embedded(), Change::Restart).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nats_parked_events_follow_a_change_of_parking_topic_on_reload() {
-    parked_events_follow_a_change_of_parking_topic(Backend::nats(), false).await;
+    parked_events_follow_a_change_of_parking_topic(Backend::nats(), Change::Reload).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kafka_parked_events_follow_a_change_of_parking_topic_across_a_restart() {
-    parked_events_follow_a_change_of_parking_topic(Backend::kafka(), true).await;
+    parked_events_follow_a_change_of_parking_topic(Backend::kafka(), Change::Restart).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_a_deleted_former_parking_topic_does_not_hold_the_partition() {
+    parked_events_follow_a_change_of_parking_topic(
+        Backend::nats(),
+        Change::RestartWithoutTheFormer,
+    )
+    .await;
 }
 
 /// A key failing on two topics of one subscription: its event on the first parks, and the

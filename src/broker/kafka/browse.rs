@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::client::{base_config, kafka_error, with_properties};
@@ -62,13 +63,16 @@ impl TopicReader for KafkaTopicReader {
             let metadata = consumer
                 .fetch_metadata(Some(&topic), REQUEST_TIMEOUT)
                 .map_err(kafka_error)?;
+            // `Rejected` only when the broker says there is no such topic; other errors
+            // (no leader yet, say) may pass.
+            let gone = || BrokerError::Rejected(format!("topic {topic} does not exist"));
             match metadata.topics().first() {
-                Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
-                    Ok(t.partitions().len() as u32)
-                }
-                _ => Err(BrokerError::Rejected(format!(
-                    "topic {topic} does not exist"
-                ))),
+                Some(t) => match t.error().map(RDKafkaErrorCode::from) {
+                    None if !t.partitions().is_empty() => Ok(t.partitions().len() as u32),
+                    None | Some(RDKafkaErrorCode::UnknownTopicOrPartition) => Err(gone()),
+                    Some(code) => Err(BrokerError::Unavailable(format!("topic {topic}: {code}"))),
+                },
+                None => Err(gone()),
             }
         })
         .await

@@ -22,11 +22,22 @@ use crate::broker::{BrokerError, ConsumedRecord, TopicReader};
 const INACTIVE: Duration = Duration::from_secs(30);
 
 impl NatsBroker {
+    /// The topic's stream: `Rejected` when there is none, `Unavailable` when the server
+    /// could not say.
     async fn stream_of(&self, topic: &str) -> Result<Stream, BrokerError> {
+        use async_nats::jetstream::ErrorCode;
+        use async_nats::jetstream::context::GetStreamErrorKind;
         self.jetstream
             .get_stream(stream_name(topic))
             .await
-            .map_err(|e| BrokerError::Rejected(format!("topic {topic}: {e}")))
+            .map_err(|e| match e.kind() {
+                GetStreamErrorKind::JetStream(error)
+                    if error.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    BrokerError::Rejected(format!("topic {topic} does not exist"))
+                }
+                _ => BrokerError::Unavailable(format!("topic {topic}: {e}")),
+            })
     }
 
     /// Up to `max` messages of the partition from the `deliver` position on.
