@@ -5,6 +5,7 @@ mod cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -306,13 +307,17 @@ fn serve(arg: &ConfigArg, role: Role) -> anyhow::Result<()> {
     let (file, config) = arg.load()?;
     tracing::info!(config = %file.name, "configuration loaded");
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(hookbridge::serve(
-        file,
-        config,
-        role,
-        shutdown_signal(),
-        |_| {},
-    ))?;
+    let grace = config.server.shutdown_timeout.0;
+    let signalled = async move {
+        shutdown_signal().await;
+        exit_after(grace + Duration::from_secs(1));
+    };
+    let served = runtime.block_on(hookbridge::serve(file, config, role, signalled, |_| {}));
+    // What `serve` left running (a blocking broker call, a client's close) is abandoned:
+    // everything that must outlive the process was committed and flushed within the
+    // shutdown timeout.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    served?;
     Ok(())
 }
 
@@ -323,6 +328,20 @@ fn run(verb: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::R
         .build()
         .context("cannot start the async runtime")?
         .block_on(verb)
+}
+
+/// The last resort of a shutdown: past `after`, the process exits whatever still runs (a
+/// broker client's close that waits for an unreachable broker, say), so that it never
+/// outlasts the grace its orchestrator gives it.
+fn exit_after(after: Duration) {
+    std::thread::spawn(move || {
+        std::thread::sleep(after);
+        tracing::error!(
+            ?after,
+            "the shutdown took longer than server.shutdown_timeout; exiting now"
+        );
+        std::process::exit(1);
+    });
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -215,19 +215,46 @@ pub async fn serve(
     });
     shutdown.await;
     tracing::info!(grace = ?grace, "shutting down: no new connections, finishing in-flight requests");
+    // One deadline for every phase, so that the whole stays within the grace the
+    // orchestrator gives (the chart's terminationGracePeriodSeconds).
+    let deadline = Instant::now() + grace;
+    let left = || deadline.saturating_duration_since(Instant::now());
     stop.cancel();
-    if let Some(task) = ingress_task {
-        let _ = task.await;
-    }
-    // A reload under way finishes first: it may be stopping or starting subscriptions.
-    let _ = tokio::time::timeout(grace, reloading).await;
-    let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
-    if let Some(delivery) = &delivery {
-        delivery.shutdown(grace).await;
-    }
-    match tokio::time::timeout(grace, publisher.close()).await {
-        Ok(()) => tracing::info!("broker flushed; bye"),
-        Err(_) => tracing::warn!("broker flush did not finish within the shutdown timeout"),
+    // The ingress's requests and the deliveries finish side by side: neither waits for
+    // the other's slow peers.
+    let ingress = async {
+        if let Some(task) = ingress_task {
+            phase("ingress", left(), task).await;
+        }
+    };
+    let delivering = async {
+        // A reload under way finishes first: it may be stopping or starting subscriptions.
+        phase("reload", left(), reloading).await;
+        if let Some(delivery) = &delivery {
+            phase("delivery", left(), delivery.shutdown(left())).await;
+        }
+    };
+    tokio::join!(ingress, delivering);
+    phase("admin", left().min(Duration::from_secs(1)), admin).await;
+    // Last: what the ingress accepted is published by now.
+    if phase("broker flush", left(), publisher.close()).await {
+        tracing::info!("broker flushed; bye");
     }
     Ok(())
+}
+
+/// Runs one phase of the shutdown within `within`, what is left of its deadline; says how
+/// long it took, or that it was given up. True when it finished.
+async fn phase<T>(name: &'static str, within: Duration, work: impl Future<Output = T>) -> bool {
+    let started = Instant::now();
+    match tokio::time::timeout(within, work).await {
+        Ok(_) => {
+            tracing::info!(phase = name, took = ?started.elapsed(), "shutdown phase finished");
+            true
+        }
+        Err(_) => {
+            tracing::warn!(phase = name, given = ?within, "shutdown phase did not finish within server.shutdown_timeout; going on without it");
+            false
+        }
+    }
 }

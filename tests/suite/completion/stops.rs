@@ -156,3 +156,57 @@ async fn sigterm_mid_delivery_commits_what_is_done() {
     assert_eq!(redelivered, 0);
     assert!(stop_took < Duration::from_secs(5));
 }
+
+/// SIGTERM while a slow sender holds an ingress request open and a delivery hangs on its
+/// receiver: the phases of the shutdown (ingress, delivery, flush) share one deadline,
+/// `server.shutdown_timeout`, so the process is gone within it (and a second), not after
+/// the sum of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_within_the_shutdown_timeout_whatever_is_still_running() {
+    let receiver = Receiver::start().await;
+    receiver.answer(|_, _| Reply {
+        status: 200,
+        delay: Duration::from_secs(600),
+        retry_after: None,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let subs = format!(
+        "  - name: hanging\n    topics: [events]\n    url: {}\n    timeout: 5m\n",
+        receiver.url
+    );
+    let config = config(dir.path(), &subs).replace(
+        "  max_body: 64KiB\n",
+        "  max_body: 64KiB\n  shutdown_timeout: 3s\n  read_timeout: 60s\n",
+    );
+    let mut server = Hookbridge::start(dir.path(), &config);
+    let response = http_client()
+        .post(server.hook_url("events"))
+        .json(&serde_json::json!({"key": "k", "seq": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while receiver.on_the_wire() == 0 {
+        assert!(Instant::now() < deadline, "the attempt is on the wire");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A sender that sent half a request and waits.
+    let mut slow = tokio::net::TcpStream::connect(server.ingress.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    use tokio::io::AsyncWriteExt;
+    slow.write_all(b"POST /hooks/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"key\":")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    tokio::task::block_in_place(|| server.terminate());
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(4_500),
+        "exited {took:?} after SIGTERM, with shutdown_timeout: 3s:\n{}",
+        server.log_text()
+    );
+}
