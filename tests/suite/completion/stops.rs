@@ -179,13 +179,7 @@ async fn sigterm_exits_within_the_shutdown_timeout_whatever_is_still_running() {
         "  max_body: 64KiB\n  shutdown_timeout: 3s\n  read_timeout: 60s\n",
     );
     let mut server = Hookbridge::start(dir.path(), &config);
-    let response = http_client()
-        .post(server.hook_url("events"))
-        .json(&serde_json::json!({"key": "k", "seq": 0}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
+    post_accepted(&server, 1, |_| "k".into()).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while receiver.on_the_wire() == 0 {
         assert!(Instant::now() < deadline, "the attempt is on the wire");
