@@ -58,7 +58,10 @@ impl Delivery {
         };
         let mut running = BTreeMap::new();
         for sub in &config.subscriptions {
-            running.insert(sub.name.clone(), delivery.launch(delivery.runtime(sub)?));
+            running.insert(
+                sub.name.clone(),
+                delivery.launch(delivery.runtime(sub)?, None),
+            );
         }
         delivery.running = tokio::sync::Mutex::new(running);
         Ok(delivery)
@@ -74,13 +77,27 @@ impl Delivery {
         )?))
     }
 
-    fn launch(&self, runtime: Arc<SubscriptionRuntime>) -> Running {
+    /// Runs `runtime`'s subscription, once `previous` (the one it replaces, given `grace`)
+    /// has stopped: its group's partitions are let go before they are taken again.
+    fn launch(
+        &self,
+        runtime: Arc<SubscriptionRuntime>,
+        previous: Option<(Running, Duration)>,
+    ) -> Running {
         let stop = CancellationToken::new();
-        let task = tokio::spawn(subscription::run(
+        let (sub, subscriber, stopped) = (
             runtime.clone(),
             self.broker.subscriber.clone(),
             stop.clone(),
-        ));
+        );
+        let task = tokio::spawn(async move {
+            if let Some((previous, grace)) = previous {
+                previous.stop(grace).await;
+            }
+            if !stopped.is_cancelled() {
+                subscription::run(sub, subscriber, stopped).await;
+            }
+        });
         Running {
             runtime,
             stop: stop.drop_guard(),
@@ -113,7 +130,9 @@ impl Delivery {
     /// parking topic stops the subscription (within `grace`, committing what is done) and
     /// starts it again in its group; removed ones stop the same way, added ones start.
     /// Every new runtime is built before anything stops, so a config that cannot run
-    /// changes nothing.
+    /// changes nothing. The running set is held only while it changes, not while
+    /// subscriptions stop, so status and pause answer meanwhile (a rejoining subscription's
+    /// new runtime is in place at once, started when the old one has stopped).
     pub async fn reload(
         &self,
         config: &Config,
@@ -149,27 +168,34 @@ impl Delivery {
             .filter(|name| !wanted.contains(&name.as_str()))
             .cloned()
             .collect();
+        let mut removed = Vec::new();
         for name in gone {
             if let Some(old) = running.remove(&name) {
-                old.stop(grace).await;
+                removed.push(old.stop(grace));
                 tracing::info!(subscription = %name, "subscription removed");
                 reloaded.removed.push(name);
             }
         }
         for (runtime, rejoin) in starting {
             let name = runtime.name.clone();
-            if rejoin && let Some(old) = running.remove(&name) {
-                // An operator's pause is the subscription's, not its runtime's: it goes on.
-                runtime.set_paused(old.runtime.is_paused());
-                old.stop(grace).await;
-                tracing::info!(subscription = %name, "subscription rejoining its group with its new topics or ordering");
-                reloaded.rejoined.push(name.clone());
-            } else {
-                tracing::info!(subscription = %name, "subscription added");
-                reloaded.added.push(name.clone());
-            }
-            running.insert(name, self.launch(runtime));
+            let previous = match running.remove(&name).filter(|_| rejoin) {
+                Some(old) => {
+                    // An operator's pause is the subscription's, not its runtime's: it goes on.
+                    runtime.set_paused(old.runtime.is_paused());
+                    tracing::info!(subscription = %name, "subscription rejoining its group with its new topics or ordering");
+                    reloaded.rejoined.push(name.clone());
+                    Some((old, grace))
+                }
+                None => {
+                    tracing::info!(subscription = %name, "subscription added");
+                    reloaded.added.push(name.clone());
+                    None
+                }
+            };
+            running.insert(name, self.launch(runtime, previous));
         }
+        drop(running);
+        futures_util::future::join_all(removed).await;
         Ok(reloaded)
     }
 
