@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::scan::TopicScan;
-use super::sender::{self, Sender};
+use super::sender::{self, Sender, SentBefore};
 use super::{Kind, Operation, OperationError, Operations, ResendRequest};
 use crate::broker::Broker;
 use crate::broker::ConsumedRecord;
@@ -203,45 +203,59 @@ pub fn redrive(
     Ok(operations.start(operation, move |op| async move {
         let resend_topic = sub.resend_topic();
         let sent_before = if request.force {
-            Default::default()
+            SentBefore::default()
         } else {
-            sender::sent_before(&broker, &resend_topic).await?
+            SentBefore::read(&broker, &resend_topic).await?
         };
-        // Read every match first: the total is then known, and a dead letter written while
-        // the redrive runs (one of its own, failing again) is not picked up.
-        let mut matches: Vec<(ConsumedRecord, String)> = Vec::new();
-        let mut scan = TopicScan::new(broker.reader.clone(), &sub.dead_letter_topic()).await?;
+        // Two passes over the dead letters there are now (one of the redrive's own, failing
+        // again while it runs, is not picked up): the first counts the matches, so the
+        // total is known; the second sends them. Only a chunk is held at a time, whatever
+        // the topic's size.
+        let dead_letters = sub.dead_letter_topic();
+        let ends = TopicScan::new(broker.reader.clone(), &dead_letters)
+            .await?
+            .ends()
+            .await?;
+        let matching = |record: &ConsumedRecord| {
+            if !belongs_to(record, &sub.name) || !filter.in_time(record.timestamp_ms) {
+                return None;
+            }
+            let letter = describe(record);
+            filter
+                .matches(&letter.event_type, record.key.as_deref(), &letter.id)
+                .then_some(letter.id)
+        };
+        let mut scan = TopicScan::until(broker.reader.clone(), &dead_letters, ends.clone()).await?;
+        let mut matched = 0;
         while let Some(chunk) = scan.next().await? {
             if op.is_cancelled() {
                 return Ok(());
             }
             op.update(|p| p.scanned += chunk.len() as u64);
-            for record in chunk {
-                if !belongs_to(&record, &sub.name) || !filter.in_time(record.timestamp_ms) {
-                    continue;
-                }
-                let letter = describe(&record);
-                if filter.matches(&letter.event_type, record.key.as_deref(), &letter.id) {
-                    matches.push((record, letter.id));
-                }
-            }
+            matched += chunk.iter().filter(|r| matching(r).is_some()).count() as u64;
         }
         op.update(|p| {
-            p.matched = matches.len() as u64;
-            p.total = Some(matches.len() as u64);
+            p.matched = matched;
+            p.total = Some(matched);
         });
         let mut sender = Sender::new(broker.clone(), request.rate);
-        for (record, id) in matches {
-            if sent_before.contains(&sender::source(&record)) {
-                op.update(|p| p.skipped += 1);
-                continue;
-            }
-            if op.dry_run {
-                continue;
-            }
-            let copy = sender::copy(&op, &resend_topic, &record, &id);
-            if !sender.send(&op, copy).await {
-                break;
+        let mut scan = TopicScan::until(broker.reader.clone(), &dead_letters, ends).await?;
+        while let Some(chunk) = scan.next().await? {
+            for record in chunk {
+                let Some(id) = matching(&record) else {
+                    continue;
+                };
+                if sent_before.contains(&record) {
+                    op.update(|p| p.skipped += 1);
+                    continue;
+                }
+                if op.dry_run {
+                    continue;
+                }
+                let copy = sender::copy(&op, &resend_topic, &record, &id);
+                if !sender.send(&op, copy).await {
+                    return Ok(());
+                }
             }
         }
         Ok(())

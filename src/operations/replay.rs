@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::scan::CHUNK;
 use super::selection::EventFilter;
-use super::sender::{self, Sender};
+use super::sender::{self, Sender, SentBefore};
 use super::{Kind, Operation, OperationError, Operations, ResendRequest};
 use crate::broker::Broker;
 use crate::config::SubscriptionConfig;
@@ -67,9 +67,9 @@ pub fn replay(
             op.update(|p| p.total = Some(ranges.iter().map(|r| r.end - r.start).sum()));
         }
         let sent_before = if request.force {
-            Default::default()
+            SentBefore::default()
         } else {
-            sender::sent_before(&broker, &resend_topic).await?
+            SentBefore::read(&broker, &resend_topic).await?
         };
         let mut sender = Sender::new(broker.clone(), request.rate);
         for range in ranges {
@@ -95,7 +95,7 @@ pub fn replay(
                         continue;
                     }
                     op.update(|p| p.matched += 1);
-                    if sent_before.contains(&sender::source(&record)) {
+                    if sent_before.contains(&record) {
                         op.update(|p| p.skipped += 1);
                         continue;
                     }

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use crate::broker::{BrokerError, ConsumedRecord, TopicReader};
 
-/// Records read per request.
-pub const CHUNK: usize = 500;
+/// Records read per request: all an operation holds at once (64 records of 256 KiB are
+/// 16 MiB), whatever the topic's size.
+pub const CHUNK: usize = 64;
 
 /// Where a scan is: each partition is read from its start (or a given position) to the end
 /// it had when the scan reached it.
@@ -20,6 +21,8 @@ pub struct TopicScan {
     range: Option<(u64, u64)>,
     /// Where to start in the first partition instead of its start.
     start_at: Option<u64>,
+    /// Where each partition ends for this scan, instead of its end when reached.
+    ends: Option<Vec<u64>>,
 }
 
 impl TopicScan {
@@ -43,7 +46,29 @@ impl TopicScan {
             partition: position.map_or(0, |(p, _)| p),
             range: None,
             start_at: position.map(|(_, offset)| offset + 1),
+            ends: None,
         })
+    }
+
+    /// Every record of `topic` below `ends` (one per partition, as [`TopicScan::ends`] gave
+    /// them): the same records a scan read before, and none written since.
+    pub async fn until(
+        reader: Arc<dyn TopicReader>,
+        topic: &str,
+        ends: Vec<u64>,
+    ) -> Result<TopicScan, BrokerError> {
+        let mut scan = TopicScan::new(reader, topic).await?;
+        scan.ends = Some(ends);
+        Ok(scan)
+    }
+
+    /// Where each partition of the topic ends now.
+    pub async fn ends(&self) -> Result<Vec<u64>, BrokerError> {
+        let mut ends = Vec::with_capacity(self.partitions as usize);
+        for partition in 0..self.partitions {
+            ends.push(self.reader.bounds(&self.topic, partition).await?.1);
+        }
+        Ok(ends)
     }
 
     /// The next records in order; `None` once every partition is read.
@@ -52,7 +77,12 @@ impl TopicScan {
             let (from, end) = match self.range {
                 Some(range) => range,
                 None => {
-                    let (first, end) = self.reader.bounds(&self.topic, self.partition).await?;
+                    let (first, end_now) = self.reader.bounds(&self.topic, self.partition).await?;
+                    let end = self
+                        .ends
+                        .as_ref()
+                        .and_then(|ends| ends.get(self.partition as usize).copied())
+                        .map_or(end_now, |end| end.min(end_now));
                     let from = self.start_at.take().map_or(first, |at| at.max(first));
                     (from, end)
                 }

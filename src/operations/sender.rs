@@ -1,6 +1,6 @@
 //! Writing to a subscription's resend topic: the copies, what was sent before, the pace.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use crate::broker::{Broker, ConsumedRecord, Record};
@@ -15,20 +15,66 @@ pub fn source(record: &ConsumedRecord) -> String {
 }
 
 /// The sources the resend topic holds copies of (within its retention): what earlier
-/// operations sent again.
-pub async fn sent_before(
-    broker: &Broker,
-    resend_topic: &str,
-) -> Result<HashSet<String>, OperationError> {
-    let mut sources = HashSet::new();
-    let mut scan = TopicScan::new(broker.reader.clone(), resend_topic).await?;
-    while let Some(chunk) = scan.next().await? {
-        sources.extend(chunk.iter().filter_map(|r| {
-            r.header(resend::HEADER_SOURCE)
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-        }));
+/// operations sent again. Kept per source partition as ranges of offsets, so that even
+/// millions of copies (a whole dead-letter topic redriven) are a handful of ranges.
+#[derive(Debug, Default)]
+pub struct SentBefore {
+    /// Per source topic and partition: the start of each range of offsets sent, and its
+    /// end (exclusive).
+    ranges: HashMap<(String, u32), BTreeMap<u64, u64>>,
+}
+
+impl SentBefore {
+    /// Reads the resend topic's copies.
+    pub async fn read(broker: &Broker, resend_topic: &str) -> Result<SentBefore, OperationError> {
+        let mut sent = SentBefore::default();
+        let mut scan = TopicScan::new(broker.reader.clone(), resend_topic).await?;
+        while let Some(chunk) = scan.next().await? {
+            for source in chunk.iter().filter_map(|r| r.header(resend::HEADER_SOURCE)) {
+                if let Some((topic, partition, offset)) = parse_source(source) {
+                    sent.insert(topic, partition, offset);
+                }
+            }
+        }
+        Ok(sent)
     }
-    Ok(sources)
+
+    /// Whether a copy of `record` was sent before.
+    pub fn contains(&self, record: &ConsumedRecord) -> bool {
+        let key = (record.topic.to_string(), record.partition);
+        self.ranges.get(&key).is_some_and(|ranges| {
+            ranges
+                .range(..=record.offset)
+                .next_back()
+                .is_some_and(|(_, &end)| record.offset < end)
+        })
+    }
+
+    fn insert(&mut self, topic: &str, partition: u32, offset: u64) {
+        let ranges = self
+            .ranges
+            .entry((topic.to_string(), partition))
+            .or_default();
+        let (mut start, mut end) = (offset, offset + 1);
+        if let Some((&before, &before_end)) = ranges.range(..=offset).next_back()
+            && before_end >= offset
+        {
+            start = before;
+            end = end.max(before_end);
+        }
+        if let Some(after_end) = ranges.remove(&end) {
+            end = after_end;
+        }
+        ranges.insert(start, end);
+    }
+}
+
+/// `topic/partition/offset`, as [`source`] wrote it.
+fn parse_source(source: &[u8]) -> Option<(&str, u32, u64)> {
+    let source = std::str::from_utf8(source).ok()?;
+    let (rest, offset) = source.rsplit_once('/')?;
+    let (topic, partition) = rest.rsplit_once('/')?;
+    Some((topic, partition.parse().ok()?, offset.parse().ok()?))
 }
 
 /// The copy of `original` (an event with webhook id `id`) for the resend topic.
@@ -101,5 +147,38 @@ impl Sender {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_sent_before_are_ranges_however_they_arrive() {
+        let mut sent = SentBefore::default();
+        for offset in [5, 7, 6, 9, 1, 2, 3, 4, 100] {
+            sent.insert("dlq", 0, offset);
+        }
+        assert_eq!(
+            sent.ranges[&("dlq".to_string(), 0)],
+            BTreeMap::from([(1, 8), (9, 10), (100, 101)])
+        );
+        let record = |partition, offset| ConsumedRecord {
+            topic: "dlq".into(),
+            partition,
+            offset,
+            timestamp_ms: 0,
+            key: None,
+            headers: Vec::new(),
+            value: Default::default(),
+        };
+        for offset in [1, 7, 9, 100] {
+            assert!(sent.contains(&record(0, offset)), "{offset}");
+        }
+        for offset in [0, 8, 10, 99, 101] {
+            assert!(!sent.contains(&record(0, offset)), "{offset}");
+        }
+        assert!(!sent.contains(&record(1, 5)), "another partition");
     }
 }

@@ -463,3 +463,73 @@ async fn kafka_redriven_and_live_events_of_a_key_never_overlap() {
 async fn embedded_redriven_and_live_events_never_overlap_under_partition_ordering() {
     redriven_and_live_events_of_a_key_never_overlap(Backend::embedded(), "partition").await;
 }
+
+/// A redrive of many large dead letters (400 of 256 KiB, 100 MiB in all) reads them a
+/// chunk at a time: the process's memory grows by far less than their size, in a dry run
+/// and in the redrive itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redrive_of_large_dead_letters_holds_a_chunk_not_all_of_them() {
+    const LETTERS: u64 = 400;
+    let topic = unique("large");
+    let receiver = Receiver::start().await;
+    receiver.answer(|_, _| Reply::status(400));
+    let dir = tempfile::tempdir().unwrap();
+    let subs = subscription(
+        &topic,
+        &topic,
+        &receiver.url,
+        "    breaker: { failures: 100000 }\n",
+    );
+    let text = config(&Backend::embedded(), &topic, &subs).replace(
+        "  admin_listen: 127.0.0.1:0\n",
+        "  admin_listen: 127.0.0.1:0\n  max_body: 512KiB\n",
+    );
+    let server = Hookbridge::start(dir.path(), &text);
+    let padding = "x".repeat(256 * 1024);
+    let client = http_client();
+    for seq in 0..LETTERS {
+        let response = client
+            .post(server.hook_url("events"))
+            .json(&serde_json::json!({"key": format!("k{}", seq % 7), "seq": seq, "pad": padding}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let dry = cli_json(&server.admin, &["dlq", "redrive", &topic, "--dry-run"]).await;
+        if dry["matched"].as_u64() == Some(LETTERS) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "every event dead-lettered: {dry}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    receiver.answer(|_, _| Reply::status(200));
+    let before = rss_mib(server.pid());
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(before));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (peak, sampling, pid) = (peak.clone(), sampling.clone(), server.pid());
+        tokio::spawn(async move {
+            while sampling.load(Ordering::SeqCst) {
+                peak.fetch_max(rss_mib(pid), Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let dry = cli_json(&server.admin, &["dlq", "redrive", &topic, "--dry-run"]).await;
+    assert_eq!(dry["matched"].as_u64(), Some(LETTERS), "{dry}");
+    let redrive = cli_json(&server.admin, &["dlq", "redrive", &topic]).await;
+    assert_eq!(redrive["sent"].as_u64(), Some(LETTERS), "{redrive}");
+    sampling.store(false, Ordering::SeqCst);
+    sampler.await.unwrap();
+    let grew = peak.load(Ordering::SeqCst).saturating_sub(before);
+    assert!(
+        grew < 64,
+        "memory grew by {grew} MiB over {before} MiB during the redrive of 100 MiB of dead letters"
+    );
+}
