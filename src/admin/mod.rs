@@ -32,6 +32,7 @@ const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn router(state: Arc<AdminState>) -> Router {
     let v1 = Router::new()
+        .route("/openapi.json", get(openapi))
         .route("/config", get(config))
         .route("/subscriptions", get(subscriptions::list))
         .route("/subscriptions/{name}", get(subscriptions::show))
@@ -65,6 +66,18 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/metrics", get(metrics))
         .nest("/v1", v1)
         .with_state(state)
+}
+
+/// The API's OpenAPI document, `docs/openapi.json`.
+pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+/// `GET /v1/openapi.json`.
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+        .into_response()
 }
 
 /// `GET /v1/config`: the running config, secrets redacted, with its hash and load time.
