@@ -1,6 +1,7 @@
 # Tools the tests and benchmarks need, installed once per machine under
 # ~/.cache/hookbridge-tools (or $HOOKBRIDGE_TOOLS): Helm and kubernetes-validate for the
-# chart, Apache Kafka and a current nats-server for the suite and the benchmarks. Sourced
+# chart, Apache Kafka, a current nats-server and schemathesis for the suite and the
+# benchmarks. Sourced
 # by scripts/test, scripts/chart-test, scripts/image-smoke, scripts/bench*; each ensure_*
 # prints the path of what it installed.
 
@@ -42,6 +43,19 @@ ensure_chart_python() {
     "$venv/bin/pip" install --quiet "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" pyyaml >&2
   fi
   echo "$venv/bin/python"
+}
+
+# schemathesis from PyPI, which the suite runs against the admin API's OpenAPI document.
+SCHEMATHESIS_VERSION=4.32.5
+
+ensure_schemathesis() {
+  local venv="$tools/schemathesis-venv"
+  if [ "$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("schemathesis"))' 2>/dev/null)" != "$SCHEMATHESIS_VERSION" ]; then
+    echo "==> installing schemathesis $SCHEMATHESIS_VERSION" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet "schemathesis==$SCHEMATHESIS_VERSION" >&2
+  fi
+  echo "$venv/bin/schemathesis"
 }
 
 # Apache Kafka (broker, KRaft controller and the Java command-line tools), resolved from

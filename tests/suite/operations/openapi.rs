@@ -43,6 +43,16 @@ fn routes_in_the_router() -> BTreeMap<String, BTreeSet<String>> {
     routes
 }
 
+/// A replica with one subscription, `docs`, on the embedded log.
+async fn documented() -> (Hookbridge, Receiver, tempfile::TempDir) {
+    let topic = unique("documented");
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let subs = subscription("docs", &topic, &receiver.url, "");
+    let server = Hookbridge::start(dir.path(), &config(&Backend::embedded(), &topic, &subs));
+    (server, receiver, dir)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_openapi_document_names_every_route_and_its_answers() {
     let document: Value = serde_json::from_str(
@@ -72,17 +82,7 @@ async fn the_openapi_document_names_every_route_and_its_answers() {
         "no path documented that the router lacks"
     );
 
-    let topic = unique("documented");
-    let receiver = Receiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let server = Hookbridge::start(
-        dir.path(),
-        &config(
-            &Backend::embedded(),
-            &topic,
-            &subscription("docs", &topic, &receiver.url, ""),
-        ),
-    );
+    let (server, _receiver, _dir) = documented().await;
     let served: Value = http_client()
         .get(format!("{}/v1/openapi.json", server.admin))
         .bearer_auth(TOKEN)
@@ -118,4 +118,34 @@ async fn the_openapi_document_names_every_route_and_its_answers() {
             }
         }
     }
+}
+
+/// schemathesis (`HOOKBRIDGE_SCHEMATHESIS`, installed by scripts/test) generates requests
+/// from the document against a live replica: no answer is a 5xx, and every answer's status,
+/// content type and body are as the document says.
+#[tokio::test(flavor = "multi_thread")]
+async fn schemathesis_finds_every_answer_as_documented_and_no_server_error() {
+    let schemathesis =
+        std::env::var("HOOKBRIDGE_SCHEMATHESIS").unwrap_or_else(|_| "schemathesis".into());
+    let (server, _receiver, _dir) = documented().await;
+    let document = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.json");
+    let mut command = std::process::Command::new(&schemathesis);
+    command
+        .arg("run")
+        .arg(&document)
+        .args(["--url", &server.admin])
+        .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+        ])
+        .args(["--max-examples", "25", "--workers", "1", "--seed", "1"]);
+    let out = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| {
+            panic!("schemathesis ({schemathesis}) cannot run: {e}; scripts/test installs it")
+        });
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "schemathesis failed:\n{said}");
 }
