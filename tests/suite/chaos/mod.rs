@@ -392,6 +392,13 @@ impl Run {
                 }
             }
             Action::BrokerRestart => {
+                // A stall ends first: the restart waits until the broker answers, through
+                // the proxy for Kafka (it advertises the proxy), and nothing would end the
+                // stall while it waits.
+                self.unstall_at = None;
+                if let Some(proxy) = &self.proxy {
+                    proxy.stall(false);
+                }
                 if let Backend::Nats(nats) = &mut self.backend {
                     tokio::task::block_in_place(|| nats.restart());
                 }
