@@ -1,12 +1,14 @@
-//! The process stopping mid-delivery, on the embedded log: after `kill -9` every event that
-//! was not done is delivered again, in order per key and with its webhook-id; after SIGTERM
-//! the attempts on the wire finish, what is done is committed and nothing comes again.
+//! The process stopping mid-delivery, on the embedded log (the shutdown's deadline on Kafka
+//! too): after `kill -9` every event that was not done is delivered again, in order per key
+//! and with its webhook-id; after SIGTERM the attempts on the wire finish, what is done is
+//! committed and nothing comes again, within `server.shutdown_timeout`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::backend::Backend;
 use crate::support::delivery::config;
 use crate::support::receiver::{Receiver, Reply, assert_first_deliveries_in_order, seq_of};
 use crate::support::*;
@@ -157,12 +159,12 @@ async fn sigterm_mid_delivery_commits_what_is_done() {
     assert!(stop_took < Duration::from_secs(5));
 }
 
-/// SIGTERM while a slow sender holds an ingress request open and a delivery hangs on its
+/// SIGTERM while slow senders hold ingress requests open and deliveries hang on their
 /// receiver: the phases of the shutdown (ingress, delivery, flush) share one deadline,
-/// `server.shutdown_timeout`, so the process is gone within it (and a second), not after
-/// the sum of them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_exits_within_the_shutdown_timeout_whatever_is_still_running() {
+/// `server.shutdown_timeout`, so the process is gone within it and a second (the last
+/// resort's), not after the sum of them, and each phase says what it took or that it was
+/// given up.
+async fn sigterm_exits_within_the_shutdown_timeout(backend: Backend, timeout: Duration) {
     let receiver = Receiver::start().await;
     receiver.answer(|_, _| Reply {
         status: 200,
@@ -170,37 +172,64 @@ async fn sigterm_exits_within_the_shutdown_timeout_whatever_is_still_running() {
         retry_after: None,
     });
     let dir = tempfile::tempdir().unwrap();
+    let topic = unique("stopping");
     let subs = format!(
-        "  - name: hanging\n    topics: [events]\n    url: {}\n    timeout: 5m\n",
+        "  - name: hanging\n    topics: [{topic}]\n    url: {}\n    timeout: 5m\n    max_in_flight: 16\n",
         receiver.url
     );
-    let config = config(dir.path(), &subs).replace(
-        "  max_body: 64KiB\n",
-        "  max_body: 64KiB\n  shutdown_timeout: 3s\n  read_timeout: 60s\n",
+    let config = events_config(&backend.broker(4), &topic, &subs).replace(
+        "  admin_listen: 127.0.0.1:0\n",
+        &format!(
+            "  admin_listen: 127.0.0.1:0\n  shutdown_timeout: {}s\n  read_timeout: 60s\n",
+            timeout.as_secs()
+        ),
     );
     let mut server = Hookbridge::start(dir.path(), &config);
-    post_accepted(&server, 1, |_| "k".into()).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while receiver.on_the_wire() == 0 {
-        assert!(Instant::now() < deadline, "the attempt is on the wire");
+    // A busy delivery: every lane's attempt on the wire, more events queued behind them.
+    post_accepted(&server, 200, |seq| format!("k{}", seq % 40)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while receiver.on_the_wire() < 16 {
+        assert!(Instant::now() < deadline, "the attempts are on the wire");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // A sender that sent half a request and waits.
-    let mut slow = tokio::net::TcpStream::connect(server.ingress.trim_start_matches("http://"))
-        .await
-        .unwrap();
-    use tokio::io::AsyncWriteExt;
-    slow.write_all(b"POST /hooks/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"key\":")
-        .await
-        .unwrap();
+    // Senders that sent half a request and wait.
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        let mut sender =
+            tokio::net::TcpStream::connect(server.ingress.trim_start_matches("http://"))
+                .await
+                .unwrap();
+        use tokio::io::AsyncWriteExt;
+        sender.write_all(b"POST /hooks/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"key\":")
+            .await
+            .unwrap();
+        slow.push(sender);
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let started = Instant::now();
     tokio::task::block_in_place(|| server.terminate());
     let took = started.elapsed();
+    let log = server.log_text();
     assert!(
-        took < Duration::from_millis(4_500),
-        "exited {took:?} after SIGTERM, with shutdown_timeout: 3s:\n{}",
-        server.log_text()
+        took < timeout + Duration::from_millis(1_500),
+        "exited {took:?} after SIGTERM, with shutdown_timeout: {timeout:?}:\n{log}"
     );
+    for phase in ["ingress", "delivery", "broker flush"] {
+        assert!(
+            log.lines()
+                .any(|line| line.contains("shutdown phase") && line.contains(phase)),
+            "the {phase} phase is logged:\n{log}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_within_the_shutdown_timeout_whatever_is_still_running() {
+    sigterm_exits_within_the_shutdown_timeout(Backend::embedded(), Duration::from_secs(3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_sigterm_exits_within_the_shutdown_timeout_whatever_is_still_running() {
+    sigterm_exits_within_the_shutdown_timeout(Backend::kafka(), Duration::from_secs(10)).await;
 }
