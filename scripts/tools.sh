@@ -1,7 +1,7 @@
 # Tools the tests and benchmarks need, installed once per machine under
 # ~/.cache/hookbridge-tools (or $HOOKBRIDGE_TOOLS): Helm and kubernetes-validate for the
-# chart, Apache Kafka, a current nats-server and schemathesis for the suite and the
-# benchmarks. Sourced
+# chart, Apache Kafka, a current nats-server, schemathesis and cargo-fuzz for the suite and
+# the benchmarks. Sourced
 # by scripts/test, scripts/chart-test, scripts/image-smoke, scripts/bench*; each ensure_*
 # prints the path of what it installed.
 
@@ -56,6 +56,23 @@ ensure_schemathesis() {
     "$venv/bin/pip" install --quiet "schemathesis==$SCHEMATHESIS_VERSION" >&2
   fi
   echo "$venv/bin/schemathesis"
+}
+
+# cargo-fuzz (crates.io) and the nightly toolchain it builds with (libFuzzer's sanitizer
+# flags are nightly-only), for scripts/fuzz. cargo-fuzz goes to ~/.cargo/bin, where cargo
+# finds its subcommands.
+CARGO_FUZZ_VERSION=0.13.2
+
+ensure_cargo_fuzz() {
+  if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+    echo "==> installing the nightly Rust toolchain" >&2
+    rustup toolchain install nightly --profile minimal >&2
+  fi
+  if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
+    echo "==> installing cargo-fuzz $CARGO_FUZZ_VERSION" >&2
+    cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked >&2
+  fi
+  command -v cargo-fuzz
 }
 
 # Apache Kafka (broker, KRaft controller and the Java command-line tools), resolved from
