@@ -24,6 +24,7 @@ pub mod config;
 mod crypto;
 mod delivery;
 pub mod envelope;
+mod expression;
 mod ingress;
 mod metrics;
 mod operations;

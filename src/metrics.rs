@@ -101,6 +101,7 @@ pub struct Metrics {
     pub delivery_end_to_end: HistogramFamily<SubscriptionLabel>,
     pub delivered: Family<SubscriptionLabel, Counter>,
     pub dead_letters: Family<SubscriptionReason, Counter>,
+    pub filtered: Family<SubscriptionOutcome, Counter>,
     pub consumer_lag: Family<SubscriptionPartition, Gauge>,
     pub in_flight: Family<SubscriptionLabel, Gauge>,
     pub parked_keys: Family<SubscriptionLabel, Gauge>,
@@ -183,6 +184,13 @@ impl Metrics {
                 "Events sent to the dead-letter topic, by reason: failed (a status retrying \
                  cannot help), exhausted (retries or max_age used up), undeliverable (the record \
                  cannot be decoded)",
+                Family::default(),
+            ),
+            filtered: add(
+                r,
+                "filtered",
+                "Events the subscription's filter kept from delivery, by outcome: skipped (no \
+                 match), error (filter.expression failed on the event)",
                 Family::default(),
             ),
             consumer_lag: add(
@@ -350,6 +358,8 @@ pub struct SubscriptionMetrics {
     pub dead_letters_failed: Counter,
     pub dead_letters_exhausted: Counter,
     pub dead_letters_undeliverable: Counter,
+    pub filtered_skipped: Counter,
+    pub filtered_error: Counter,
     pub in_flight: Gauge,
     pub breaker_open: Gauge,
 }
@@ -374,6 +384,14 @@ impl SubscriptionMetrics {
                 })
                 .clone()
         };
+        let filtered = |outcome| {
+            m.filtered
+                .get_or_create(&SubscriptionOutcome {
+                    subscription: name.to_string(),
+                    outcome,
+                })
+                .clone()
+        };
         SubscriptionMetrics {
             attempts_delivered: attempts("delivered"),
             attempts_retry: attempts("retry"),
@@ -386,6 +404,8 @@ impl SubscriptionMetrics {
             dead_letters_failed: dead_letters("failed"),
             dead_letters_exhausted: dead_letters("exhausted"),
             dead_letters_undeliverable: dead_letters("undeliverable"),
+            filtered_skipped: filtered("skipped"),
+            filtered_error: filtered("error"),
             in_flight: m.in_flight.get_or_create(&label).clone(),
             breaker_open: m.breaker_open.get_or_create(&label).clone(),
         }

@@ -379,6 +379,8 @@ pub struct SubscriptionConfig {
     #[serde(default)]
     pub filter: Option<FilterConfig>,
     #[serde(default)]
+    pub transform: TransformConfig,
+    #[serde(default)]
     pub signing: Option<SigningConfig>,
     #[serde(default)]
     pub forward_headers: Vec<String>,
@@ -462,7 +464,22 @@ impl SubscriptionConfig {
 #[serde(deny_unknown_fields)]
 pub struct FilterConfig {
     /// Globs on the event type (`*` any run of characters, `?` one character).
+    #[serde(default)]
     pub types: Vec<String>,
+    /// CEL over the event (see `expression`): true delivers it. With `types`, both must
+    /// hold.
+    #[serde(default)]
+    pub expression: Option<String>,
+}
+
+/// `transform: {}` (the default) sends the body as it came.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformConfig {
+    /// CEL over the event (see `expression`) whose value (a map, list or string) is sent
+    /// as the JSON body.
+    #[serde(default)]
+    pub expression: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    Config, ExtractorConfig, Problem, Secret, SubscriptionConfig, VerifyConfig, redact_url,
+    Config, ExtractorConfig, PayloadMode, Problem, Secret, SubscriptionConfig, VerifyConfig,
+    redact_url,
 };
 use crate::standard_webhooks;
 
@@ -247,16 +248,32 @@ fn check_subscription(at: &str, sub: &SubscriptionConfig, problems: &mut Problem
         ),
     }
     if let Some(filter) = &sub.filter {
-        if filter.types.is_empty() {
+        if filter.types.is_empty() && filter.expression.is_none() {
             problems.add(
-                format!("{at}.filter.types"),
-                "is empty; leave `filter` out to deliver every type",
+                format!("{at}.filter"),
+                "has neither `types` nor `expression`; leave `filter` out to deliver every event",
             );
+        }
+        if let Some(expression) = &filter.expression
+            && let Err(e) = crate::expression::Expression::compile(expression)
+        {
+            problems.add(format!("{at}.filter.expression"), e.to_string());
         }
         for (j, glob) in filter.types.iter().enumerate() {
             if glob.is_empty() {
                 problems.add(format!("{at}.filter.types[{j}]"), "is empty");
             }
+        }
+    }
+    if let Some(expression) = &sub.transform.expression {
+        if let Err(e) = crate::expression::Expression::compile(expression) {
+            problems.add(format!("{at}.transform.expression"), e.to_string());
+        }
+        if sub.payload == PayloadMode::EnvelopeJson {
+            problems.add(
+                format!("{at}.transform"),
+                "replaces the body, which `payload: envelope_json` does not send alone; use `payload: raw` or `cloudevents`",
+            );
         }
     }
     if let Some(signing) = &sub.signing {

@@ -10,6 +10,7 @@ use prost::Message;
 use crate::broker::ConsumedRecord;
 use crate::broker::text;
 use crate::envelope::{self, Envelope};
+use crate::expression::Variables;
 
 pub struct Event {
     /// The record as read, kept for the dead-letter topic (value and headers unchanged).
@@ -118,6 +119,33 @@ impl Event {
     /// The key lanes order by.
     pub fn key(&self) -> Option<&Bytes> {
         self.record.key.as_ref()
+    }
+
+    /// The event as a filter or transform expression sees it. Headers are the original
+    /// request's (a whole envelope's) or, for a foreign record, the record's own.
+    pub fn variables(&self) -> Variables<'_> {
+        let headers = match &self.envelope {
+            Some(envelope) => envelope
+                .headers
+                .iter()
+                .map(|h| (h.name.as_str(), h.value.as_str()))
+                .collect(),
+            None => self
+                .record
+                .headers
+                .iter()
+                .filter_map(|h| Some((h.name.as_ref(), std::str::from_utf8(&h.value).ok()?)))
+                .collect(),
+        };
+        Variables {
+            r#type: &self.event_type,
+            key: self.key().and_then(|k| std::str::from_utf8(k).ok()),
+            source: &self.source,
+            id: &self.id,
+            time: crate::rfc3339::rfc3339(self.received_at),
+            headers,
+            body: &self.body,
+        }
     }
 }
 

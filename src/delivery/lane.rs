@@ -16,6 +16,7 @@ use super::runtime::SubscriptionRuntime;
 use super::{parking, payload};
 use crate::broker::{Receipt, sleep_until};
 use crate::config::OrderingMode;
+use crate::expression::ExpressionError;
 use crate::{metrics, tracecontext};
 use prometheus_client::metrics::counter::Counter;
 use tracing::Instrument;
@@ -107,15 +108,19 @@ async fn deliver_in_span(
     // Each attempt takes the settings of the moment (a reload may change them between
     // two); the payload is built again only when they did change.
     let mut settings = sub.settings();
-    let mut payload = payload::build(settings.payload, event, &settings.forward_headers);
+    let mut built = payload::of(&settings, event);
     let mut attempts = event.prior_attempts;
     let mut first_failure: Option<Instant> = None;
     loop {
         let now = sub.settings();
         if !Arc::ptr_eq(&now, &settings) {
             settings = now;
-            payload = payload::build(settings.payload, event, &settings.forward_headers);
+            built = payload::of(&settings, event);
         }
+        let payload = match &built {
+            Ok(payload) => payload,
+            Err(e) => return transform_failed(sub, event, attempts, e, stop).await,
+        };
         // Waiting on the breaker and the rate limit is not an attempt, and holds no
         // in-flight slot: only requests on the wire count against max_in_flight.
         // Abandoned while waiting, a breaker probe gives itself back (see `Admission`).
@@ -145,7 +150,7 @@ async fn deliver_in_span(
             &settings,
             &event.id,
             &event.traceparent,
-            &payload,
+            payload,
             attempts,
         )
         .await;
@@ -294,6 +299,24 @@ fn delivered(sub: &SubscriptionRuntime, event: &Event) {
 }
 
 /// `reason` counts the dead letter under its `hookbridge_dead_letters_total` reason.
+/// An event the transform fails on: retrying cannot help, so it is dead-lettered saying
+/// why (as one that cannot be decoded is).
+async fn transform_failed(
+    sub: &SubscriptionRuntime,
+    event: &Event,
+    attempts: u32,
+    error: &ExpressionError,
+    stop: &CancellationToken,
+) -> Outcome {
+    let failure = Failure {
+        attempts,
+        last_status: None,
+        last_error: format!("transform.expression {error}"),
+    };
+    let counter = &sub.metrics.dead_letters_undeliverable;
+    dead_letter_or_abandon(sub, event, &failure, counter, stop).await
+}
+
 async fn dead_letter_or_abandon(
     sub: &SubscriptionRuntime,
     event: &Event,

@@ -264,7 +264,7 @@ impl Worker {
             Source::Resend => resend::restore(&mut event),
             Source::Live => {}
         }
-        if !settings.wants(&event) {
+        if !settings.wants(&event, &self.sub.metrics) {
             self.tracker.done(event.record.offset);
             return;
         }

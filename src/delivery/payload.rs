@@ -14,8 +14,10 @@ use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value, json};
 
 use super::event::Event;
+use super::runtime::Settings;
 use crate::config::PayloadMode;
 use crate::envelope::Envelope;
+use crate::expression::ExpressionError;
 use crate::rfc3339::rfc3339;
 
 /// Body and headers of a delivery, the same for every attempt (the signature, timestamp and
@@ -43,6 +45,21 @@ pub fn shared_value(text: &ByteString) -> Option<HeaderValue> {
     visible
         .then(|| HeaderValue::from_maybe_shared(text.as_bytes().clone()).ok())
         .flatten()
+}
+
+/// The payload of `event` by the subscription's settings: its payload mode, then its
+/// transform, whose value (as JSON) replaces the body. An error when the transform fails on
+/// the event: retrying cannot help.
+pub fn of(settings: &Settings, event: &Event) -> Result<Payload, ExpressionError> {
+    let mut payload = build(settings.payload, event, &settings.forward_headers);
+    if let Some(transform) = &settings.transform {
+        let json = transform.to_json(&event.variables())?;
+        payload.body = Bytes::from(serde_json::to_vec(&json).expect("JSON serializes"));
+        payload
+            .headers
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    Ok(payload)
 }
 
 pub fn build(mode: PayloadMode, event: &Event, forward_headers: &[HeaderName]) -> Payload {

@@ -14,13 +14,14 @@ use tokio::sync::{Semaphore, watch};
 use super::breaker::{Breaker, BreakerState};
 use super::client::{ClientOptions, WebhookClient};
 use super::event::{Decode, Event};
+use super::filter::Filter;
 use super::key_locks::KeyLocks;
 use super::progress::PartitionProgress;
 use super::retry::RetryPolicy;
 use super::status::{LastError, PartitionStatus, StatusBoard};
-use super::type_filter::TypeFilter;
 use crate::broker::{Broker, Publisher, TopicReader};
 use crate::config::{OrderingMode, PayloadMode, SubscriptionConfig};
+use crate::expression::Expression;
 use crate::metrics;
 use crate::standard_webhooks;
 
@@ -77,7 +78,9 @@ pub struct Settings {
     pub forward_headers: Vec<HeaderName>,
     /// How much of each envelope the payload needs.
     pub decode: Decode,
-    pub filter: Option<TypeFilter>,
+    pub filter: Option<Filter>,
+    /// `transform.expression`: its value is the body sent.
+    pub transform: Option<Expression>,
     pub rate_limit: Option<DefaultDirectRateLimiter>,
     /// `rate_limit` as configured: per second, burst.
     pub rate: Option<(f64, u32)>,
@@ -117,6 +120,12 @@ impl Settings {
                 .allow_burst(burst.try_into().expect("burst >= 1"));
             RateLimiter::direct(quota)
         });
+        let filter = config.filter.as_ref().map(Filter::new);
+        let transform = config
+            .transform
+            .expression
+            .as_deref()
+            .map(|e| Expression::compile(e).expect("validated expression"));
         let signing = config
             .signing
             .as_ref()
@@ -132,6 +141,8 @@ impl Settings {
             payload: config.payload,
             decode: if config.payload == PayloadMode::EnvelopeJson
                 || !config.forward_headers.is_empty()
+                || filter.as_ref().is_some_and(Filter::reads_headers)
+                || transform.as_ref().is_some_and(Expression::reads_headers)
             {
                 Decode::Full
             } else {
@@ -142,7 +153,8 @@ impl Settings {
                 .iter()
                 .map(|h| HeaderName::from_bytes(h.as_bytes()).expect("validated header"))
                 .collect(),
-            filter: config.filter.as_ref().map(|f| TypeFilter::new(&f.types)),
+            filter,
+            transform,
             rate_limit,
             rate,
             breaker: Breaker::new(config.breaker.failures, config.breaker.cool_down.0),
@@ -152,11 +164,24 @@ impl Settings {
         })
     }
 
-    /// Whether the event passes the subscription's type filter.
-    pub fn wants(&self, event: &Event) -> bool {
-        self.filter
-            .as_ref()
-            .is_none_or(|f| f.matches(&event.event_type))
+    /// Whether the event passes the subscription's filter. One the expression fails on is
+    /// not delivered (counted, and said at debug level: it may be every event of a kind).
+    pub fn wants(&self, event: &Event, metrics: &metrics::SubscriptionMetrics) -> bool {
+        let Some(filter) = &self.filter else {
+            return true;
+        };
+        match filter.wants(event) {
+            Ok(true) => true,
+            Ok(false) => {
+                metrics.filtered_skipped.inc();
+                false
+            }
+            Err(e) => {
+                tracing::debug!(id = %event.id, error = %e, "filter.expression failed on an event; not delivered");
+                metrics.filtered_error.inc();
+                false
+            }
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use super::sender::{self, Sender, SentBefore};
 use super::{Kind, Operation, OperationError, Operations, ResendRequest};
 use crate::broker::Broker;
 use crate::config::SubscriptionConfig;
-use crate::delivery::{Decode, Event, TypeFilter};
+use crate::delivery::{Decode, Event, Filter};
 
 /// One partition's range to read again: `[start, end)`.
 struct Range {
@@ -58,7 +58,13 @@ pub fn replay(
         request.requested_by.as_deref().unwrap_or("unknown"),
         request.dry_run,
     );
-    let wanted = sub.filter.as_ref().map(|f| TypeFilter::new(&f.types));
+    // The subscription's own filter: what it would not deliver is not copied.
+    let wanted = sub.filter.as_ref().map(Filter::new);
+    let decode = if wanted.as_ref().is_some_and(Filter::reads_headers) {
+        Decode::Full
+    } else {
+        Decode::Head
+    };
     let (broker, sub) = (broker.clone(), sub.clone());
     Ok(operations.start(operation, move |op| async move {
         let resend_topic = sub.resend_topic();
@@ -86,9 +92,11 @@ pub fn replay(
                 from = last.offset + 1;
                 op.update(|p| p.scanned += chunk.len() as u64);
                 for record in chunk {
-                    let event = Event::from_record(record.clone(), Decode::Head);
+                    let event = Event::from_record(record.clone(), decode);
                     let passes = event.undeliverable.is_none()
-                        && wanted.as_ref().is_none_or(|w| w.matches(&event.event_type))
+                        && wanted
+                            .as_ref()
+                            .is_none_or(|w| w.wants(&event).unwrap_or(false))
                         && filter.in_time(record.timestamp_ms)
                         && filter.matches(&event.event_type, record.key.as_deref(), &event.id);
                     if !passes {

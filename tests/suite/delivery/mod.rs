@@ -5,6 +5,7 @@
 //! `ordering` module; what a restart delivers again: `completion`.)
 
 mod backlog;
+mod expressions;
 mod failures;
 mod pacing;
 mod payload;

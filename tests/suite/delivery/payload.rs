@@ -19,7 +19,7 @@ const SECRET_NEW: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const SECRET_OLD: &str = "whsec_dGVzdC1vbGQtc2VjcmV0LWtleS0xMjM0NQ==";
 
 /// Verifies a Standard Webhooks signature independently of hookbridge.
-fn signature_ok(secret: &str, received: &Received) -> bool {
+pub(super) fn signature_ok(secret: &str, received: &Received) -> bool {
     let key = STANDARD
         .decode(secret.trim_start_matches("whsec_"))
         .unwrap();
