@@ -33,7 +33,7 @@ mod problem;
 mod reload;
 mod rfc3339;
 mod server;
-mod standard_webhooks;
+pub mod standard_webhooks;
 mod telemetry;
 mod tls;
 mod tracecontext;

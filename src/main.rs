@@ -124,6 +124,39 @@ enum Command {
         #[command(flatten)]
         admin: cli::AdminArgs,
     },
+    /// Receive webhooks here and print them: headers, body, whether the signature verifies
+    ///
+    /// A receiver on this machine that answers every request (any path) and prints it, to
+    /// see what a subscription sends before pointing it at a real service. With --secret
+    /// (the subscription's signing.secret), each Standard Webhooks signature is checked and
+    /// shown as verified or NOT VERIFIED.
+    ///
+    /// Example: point a subscription's url at http://127.0.0.1:9000/hook, then
+    ///   hookbridge listen --port 9000 --secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
+    ///   hookbridge listen --port 9000 --status 503     # see retries and parking at work
+    #[command(verbatim_doc_comment)]
+    Listen {
+        /// The port to listen on (0: any free one, printed at start).
+        #[arg(long, default_value_t = 9000)]
+        port: u16,
+        /// The address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+        /// A signing secret (`whsec_…`) to check signatures with. Repeatable, as while a
+        /// secret rotates.
+        #[arg(
+            long = "secret",
+            env = "HOOKBRIDGE_LISTEN_SECRET",
+            value_delimiter = ','
+        )]
+        secrets: Vec<String>,
+        /// The status every request is answered with.
+        #[arg(long, default_value_t = 200)]
+        status: u16,
+        /// `table`: each request as text, for people; `json`: one object per line.
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: cli::Output,
+    },
 }
 
 #[derive(Subcommand)]
@@ -281,6 +314,18 @@ fn main() -> ExitCode {
             filter,
             admin,
         } => run(cli::replay(&admin, &subscription, &filter, &offsets)),
+        Command::Listen {
+            port,
+            host,
+            secrets,
+            status,
+            output,
+        } => run(cli::listen(cli::Listen {
+            listen: std::net::SocketAddr::new(host, port),
+            secrets,
+            status,
+            output,
+        })),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

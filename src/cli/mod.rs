@@ -1,8 +1,10 @@
 //! The operator's verbs: `status`, `pause`, `resume` (and the dead-letter and replay verbs),
 //! each a request to the admin API of a running hookbridge (`--admin-url`, the token from
-//! `HOOKBRIDGE_ADMIN_TOKEN`). A table for people, `--output json` for scripts.
+//! `HOOKBRIDGE_ADMIN_TOKEN`). A table for people, `--output json` for scripts. And
+//! `listen`, a receiver to try a subscription against.
 
 mod client;
+mod listen;
 mod operations;
 mod status;
 mod table;
@@ -41,5 +43,6 @@ impl AdminArgs {
     }
 }
 
+pub use listen::{Listen, listen};
 pub use operations::{FilterArgs, dlq_list, dlq_show, redrive, replay};
 pub use status::{pause, status};

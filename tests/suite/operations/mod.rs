@@ -1,8 +1,9 @@
 //! The operator's admin API and CLI, on every backend, each verb run as the `hookbridge`
 //! binary runs it for an operator: only with the bearer token; pause and resume;
 //! dead-letter listing and redrive (with a progress bar in a real terminal, and Ctrl-C);
-//! replay from a time; the API's OpenAPI document.
+//! replay from a time; the API's OpenAPI document; `listen`, a receiver to try a subscription.
 
+mod listen;
 mod openapi;
 mod pause;
 mod redrive;
