@@ -23,6 +23,7 @@ pub mod broker;
 pub mod config;
 mod crypto;
 mod delivery;
+mod egress;
 pub mod envelope;
 mod expression;
 mod ingress;

@@ -157,7 +157,8 @@ impl Metrics {
                 r,
                 "delivery_attempts",
                 "Delivery attempts, by outcome: delivered, retry (a retryable HTTP status), \
-                 failed (a status retrying cannot help), timeout, connect_error",
+                 failed (a status retrying cannot help), timeout, connect_error, egress_denied \
+                 (an address server.egress does not let deliveries reach)",
                 Family::default(),
             ),
             delivery_attempt_duration: add_seconds(
@@ -352,6 +353,7 @@ pub struct SubscriptionMetrics {
     pub attempts_failed: Counter,
     pub attempts_timeout: Counter,
     pub attempts_connect_error: Counter,
+    pub attempts_egress_denied: Counter,
     pub attempt_duration: Histogram,
     pub end_to_end: Histogram,
     pub delivered: Counter,
@@ -398,6 +400,7 @@ impl SubscriptionMetrics {
             attempts_failed: attempts("failed"),
             attempts_timeout: attempts("timeout"),
             attempts_connect_error: attempts("connect_error"),
+            attempts_egress_denied: attempts("egress_denied"),
             attempt_duration: m.delivery_attempt_duration.get_or_create(&label).clone(),
             end_to_end: m.delivery_end_to_end.get_or_create(&label).clone(),
             delivered: m.delivered.get_or_create(&label).clone(),

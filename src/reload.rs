@@ -69,11 +69,11 @@ pub struct Reloader {
     pub publisher: Arc<dyn Publisher>,
 }
 
-/// Keys whose change needs a restart: the broker, the listeners, their limits and TLS files. Named in
-/// a refusal.
+/// Keys whose change needs a restart: the broker, the listeners, their limits and TLS
+/// files, the egress guard. Named in a refusal.
 fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     let (a, b) = (&old.server, &new.server);
-    let checks: [(&'static str, bool); 10] = [
+    let checks: [(&'static str, bool); 11] = [
         ("broker.kind", old.broker.kind != new.broker.kind),
         (
             "broker.embedded",
@@ -91,6 +91,7 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
         ),
         // Which files; their contents are re-read on their own when they change.
         ("server.tls", a.tls != b.tls),
+        ("server.egress", a.egress != b.egress),
     ];
     checks
         .into_iter()

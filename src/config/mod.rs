@@ -220,6 +220,36 @@ pub struct ServerConfig {
     /// `cert` and `key`: the ingress serves HTTPS (HTTP/1.1 and HTTP/2 by ALPN).
     #[serde(default)]
     pub tls: ServerTlsConfig,
+    /// Which addresses deliveries may reach (see `crate::egress`).
+    #[serde(default)]
+    pub egress: EgressConfig,
+}
+
+/// `server.egress`: the guard on where deliveries connect.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressConfig {
+    /// CIDRs deliveries may reach although they are loopback, private or link-local.
+    #[serde(default)]
+    pub allow_networks: Vec<String>,
+    /// Guard the config file's own subscriptions too (they are the operator's, so not by
+    /// default).
+    #[serde(default)]
+    pub guard_config: bool,
+}
+
+impl EgressConfig {
+    /// The guard for the config file's subscriptions: none unless `guard_config`.
+    pub fn config_guard(&self) -> Option<std::sync::Arc<crate::egress::EgressGuard>> {
+        self.guard_config.then(|| {
+            let allow = self
+                .allow_networks
+                .iter()
+                .map(|n| crate::egress::Network::parse(n).expect("validated network"))
+                .collect();
+            std::sync::Arc::new(crate::egress::EgressGuard::new(allow))
+        })
+    }
 }
 
 /// The ingress's certificate chain and private key, as PEM files, re-read when they
@@ -620,6 +650,7 @@ impl Default for ServerConfig {
             idle_timeout: defaults::idle_timeout(),
             max_connections: defaults::max_connections(),
             tls: ServerTlsConfig::default(),
+            egress: EgressConfig::default(),
         }
     }
 }

@@ -186,6 +186,11 @@ fn check_server(config: &Config, problems: &mut Problems) {
     problems.positive("server.shutdown_timeout", server.shutdown_timeout.0);
     problems.positive("server.read_timeout", server.read_timeout.0);
     problems.positive("server.idle_timeout", server.idle_timeout.0);
+    for (i, network) in server.egress.allow_networks.iter().enumerate() {
+        if let Err(e) = crate::egress::Network::parse(network) {
+            problems.add(format!("server.egress.allow_networks[{i}]"), e.to_string());
+        }
+    }
     if server.max_connections == 0 {
         problems.add("server.max_connections", "must be at least 1");
     }

@@ -104,6 +104,7 @@ pub async fn attempt(
         Ok(answer) => span.record("http.response.status_code", answer.status.as_u16()),
         Err(SendError::Timeout(_)) => span.record("error.type", "timeout"),
         Err(SendError::Failed(_)) => span.record("error.type", "connect_error"),
+        Err(SendError::EgressDenied(_)) => span.record("error.type", "egress_denied"),
     };
     m.in_flight.dec();
     m.attempt_duration
@@ -132,6 +133,7 @@ pub async fn attempt(
             let outcome = match e {
                 SendError::Timeout(_) => &m.attempts_timeout,
                 SendError::Failed(_) => &m.attempts_connect_error,
+                SendError::EgressDenied(_) => &m.attempts_egress_denied,
             };
             let result = AttemptResult::Retry {
                 status: None,

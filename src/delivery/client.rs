@@ -8,6 +8,11 @@
 //! re-parsed the request URL twice per request, about 6% of the delivery CPU in the
 //! benchmark's profile (BENCHMARKS.md). Here the URL is parsed once, at start-up.
 
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use base64::Engine;
@@ -21,7 +26,10 @@ use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use crate::egress::EgressGuard;
 
 /// A response body longer than this is not read to its end: the connection is closed
 /// instead of returned to the pool. Receivers answer a webhook with a few bytes at most.
@@ -29,7 +37,7 @@ const MAX_DRAINED_BODY: usize = 64 * 1024;
 
 /// Where and how one subscription's deliveries go.
 pub struct WebhookClient {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<HttpsConnector<Guarded>, Full<Bytes>>,
     uri: Uri,
     /// Sent with every request: `host`, the subscription's static `headers`, and basic
     /// credentials from the URL's user info (`https://user:pass@host/`) as `authorization`,
@@ -51,6 +59,64 @@ pub enum SendError {
     /// The request did not get an answer: connection refused or reset, TLS failure, ...
     #[error("{0}")]
     Failed(String),
+    /// The address the URL led to is one `server.egress` does not let deliveries reach.
+    #[error(
+        "egress-denied: {0} is not reachable under server.egress (add it to allow_networks to deliver there)"
+    )]
+    EgressDenied(IpAddr),
+}
+
+/// A connection refused by the egress guard (see `crate::egress`).
+#[derive(Debug, thiserror::Error)]
+#[error("egress-denied: {0}")]
+struct EgressDenied(IpAddr);
+
+/// The TCP connector with the egress guard, when there is one, checking the address each
+/// connection was made to before it is used.
+#[derive(Clone)]
+pub struct Guarded {
+    inner: HttpConnector,
+    guard: Option<Arc<EgressGuard>>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<Uri> for Guarded {
+    type Response = TokioIo<TcpStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let guard = self.guard.clone();
+        Box::pin(async move {
+            let connection = connecting.await?;
+            if let Some(guard) = guard {
+                let peer = connection.inner().peer_addr()?.ip();
+                if !guard.permits(peer) {
+                    // Dropped here: closed before a byte is sent.
+                    return Err(Box::new(EgressDenied(peer)) as BoxError);
+                }
+            }
+            Ok(connection)
+        })
+    }
+}
+
+/// The egress guard's refusal, if that is what ended a request.
+fn egress_denied(error: &(dyn std::error::Error + 'static)) -> Option<IpAddr> {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(denied) = e.downcast_ref::<EgressDenied>() {
+            return Some(denied.0);
+        }
+        cause = e.source();
+    }
+    None
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +140,8 @@ pub struct ClientOptions<'a> {
     /// The key the TLS settings are under, for errors (`subscriptions[0].tls`).
     pub tls_key: &'a str,
     pub tls: &'a crate::config::TlsConfig,
+    /// Checks where each connection goes (`server.egress`); none: anywhere.
+    pub egress: Option<Arc<EgressGuard>>,
 }
 
 impl WebhookClient {
@@ -88,7 +156,10 @@ impl WebhookClient {
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
-            .wrap_connector(http);
+            .wrap_connector(Guarded {
+                inner: http,
+                guard: options.egress,
+            });
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(options.max_idle)
             .build(connector);
@@ -141,11 +212,14 @@ impl WebhookClient {
         *request.headers_mut() = headers;
 
         let exchange = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| SendError::Failed(crate::error_chain(&e)))?;
+            let response =
+                self.client
+                    .request(request)
+                    .await
+                    .map_err(|e| match egress_denied(&e) {
+                        Some(ip) => SendError::EgressDenied(ip),
+                        None => SendError::Failed(crate::error_chain(&e)),
+                    })?;
             let (parts, mut body) = response.into_parts();
             let mut read = 0;
             while read <= MAX_DRAINED_BODY {
@@ -229,6 +303,7 @@ mod tests {
                 headers: &headers,
                 tls_key: "subscriptions[0].tls",
                 tls: &crate::config::TlsConfig::default(),
+                egress: None,
             })
             .unwrap();
             let mut sent = HeaderMap::new();

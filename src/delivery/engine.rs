@@ -12,6 +12,7 @@ use super::runtime::{Change, DeliveryError, Settings, SubscriptionRuntime};
 use super::subscription;
 use crate::broker::Broker;
 use crate::config::{Config, SubscriptionConfig};
+use crate::egress::EgressGuard;
 
 /// One running subscription: its runtime, its stop signal, its task. Dropped without
 /// `stop` (a start-up that fails half-way), it still stops: the guard cancels its token.
@@ -47,6 +48,9 @@ pub struct Reloaded {
 /// The running subscriptions.
 pub struct Delivery {
     broker: Broker,
+    /// Where the config file's subscriptions may deliver (`server.egress`, fixed while
+    /// running: a change needs a restart).
+    egress: Option<Arc<EgressGuard>>,
     running: tokio::sync::Mutex<BTreeMap<String, Running>>,
 }
 
@@ -54,6 +58,7 @@ impl Delivery {
     pub fn start(config: &Config, broker: Broker) -> Result<Delivery, DeliveryError> {
         let mut delivery = Delivery {
             broker,
+            egress: config.server.egress.config_guard(),
             running: Default::default(),
         };
         let mut running = BTreeMap::new();
@@ -74,6 +79,7 @@ impl Delivery {
         Ok(Arc::new(SubscriptionRuntime::from_config(
             config,
             &self.broker,
+            self.egress.clone(),
         )?))
     }
 
@@ -149,7 +155,7 @@ impl Delivery {
                 None => starting.push((self.runtime(sub)?, false)),
                 Some(Change::Rejoin) => starting.push((self.runtime(sub)?, true)),
                 Some(Change::Settings) => {
-                    updating.push((sub, Settings::from_config(sub)?));
+                    updating.push((sub, Settings::from_config(sub, self.egress.clone())?));
                 }
                 Some(Change::None) => {}
             }

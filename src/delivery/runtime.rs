@@ -21,6 +21,7 @@ use super::retry::RetryPolicy;
 use super::status::{LastError, PartitionStatus, StatusBoard};
 use crate::broker::{Broker, Publisher, TopicReader};
 use crate::config::{OrderingMode, PayloadMode, SubscriptionConfig};
+use crate::egress::EgressGuard;
 use crate::expression::Expression;
 use crate::metrics;
 use crate::standard_webhooks;
@@ -91,7 +92,10 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_config(config: &SubscriptionConfig) -> Result<Settings, DeliveryError> {
+    pub fn from_config(
+        config: &SubscriptionConfig,
+        egress: Option<Arc<EgressGuard>>,
+    ) -> Result<Settings, DeliveryError> {
         // An endpoint that redirects is misconfigured: the client does not follow, since
         // following would send signed payloads somewhere nobody configured.
         let client = WebhookClient::new(ClientOptions {
@@ -101,6 +105,7 @@ impl Settings {
             headers: &config.headers,
             tls_key: "tls",
             tls: &config.tls,
+            egress,
         })
         .map_err(|e| DeliveryError::Client {
             subscription: config.name.clone(),
@@ -224,8 +229,9 @@ impl SubscriptionRuntime {
     pub fn from_config(
         config: &SubscriptionConfig,
         broker: &Broker,
+        egress: Option<Arc<EgressGuard>>,
     ) -> Result<SubscriptionRuntime, DeliveryError> {
-        let settings = Settings::from_config(config)?;
+        let settings = Settings::from_config(config, egress)?;
         Ok(SubscriptionRuntime {
             name: config.name.clone(),
             metrics: metrics::SubscriptionMetrics::new(&config.name),
