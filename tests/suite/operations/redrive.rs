@@ -464,12 +464,16 @@ async fn embedded_redriven_and_live_events_never_overlap_under_partition_orderin
     redriven_and_live_events_of_a_key_never_overlap(Backend::embedded(), "partition").await;
 }
 
-/// A redrive of many large dead letters (400 of 256 KiB, 100 MiB in all) reads them a
-/// chunk at a time: the process's memory grows by far less than their size, in a dry run
-/// and in the redrive itself.
+/// A redrive of many large dead letters (400 of 256 KiB, 100 MiB in all;
+/// `HOOKBRIDGE_REDRIVE_LETTERS` sets another count) reads them a chunk at a time: the
+/// process's memory grows by less than 64 MiB, in a dry run and in the redrive itself. At
+/// 10,000 (2.5 GiB) it fails today: the embedded log keeps large values resident after
+/// they are written (ARCHITECTURE.md §9, "embedded log memory").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redrive_of_large_dead_letters_holds_a_chunk_not_all_of_them() {
-    const LETTERS: u64 = 400;
+    let letters: u64 = std::env::var("HOOKBRIDGE_REDRIVE_LETTERS").map_or(400, |n| {
+        n.parse().expect("HOOKBRIDGE_REDRIVE_LETTERS is a count")
+    });
     let topic = unique("large");
     let receiver = Receiver::start().await;
     receiver.answer(|_, _| Reply::status(400));
@@ -487,7 +491,7 @@ async fn a_redrive_of_large_dead_letters_holds_a_chunk_not_all_of_them() {
     let server = Hookbridge::start(dir.path(), &text);
     let padding = "x".repeat(256 * 1024);
     let client = http_client();
-    for seq in 0..LETTERS {
+    for seq in 0..letters {
         let response = client
             .post(server.hook_url("events"))
             .json(&serde_json::json!({"key": format!("k{}", seq % 7), "seq": seq, "pad": padding}))
@@ -496,10 +500,10 @@ async fn a_redrive_of_large_dead_letters_holds_a_chunk_not_all_of_them() {
             .unwrap();
         assert_eq!(response.status(), 202);
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(120 + letters / 10);
     loop {
         let dry = cli_json(&server.admin, &["dlq", "redrive", &topic, "--dry-run"]).await;
-        if dry["matched"].as_u64() == Some(LETTERS) {
+        if dry["matched"].as_u64() == Some(letters) {
             break;
         }
         assert!(
@@ -522,14 +526,19 @@ async fn a_redrive_of_large_dead_letters_holds_a_chunk_not_all_of_them() {
         })
     };
     let dry = cli_json(&server.admin, &["dlq", "redrive", &topic, "--dry-run"]).await;
-    assert_eq!(dry["matched"].as_u64(), Some(LETTERS), "{dry}");
+    assert_eq!(dry["matched"].as_u64(), Some(letters), "{dry}");
     let redrive = cli_json(&server.admin, &["dlq", "redrive", &topic]).await;
-    assert_eq!(redrive["sent"].as_u64(), Some(LETTERS), "{redrive}");
+    assert_eq!(redrive["sent"].as_u64(), Some(letters), "{redrive}");
     sampling.store(false, Ordering::SeqCst);
     sampler.await.unwrap();
     let grew = peak.load(Ordering::SeqCst).saturating_sub(before);
     assert!(
         grew < 64,
-        "memory grew by {grew} MiB over {before} MiB during the redrive of 100 MiB of dead letters"
+        "memory grew by {grew} MiB over {before} MiB during the redrive of {} MiB of dead letters",
+        letters / 4
+    );
+    eprintln!(
+        "a redrive of {letters} dead letters of 256 KiB: RSS {before} MiB before, at most {} MiB during",
+        before + grew
     );
 }
