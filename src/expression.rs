@@ -13,8 +13,9 @@
 //! The body is parsed, and the headers gathered, only for expressions that name them.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use cel::{Context, Program, Value};
+use cel::{Context, Env, Program, Value};
 
 /// The variables an expression may name.
 const VARIABLES: [&str; 7] = ["type", "key", "source", "id", "time", "headers", "body"];
@@ -36,6 +37,9 @@ pub enum ExpressionError {
 /// A compiled expression.
 pub struct Expression {
     program: Program,
+    /// CEL's standard functions, made once: making them per event cost more than the
+    /// rest of a delivery.
+    functions: Arc<Env>,
     reads_body: bool,
     reads_headers: bool,
 }
@@ -76,6 +80,7 @@ impl Expression {
         let (reads_body, reads_headers) = (names.contains(&"body"), names.contains(&"headers"));
         drop(references);
         Ok(Expression {
+            functions: Arc::new(Env::stdlib()),
             reads_body,
             reads_headers,
             program,
@@ -89,7 +94,7 @@ impl Expression {
 
     /// The expression's value for one event.
     pub fn evaluate(&self, event: &Variables<'_>) -> Result<Value, ExpressionError> {
-        let mut context = Context::default();
+        let mut context = Context::with_env(self.functions.clone());
         context.add_variable_from_value("type", event.r#type);
         context.add_variable_from_value("source", event.source);
         context.add_variable_from_value("id", event.id);
