@@ -313,6 +313,7 @@ async fn transform_failed(
         last_status: None,
         last_error: format!("transform.expression {error}"),
     };
+    sub.board.failed(&event.id, None, &failure.last_error);
     let counter = &sub.metrics.dead_letters_undeliverable;
     dead_letter_or_abandon(sub, event, &failure, counter, stop).await
 }

@@ -264,7 +264,8 @@ impl Worker {
             Source::Resend => resend::restore(&mut event),
             Source::Live => {}
         }
-        if !settings.wants(&event, &self.sub.metrics) {
+        // One that cannot be decoded goes on to be dead-lettered, whatever a filter says.
+        if event.undeliverable.is_none() && !settings.wants(&event, &self.sub.metrics) {
             self.tracker.done(event.record.offset);
             return;
         }

@@ -189,3 +189,51 @@ fn a_mistaken_expression_is_refused_at_start_naming_the_key_and_where() {
     let said = refused_at_start(&config(dir.path(), subs));
     assert_names(&said, "subscriptions[0].transform", "envelope_json");
 }
+
+/// A record that says it holds an envelope but does not decode is dead-lettered as
+/// undeliverable, whatever the filter: a filter cannot read it, so it does not get to drop
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_does_not_decode_is_dead_lettered_not_filtered_out() {
+    use hookbridge::broker::{Publisher, Record, RecordHeader};
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = open_log(dir.path());
+        let record = Record {
+            topic: "events".into(),
+            key: Some(bytes::Bytes::from_static(b"k")),
+            headers: vec![RecordHeader {
+                name: hookbridge::envelope::HEADER_CONTENT_TYPE.into(),
+                value: hookbridge::envelope::RECORD_CONTENT_TYPE
+                    .as_bytes()
+                    .to_vec()
+                    .into(),
+            }],
+            value: bytes::Bytes::from_static(b"\xff\xff not an envelope"),
+        };
+        log.publish(record).await.unwrap();
+        log.close().await;
+    }
+    let subs = format!(
+        "  - name: picky\n    topics: [events]\n    url: {}\n    filter: {{ types: [\"invoice.*\"], expression: 'headers[\"x-tenant\"] == \"acme\"' }}\n",
+        receiver.url
+    );
+    let server = Hookbridge::start(dir.path(), &config(dir.path(), &subs));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let page = admin_get(&server.admin, "/v1/dead-letters/picky", "").await;
+        if page["dead_letters"]
+            .as_array()
+            .is_some_and(|l| l.len() == 1)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dead-lettered: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(receiver.count(), 0);
+}
