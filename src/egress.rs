@@ -1,7 +1,8 @@
 //! The egress guard (`server.egress`): which addresses a delivery may connect to. Loopback,
 //! private, link-local (cloud metadata services at 169.254.169.254 among them), CGNAT,
-//! unique-local, unspecified and multicast addresses, and the IPv4-mapped and -compatible
-//! IPv6 forms of them, are refused unless inside `allow_networks`.
+//! unique-local, site-local, reserved, unspecified and multicast addresses, and the IPv6
+//! forms that carry one of them (IPv4-mapped and -compatible, NAT64, 6to4), are refused
+//! unless inside `allow_networks`.
 //!
 //! The address checked is the one the connection was made to, after name resolution and
 //! after whatever spelling the URL used (`127.1`, `0x7f000001`, `[::ffff:127.0.0.1]`), so
@@ -100,26 +101,51 @@ fn is_internal(ip: IpAddr) -> bool {
 }
 
 fn is_internal_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, ..] = ip.octets();
+    let [a, b, c, _] = ip.octets();
     ip.is_loopback()
         || ip.is_private()
         || ip.is_link_local()
         || ip.is_unspecified()
-        || ip.is_broadcast()
         || ip.is_multicast()
-        // 0.0.0.0/8 ("this network") and 100.64.0.0/10 (CGNAT).
+        // 0.0.0.0/8 ("this network"), 100.64.0.0/10 (CGNAT), 192.0.0.0/24 (protocol
+        // assignments), 198.18.0.0/15 (benchmarking), 240.0.0.0/4 (reserved, broadcast too).
         || a == 0
         || (a == 100 && (64..128).contains(&b))
+        || (a == 192 && b == 0 && c == 0)
+        || (a == 198 && (b & 0xfe) == 18)
+        || a >= 240
 }
 
 fn is_internal_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
+    let s = ip.segments();
+    // IPv4 carried inside IPv6 reaches that IPv4 address: NAT64 (64:ff9b::/96) and 6to4
+    // (2002::/16) are judged by it.
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return is_internal_v4(Ipv4Addr::new(
+            (s[6] >> 8) as u8,
+            s[6] as u8,
+            (s[7] >> 8) as u8,
+            s[7] as u8,
+        ));
+    }
+    if s[0] == 0x2002 {
+        return is_internal_v4(Ipv4Addr::new(
+            (s[1] >> 8) as u8,
+            s[1] as u8,
+            (s[2] >> 8) as u8,
+            s[2] as u8,
+        ));
+    }
     ip.is_loopback()
         || ip.is_unspecified()
         || ip.is_multicast()
-        // fc00::/7 unique-local, fe80::/10 link-local.
-        || (first & 0xfe00) == 0xfc00
-        || (first & 0xffc0) == 0xfe80
+        // fc00::/7 unique-local, fe80::/10 link-local, fec0::/10 site-local, 64:ff9b:1::/48
+        // local NAT64, 2001::/32 Teredo (whose server and client are not the address).
+        || (s[0] & 0xfe00) == 0xfc00
+        || (s[0] & 0xffc0) == 0xfe80
+        || (s[0] & 0xffc0) == 0xfec0
+        || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
+        || (s[0] == 0x2001 && s[1] == 0)
 }
 
 #[cfg(test)]
@@ -149,6 +175,15 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
             "::127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::1",
+            "2002:7f00:1::1",
+            "2001:0:4136:e378::1",
+            "fec0::1",
+            "198.18.0.1",
+            "192.0.0.8",
+            "255.255.255.255",
+            "240.0.0.1",
         ] {
             assert!(!guard.permits(ip(refused)), "{refused} refused");
         }
