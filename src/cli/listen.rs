@@ -90,31 +90,57 @@ async fn receive(
 }
 
 impl Receiver {
-    fn signature(&self, headers: &HeaderMap, body: &[u8]) -> &'static str {
+    fn signature(&self, headers: &HeaderMap, body: &[u8]) -> String {
         let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
-        let (Some(id), Some(timestamp), Some(signature)) = (
-            header("webhook-id"),
-            header("webhook-timestamp"),
-            header("webhook-signature"),
-        ) else {
-            return "unsigned";
+        let Some(signature) = header("webhook-signature") else {
+            return "unsigned".into();
+        };
+        let (Some(id), Some(timestamp)) = (header("webhook-id"), header("webhook-timestamp"))
+        else {
+            return "NOT VERIFIED (webhook-id or webhook-timestamp missing)".into();
         };
         if self.secrets.is_empty() {
-            return "not checked";
+            return "not checked".into();
         }
-        let verified = self
+        if !self
             .secrets
             .iter()
-            .any(|s| s.verify(id, timestamp, body, signature));
-        if verified { "verified" } else { "NOT VERIFIED" }
+            .any(|s| s.verify(id, timestamp, body, signature))
+        {
+            return "NOT VERIFIED".into();
+        }
+        // Receivers refuse a timestamp far from their clock (replays); Standard Webhooks
+        // suggests five minutes.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        match timestamp.parse::<i64>() {
+            Ok(t) if (now - t).abs() <= 300 => "verified".into(),
+            Ok(t) => format!(
+                "verified, but its timestamp is {}s from this clock",
+                now - t
+            ),
+            Err(_) => "NOT VERIFIED (webhook-timestamp is not a number)".into(),
+        }
     }
+}
+
+/// `text` with control characters escaped, so what a sender sent cannot drive the terminal.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '\n' | '\t' => c.to_string(),
+            c if c.is_control() => c.escape_default().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
 }
 
 /// One request, as printed.
 struct Received {
     /// Its number since `listen` started.
     n: u64,
-    signature: &'static str,
+    signature: String,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -126,14 +152,14 @@ impl Received {
         let (n, method, uri) = (self.n, &self.method, &self.uri);
         let mut text = format!("── #{n} {method} {uri}  signature: {}\n", self.signature);
         for (name, value) in &self.headers {
-            let value = String::from_utf8_lossy(value.as_bytes());
+            let value = printable(&String::from_utf8_lossy(value.as_bytes()));
             text.push_str(&format!("{name}: {value}\n"));
         }
         text.push('\n');
         text.push_str(
             &match serde_json::from_slice::<serde_json::Value>(&self.body) {
                 Ok(json) => serde_json::to_string_pretty(&json).expect("JSON prints"),
-                Err(_) => String::from_utf8_lossy(&self.body).into_owned(),
+                Err(_) => printable(&String::from_utf8_lossy(&self.body)),
             },
         );
         text.push_str("\n\n");
