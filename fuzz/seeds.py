@@ -146,6 +146,30 @@ def envelope():
 def config():
     for path in sorted((ROOT / "config").glob("*.yaml")):
         write("config", path.stem, path.read_bytes())
+    # CEL in filters and transforms, parsed when the config loads.
+    write("config", "expressions", """broker: { kind: embedded, embedded: { dir: ./data } }
+server: { egress: { allow_networks: [10.0.0.0/8, "fd00::/8"], guard_config: true } }
+routes:
+  - { name: r, topic: t, verify: { kind: none }, key: { json: /key } }
+subscriptions:
+  - name: s
+    topics: [t]
+    url: http://127.0.0.1:9000/hook
+    filter: { types: ["invoice.*"], expression: 'has(body.amount) && body.amount > 100 && headers["x-tenant"] == "acme"' }
+    transform: { expression: '{"id": id, "cents": body.amount * 100, "tags": [type, key]}' }
+""")
+
+
+# --- expression: the expression, a newline, the body ------------------------------------------
+def expression():
+    body = json.dumps({"amount": 150, "items": [{"sku": "a", "qty": 2}], "customer": {"tier": "gold"}})
+    for name, source in [
+        ("filter", 'type.startsWith("invoice.") && has(body.amount) && body.amount > 100'),
+        ("headers", 'headers["x-tenant"] == "acme" && key.matches("^customer-[0-9]+$")'),
+        ("lists", 'body.items.exists(i, i.qty > 1) && size(body.items) == 1'),
+        ("transform", '{"id": id, "cents": body.amount * 100, "tier": body.customer.tier, "at": time}'),
+    ]:
+        write("expression", name, source + "\n" + body)
 
 
 if __name__ == "__main__":
@@ -153,3 +177,4 @@ if __name__ == "__main__":
     completion()
     envelope()
     config()
+    expression()

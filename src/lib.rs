@@ -25,7 +25,7 @@ mod crypto;
 mod delivery;
 mod egress;
 pub mod envelope;
-mod expression;
+pub mod expression;
 mod ingress;
 mod metrics;
 mod operations;
