@@ -114,6 +114,20 @@ async fn tls_connection(
     stream
 }
 
+/// POSTs one small webhook on `sender` and returns the start of the answer (within 5 s).
+async fn post_one(sender: &mut tokio_rustls::client::TlsStream<TcpStream>) -> String {
+    sender
+        .write_all(b"POST /hooks/r HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), sender.read(&mut answer))
+        .await
+        .expect("answered")
+        .unwrap();
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
 /// Twice `max_connections` idle TLS connections, half HTTP/2 (each sent the client preface
 /// and its settings, then nothing), half HTTP/1.1 (nothing at all): the first half takes
 /// every slot and the second waits in the backlog; within `idle_timeout` each is closed,
@@ -174,16 +188,7 @@ async fn idle_connections_of_either_protocol_are_closed_and_new_senders_served()
     )
     .await
     .expect("accepted once idle connections were closed");
-    sender
-        .write_all(b"POST /hooks/r HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
-        .await
-        .unwrap();
-    let mut answer = vec![0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(5), sender.read(&mut answer))
-        .await
-        .expect("answered")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    let answer = post_one(&mut sender).await;
     assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
     assert!(
         server.log_text().contains("server.max_connections"),
@@ -309,20 +314,8 @@ async fn one_http2_connection_holds_at_most_the_stream_cap() {
     let opened = Instant::now();
     // Meanwhile, a new sender is served.
     let mut sender = tls_connection(&addr, &ca, b"http/1.1").await;
-    sender
-        .write_all(b"POST /hooks/r HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
-        .await
-        .unwrap();
-    let mut answer = vec![0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(5), sender.read(&mut answer))
-        .await
-        .expect("answered")
-        .unwrap();
-    assert!(
-        answer[..n].starts_with(b"HTTP/1.1 202"),
-        "{}",
-        String::from_utf8_lossy(&answer[..n])
-    );
+    let answer = post_one(&mut sender).await;
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
 
     let (mut answered, mut refused) = (
         std::collections::BTreeSet::new(),
