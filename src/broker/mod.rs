@@ -27,6 +27,7 @@ pub mod kafka;
 pub mod nats;
 mod open;
 pub mod partitioner;
+pub mod read_ahead;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -88,11 +89,27 @@ pub struct ConsumedRecord {
 }
 
 impl ConsumedRecord {
+    /// The bytes it holds: value, key and headers.
+    pub fn size(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|h| h.name.len() + h.value.len())
+            .sum();
+        self.value.len() + self.key.as_ref().map_or(0, Bytes::len) + headers
+    }
+
     pub fn header(&self, name: &str) -> Option<&Bytes> {
         self.headers
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .map(|h| &h.value)
+    }
+}
+
+impl read_ahead::Weighed for ConsumedRecord {
+    fn bytes(&self) -> usize {
+        self.size()
     }
 }
 
@@ -384,7 +401,7 @@ impl PartitionHandle {
 pub struct PartitionStream {
     pub topic: Arc<str>,
     pub partition: u32,
-    records: mpsc::Receiver<ConsumedRecord>,
+    records: read_ahead::RecordReceiver<ConsumedRecord>,
     calls: PartitionCalls,
     tenure: watch::Receiver<Tenure>,
     /// Dropped with the stream, which tells the backend the worker has let go.
@@ -392,11 +409,12 @@ pub struct PartitionStream {
 }
 
 impl PartitionStream {
-    /// `records` must be bounded: its capacity is how far the backend reads ahead.
+    /// `records` is the receiving end of a [`read_ahead::channel`], whose bounds are how
+    /// far the backend reads ahead.
     pub fn new(
         topic: Arc<str>,
         partition: u32,
-        records: mpsc::Receiver<ConsumedRecord>,
+        records: read_ahead::RecordReceiver<ConsumedRecord>,
         committer: Arc<dyn Committer>,
     ) -> (PartitionStream, PartitionHandle) {
         let (tenure_tx, tenure) = watch::channel(Tenure::Held { until: None });

@@ -43,8 +43,8 @@ impl LaneKey {
 /// ended.
 pub type Finished = (LaneKey, u64, Outcome);
 
-/// An event on its way through its lane.
-type Running = Pin<Box<dyn Future<Output = Finished> + Send>>;
+/// An event on its way through its lane, with the bytes its record holds.
+type Running = Pin<Box<dyn Future<Output = (Finished, usize)> + Send>>;
 
 pub struct Lanes {
     /// Lanes with an event on its way, each with the events waiting behind it.
@@ -54,6 +54,8 @@ pub struct Lanes {
     running: FuturesUnordered<Running>,
     /// Records held: on their way, queued or draining (at most the partition's buffer).
     held: usize,
+    /// The bytes those records hold.
+    held_bytes: usize,
     stop: CancellationToken,
 }
 
@@ -64,12 +66,17 @@ impl Lanes {
             draining: HashMap::new(),
             running: FuturesUnordered::new(),
             held: 0,
+            held_bytes: 0,
             stop: CancellationToken::new(),
         }
     }
 
     pub fn held(&self) -> usize {
         self.held
+    }
+
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes
     }
 
     /// What an event on its way watches to know it must stop.
@@ -85,7 +92,7 @@ impl Lanes {
     /// Takes `event` into `lane`: queued behind the event on its way, or handed back to be
     /// started when the lane was idle.
     pub fn admit(&mut self, lane: &LaneKey, event: Event) -> Option<Event> {
-        self.held += 1;
+        self.hold(&event);
         match self.queued.get_mut(lane) {
             Some(queue) => {
                 queue.push_back(event);
@@ -100,7 +107,7 @@ impl Lanes {
 
     /// Holds a draining key's event until its parked events are done (see `parking`).
     pub fn wait_for_drain(&mut self, key: Bytes, event: Event) {
-        self.held += 1;
+        self.hold(&event);
         self.draining.entry(key).or_default().push_back(event);
     }
 
@@ -114,9 +121,16 @@ impl Lanes {
         Some((lane, first))
     }
 
-    /// Puts an event on its way.
-    pub fn run(&mut self, event: impl Future<Output = Finished> + Send + 'static) {
-        self.running.push(Box::pin(event));
+    fn hold(&mut self, event: &Event) {
+        self.held += 1;
+        self.held_bytes += event.record.size();
+    }
+
+    /// Puts an event on its way; `bytes` is what its record holds, given back when it
+    /// finishes.
+    pub fn run(&mut self, bytes: usize, event: impl Future<Output = Finished> + Send + 'static) {
+        self.running
+            .push(Box::pin(async move { (event.await, bytes) }));
     }
 
     /// The next event that finished its way; never resolves while none is on its way.
@@ -124,8 +138,9 @@ impl Lanes {
         if self.running.is_empty() {
             return std::future::pending().await;
         }
-        let finished = self.running.next().await.expect("not empty");
+        let (finished, bytes) = self.running.next().await.expect("not empty");
         self.held -= 1;
+        self.held_bytes -= bytes;
         finished
     }
 

@@ -51,6 +51,10 @@ use crate::metrics::{self, GaugeShare};
 
 /// How often the partition's consumer lag is read for `hookbridge_consumer_lag`.
 const LAG_INTERVAL: Duration = Duration::from_secs(2);
+/// Bytes of records a partition's worker holds, at most, whatever their count: with large
+/// records the buffer's count alone (256 of 256 KiB are 64 MiB) would not bound memory
+/// (G7). A record is always taken while none is held.
+const BUFFER_BYTES: usize = 16 * 1024 * 1024;
 /// How often a partition with parked keys looks whether their parked events are done.
 const UNPARK_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a worker waits to try carrying parked events over again after a broker error.
@@ -241,10 +245,12 @@ impl Worker {
         }
     }
 
-    /// Whether the worker pulls another record: there is room in the buffer and delivery is
-    /// not paused.
+    /// Whether the worker pulls another record: there is room in the buffer (in records and
+    /// in bytes) and delivery is not paused.
     fn takes_records(&self) -> bool {
-        self.lanes.held() < self.sub.buffer && !*self.paused.borrow()
+        self.lanes.held() < self.sub.buffer
+            && self.lanes.held_bytes() < BUFFER_BYTES
+            && !*self.paused.borrow()
     }
 
     /// A record arrived: skipped if done before, counted done if filtered out, otherwise
@@ -334,7 +340,8 @@ impl Worker {
             self.calls.clone(),
             self.lanes.stop_token(),
         );
-        self.lanes.run(async move {
+        let bytes = event.record.size();
+        self.lanes.run(bytes, async move {
             if let Some(original) = original
                 && !original
                     .wait_until_done(&sub, &calls, event.key(), &stop)

@@ -11,6 +11,10 @@ use async_trait::async_trait;
 use super::EmbeddedBroker;
 use crate::broker::{BrokerError, ConsumedRecord, TopicReader};
 
+/// Bytes of records one read of a scan returns, at most (one record always): an operation
+/// over large records holds a few MiB at a time, not its whole chunk of them.
+const CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
 impl EmbeddedBroker {
     fn known_partitions(&self, topic: &str) -> Result<u32, BrokerError> {
         self.partitions(topic)
@@ -25,7 +29,7 @@ impl EmbeddedBroker {
     ) -> Result<Option<i64>, BrokerError> {
         Ok(self
             .log
-            .read(topic, partition, offset, 1)?
+            .read(topic, partition, offset, 1, usize::MAX)?
             .first()
             .map(|record| record.timestamp_ms))
     }
@@ -74,7 +78,9 @@ impl TopicReader for EmbeddedBroker {
             return Ok(Vec::new());
         }
         let max = max.min((end - from).try_into().unwrap_or(usize::MAX));
-        let mut records = self.log.read(&Arc::from(topic), partition, from, max)?;
+        let mut records = self
+            .log
+            .read(&Arc::from(topic), partition, from, max, CHUNK_BYTES)?;
         records.retain(|record| record.offset < end);
         Ok(records)
     }

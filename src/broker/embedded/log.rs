@@ -13,9 +13,10 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+use fjall::{AbstractTree, Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions};
 
 use crate::broker::{BrokerError, Completion, ConsumedRecord, RecordHeader};
 
@@ -68,6 +69,16 @@ const RECORDS_MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
 const BACKGROUND_WORKERS: usize = 1;
 /// Offsets and topic metadata: tiny, rewritten in place.
 const SMALL_MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
+/// Records at least this large are kept in blob files beside the tree, which holds only
+/// where they are. Compactions then rewrite keys and pointers, not values: with 256 KiB
+/// records in the tree, a compaction held hundreds of MiB of them (537 MiB at the peak of a
+/// 1,500-record redrive, by heaptrack) and wrote each record several times over. Set when
+/// the keyspace is created: a log made before keeps its layout.
+const SEPARATE_VALUES_FROM: u32 = 16 * 1024;
+/// Full records' memtables waiting for their flush beyond which the writer waits.
+const MAX_SEALED_MEMTABLES: usize = 2;
+/// How often a waiting writer looks whether a flush has caught up.
+const FLUSH_POLL: Duration = Duration::from_millis(5);
 
 pub fn storage_error(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Storage(e.to_string())
@@ -86,7 +97,11 @@ impl Log {
             .map_err(storage_error)?;
         let small = |bytes: u64| move || KeyspaceCreateOptions::default().max_memtable_size(bytes);
         let records = db
-            .keyspace("records", small(RECORDS_MEMTABLE_BYTES))
+            .keyspace("records", || {
+                small(RECORDS_MEMTABLE_BYTES)().with_kv_separation(Some(
+                    KvSeparationOptions::default().separation_threshold(SEPARATE_VALUES_FROM),
+                ))
+            })
             .map_err(storage_error)?;
         let offsets = db
             .keyspace("offsets", small(SMALL_MEMTABLE_BYTES))
@@ -106,6 +121,32 @@ impl Log {
     pub fn flush(&self) -> Result<(), BrokerError> {
         for keyspace in [&self.records, &self.offsets, &self.meta] {
             keyspace.rotate_memtable_and_wait().map_err(storage_error)?;
+        }
+        Ok(())
+    }
+
+    /// Bounds the records not yet flushed to about `1 + MAX_SEALED_MEMTABLES` memtables.
+    ///
+    /// fjall seals a full memtable on its background worker, behind whatever that worker is
+    /// doing: during a long compaction the active memtable kept growing (1 GiB of 256 KiB
+    /// records written, about 900 MiB resident until the worker caught up). Sealing it
+    /// here, and waiting while too many sealed ones wait for their flush, holds the memory
+    /// whatever the worker's pace; appends wait meanwhile, as a broker's producers do when
+    /// its disk falls behind.
+    pub fn hold_write_buffer(&self) -> Result<(), BrokerError> {
+        if self.records.tree.active_memtable().size() > RECORDS_MEMTABLE_BYTES {
+            self.records.rotate_memtable().map_err(storage_error)?;
+        }
+        let started = std::time::Instant::now();
+        while self.records.sealed_memtable_count() > MAX_SEALED_MEMTABLES {
+            std::thread::sleep(FLUSH_POLL);
+        }
+        let waited = started.elapsed();
+        if waited >= FLUSH_POLL * 20 {
+            tracing::debug!(
+                waited_ms = waited.as_millis() as u64,
+                "embedded log appends waited for a memtable flush"
+            );
         }
         Ok(())
     }
@@ -177,19 +218,26 @@ impl Log {
         Ok(value.map(|v| decode_cursor(&v)))
     }
 
-    /// Up to `max` records of a partition from `from` on, in offset order.
+    /// Up to `max` records of a partition from `from` on, in offset order, stopping once
+    /// they hold `max_bytes` (at least one record is read).
     pub fn read(
         &self,
         topic: &Arc<str>,
         partition: u32,
         from: u64,
         max: usize,
+        max_bytes: usize,
     ) -> Result<Vec<ConsumedRecord>, BrokerError> {
         let start = record_key(topic, partition, from);
         let end = record_key(topic, partition, u64::MAX);
         let mut out = Vec::new();
+        let mut bytes = 0;
         for item in self.records.range(start..=end).take(max) {
+            if bytes >= max_bytes {
+                break;
+            }
             let (key, value) = item.into_inner().map_err(storage_error)?;
+            bytes += value.len();
             // One copy of the stored bytes, which the record's key, header values and value
             // then share; decoded from a slice, each of them was copied on its own.
             let stored: StoredRecord =

@@ -118,7 +118,8 @@ impl EmbeddedBroker {
         from: u64,
         max: usize,
     ) -> Result<Vec<ConsumedRecord>, BrokerError> {
-        self.log.read(&Arc::from(topic), partition, from, max)
+        self.log
+            .read(&Arc::from(topic), partition, from, max, usize::MAX)
     }
 
     /// Every retained record of a topic, partition by partition.

@@ -2,8 +2,8 @@
 //! offset and hands records to the partition's bounded channel.
 //!
 //! The channel is the read-ahead bound: when the engine stops pulling, the task blocks on
-//! `send` and reads nothing more, so a stalled subscriber costs `READ_AHEAD` records per
-//! partition of memory however long the backlog grows. New records are noticed through the
+//! `send` and reads nothing more, so a stalled subscriber costs a [`read_ahead`] channel's
+//! worth of memory per partition however long the backlog grows. New records are noticed through the
 //! writer's high-water watch, not by polling.
 
 use std::sync::Arc;
@@ -13,15 +13,16 @@ use tokio::task::JoinHandle;
 
 use super::log::Log;
 use super::writer::TopicHandle;
+use crate::broker::read_ahead;
 use crate::broker::{
-    BrokerError, Committer, PartitionEvent, PartitionHandle, PartitionStream, StartFrom,
-    Subscription,
+    BrokerError, Committer, ConsumedRecord, PartitionEvent, PartitionHandle, PartitionStream,
+    StartFrom, Subscription,
 };
 
-/// Records buffered ahead of the consumer, per partition.
-const READ_AHEAD: usize = 256;
-/// Records read from disk per read.
+/// Records read from disk per read, at most.
 const READ_CHUNK: usize = 128;
+/// Bytes read from disk per read, at most (one record is always read).
+const READ_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 /// At most this many records behind the high-water mark, a read is done inline on the
 /// async worker instead of the blocking pool. Records at the tail were just written: they
 /// sit in the memtable (or in a table the OS still caches), so reading them takes
@@ -67,7 +68,7 @@ pub fn start(
                     StartFrom::Latest => *handle.high_water[partition as usize].borrow(),
                 },
             };
-            let (tx, rx) = mpsc::channel(READ_AHEAD);
+            let (tx, rx) = read_ahead::channel();
             let (stream, partition_handle) =
                 PartitionStream::new(topic.clone(), partition, rx, committer.clone());
             handles.push(partition_handle);
@@ -100,7 +101,7 @@ struct PartitionReader {
     partition: u32,
     handle: Arc<TopicHandle>,
     next: u64,
-    tx: mpsc::Sender<crate::broker::ConsumedRecord>,
+    tx: read_ahead::RecordSender<ConsumedRecord>,
 }
 
 impl PartitionReader {
@@ -117,11 +118,17 @@ impl PartitionReader {
             }
             let partition = self.partition;
             let read = if high - self.next <= TAIL_INLINE {
-                self.log.read(&self.topic, partition, self.next, READ_CHUNK)
+                self.log.read(
+                    &self.topic,
+                    partition,
+                    self.next,
+                    READ_CHUNK,
+                    READ_CHUNK_BYTES,
+                )
             } else {
                 let (log, topic, from) = (self.log.clone(), self.topic.clone(), self.next);
                 match tokio::task::spawn_blocking(move || {
-                    log.read(&topic, partition, from, READ_CHUNK)
+                    log.read(&topic, partition, from, READ_CHUNK, READ_CHUNK_BYTES)
                 })
                 .await
                 {

@@ -129,6 +129,10 @@ impl Writer {
                 }
             }
             self.apply(&mut batch);
+            // After the batch is answered, before the next is taken.
+            if let Err(e) = self.log.hold_write_buffer() {
+                tracing::warn!(error = %e, "sealing the embedded log's memtable failed");
+            }
             if !closers.is_empty() {
                 if let Err(e) = self.log.flush() {
                     tracing::warn!(error = %e, "flushing the embedded log on close failed; the next start replays its journal");
@@ -413,7 +417,9 @@ impl Writer {
                 let mut removed = 0;
                 let before = (state.next_offset, state.stats);
                 while removed < RETENTION_STEP && state.stats.first_offset < state.next_offset {
-                    let head = self.log.read(&topic_name, p, state.stats.first_offset, 1)?;
+                    let head =
+                        self.log
+                            .read(&topic_name, p, state.stats.first_offset, 1, usize::MAX)?;
                     let Some(record) = head.into_iter().next() else {
                         break;
                     };

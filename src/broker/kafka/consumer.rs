@@ -30,6 +30,7 @@
 //! point (`broker::completion`), and a partition's next worker reads it back with the
 //! committed offset, so what was delivered behind a failing key is not delivered again.
 
+use crate::broker::read_ahead;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
@@ -53,8 +54,6 @@ use crate::broker::{
 };
 use crate::config::{KAFKA_MAX_POLL_INTERVAL, KafkaConfig};
 
-/// Records buffered ahead of the engine, per partition, on top of librdkafka's own queue.
-const READ_AHEAD: usize = 256;
 /// Kafka brokers refuse commit metadata longer than `offset.metadata.max.bytes` (4096 by
 /// default); past this the completion stored with a commit is cut short (see
 /// `broker::completion`).
@@ -172,7 +171,7 @@ impl ConsumerContext for GroupContext {
                     let Some(queue) = splitting.remove(&tp) else {
                         continue;
                     };
-                    let (tx, rx) = mpsc::channel(READ_AHEAD);
+                    let (tx, rx) = read_ahead::channel();
                     let pump = tokio::spawn(pump(queue, tx)).abort_handle();
                     let (stream, handle) =
                         PartitionStream::new(tp.0.clone(), tp.1, rx, self.committer.clone());
@@ -237,7 +236,7 @@ fn topic_partition(topic: &str, partition: i32) -> TopicPartition {
 
 /// Moves one partition's records from its librdkafka queue into its stream's channel,
 /// waiting while the channel is full (which is what stops the fetching).
-async fn pump(queue: PartitionQueue, records: mpsc::Sender<ConsumedRecord>) {
+async fn pump(queue: PartitionQueue, records: read_ahead::RecordSender<ConsumedRecord>) {
     loop {
         // Converted at once: a borrowed message must not live across an await.
         let received = queue.recv().await.map(|message| to_record(&message));

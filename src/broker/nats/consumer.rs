@@ -22,6 +22,7 @@
 //!   handed over or died) waits one `ack_wait` before its first pull: by then the server
 //!   redelivers those first, in order, ahead of anything newer.
 
+use crate::broker::read_ahead;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,8 +44,6 @@ use crate::broker::{
     StartFrom, Subscription,
 };
 
-/// Records buffered ahead of the engine, per partition.
-const READ_AHEAD: usize = 256;
 /// Messages delivered and not yet acked, per partition, before the server holds back.
 const MAX_ACK_PENDING: i64 = 2048;
 /// How long a handed-over partition's reader may take to end its last pull.
@@ -465,7 +464,7 @@ async fn start_reader(
             .await
             .map_err(|e| unavailable(&e))?
     };
-    let (tx, rx) = mpsc::channel(READ_AHEAD);
+    let (tx, rx) = read_ahead::channel();
     ctx.pending
         .lock()
         .expect("pending lock")

@@ -22,6 +22,7 @@
 //! handed to the engine even if one comes back late, after newer ones: delivering out of
 //! order is bad, dropping is worse.
 
+use crate::broker::read_ahead;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,7 +34,7 @@ use async_nats::{StatusCode, Subject};
 use bytes::Bytes;
 use bytestring::ByteString;
 use futures_util::{FutureExt, StreamExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::names::KEY_HEADER;
 use crate::broker::{ConsumedRecord, RecordHeader, Tenure, sleep_until};
@@ -57,7 +58,7 @@ pub struct Reader {
     pub jetstream: async_nats::jetstream::Context,
     pub consumer: PullConsumer,
     pub unit: Unit,
-    pub records: mpsc::Sender<ConsumedRecord>,
+    pub records: read_ahead::RecordSender<ConsumedRecord>,
     pub pending: Unacked,
     pub tenure: watch::Receiver<Tenure>,
     pub pull_expires: Duration,
