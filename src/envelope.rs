@@ -97,7 +97,7 @@ impl Envelope {
 }
 
 /// Whether the record says it holds a hookbridge envelope (its `content-type` header).
-fn is_envelope(record: &ConsumedRecord) -> bool {
+pub fn is_envelope(record: &ConsumedRecord) -> bool {
     record
         .header(HEADER_CONTENT_TYPE)
         .is_some_and(|ct| ct.as_ref() == RECORD_CONTENT_TYPE.as_bytes())

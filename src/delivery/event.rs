@@ -116,6 +116,20 @@ impl Event {
         }
     }
 
+    /// Decodes the whole envelope when `decode` asks for it and only the head was decoded:
+    /// settings reloaded while the event waited (payload, forward_headers, a transform
+    /// reading headers) can ask for more than those it was read with.
+    pub fn decode_for(&mut self, decode: Decode) {
+        if decode != Decode::Full || self.envelope.is_some() || self.undeliverable.is_some() {
+            return;
+        }
+        if let Some(Ok(envelope)) =
+            envelope::is_envelope(&self.record).then(|| Envelope::decode(self.record.value.clone()))
+        {
+            self.envelope = Some(Box::new(envelope));
+        }
+    }
+
     /// The key lanes order by.
     pub fn key(&self) -> Option<&Bytes> {
         self.record.key.as_ref()

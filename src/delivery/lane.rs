@@ -47,7 +47,7 @@ pub struct Parking {
 /// carries (or of a foreign record's `traceparent`); each attempt is a CLIENT span in it.
 pub async fn deliver(
     sub: &SubscriptionRuntime,
-    event: &Event,
+    event: &mut Event,
     stop: &CancellationToken,
     parking: Option<Parking>,
 ) -> Outcome {
@@ -74,7 +74,7 @@ pub async fn deliver(
 
 async fn deliver_in_span(
     sub: &SubscriptionRuntime,
-    event: &Event,
+    event: &mut Event,
     stop: &CancellationToken,
     parking: Option<Parking>,
 ) -> Outcome {
@@ -108,6 +108,7 @@ async fn deliver_in_span(
     // Each attempt takes the settings of the moment (a reload may change them between
     // two); the payload is built again only when they did change.
     let mut settings = sub.settings();
+    event.decode_for(settings.decode);
     let mut built = payload::of(&settings, event);
     let mut attempts = event.prior_attempts;
     let mut first_failure: Option<Instant> = None;
@@ -115,6 +116,7 @@ async fn deliver_in_span(
         let now = sub.settings();
         if !Arc::ptr_eq(&now, &settings) {
             settings = now;
+            event.decode_for(settings.decode);
             built = payload::of(&settings, event);
         }
         let payload = match &built {

@@ -317,7 +317,7 @@ impl Worker {
 
     /// Puts the lane's next event on its way: to the subscriber, or to the parking topic
     /// when its key is parked.
-    fn start_event(&mut self, lane: LaneKey, event: Event) {
+    fn start_event(&mut self, lane: LaneKey, mut event: Event) {
         let key = match &lane {
             LaneKey::Key(key) => Some(key),
             _ => None,
@@ -352,7 +352,7 @@ impl Worker {
             let outcome = if forward {
                 lane::park(&sub, &event, event.prior_attempts, &stop).await
             } else {
-                lane::deliver(&sub, &event, &stop, parking).await
+                lane::deliver(&sub, &mut event, &stop, parking).await
             };
             (lane, event.record.offset, outcome)
         });

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::support;
 use crate::support::backend::Backend;
-use crate::support::receiver::{Received, Receiver, seq_of};
+use crate::support::receiver::{Received, Receiver, Reply, seq_of};
 use crate::support::scrape::{scrape, value};
 use crate::support::*;
 use serde_json::Value;
@@ -484,4 +484,89 @@ async fn status_and_pause_answer_while_a_reload_waits_for_a_stopping_subscriptio
     tokio::time::sleep(Duration::from_secs(9)).await;
     let shown = admin_get(&server.admin, &format!("/v1/subscriptions/{topic}"), TOKEN).await;
     assert_eq!(shown["paused"], true, "{shown}");
+}
+
+/// Events read before a reload asked for more of their envelope (`forward_headers` on one
+/// subscription, `envelope_json` on another) are sent as the new settings say, not as what
+/// was decoded for the old ones.
+#[tokio::test(flavor = "multi_thread")]
+async fn events_waiting_through_a_reload_are_sent_as_the_new_payload_settings_say() {
+    let topic = unique("repayload");
+    let (raw, json) = (Receiver::start().await, Receiver::start().await);
+    for receiver in [&raw, &json] {
+        receiver.answer(|_, _| Reply::status(503));
+    }
+    let subs = |raw_extra: &str, json_extra: &str| {
+        let retrying = "    breaker: { failures: 1000000 }\n    retry: { initial_backoff: 100ms, max_backoff: 200ms, max_attempts: 1000000, max_age: 1h }\n";
+        subscription(
+            &format!("{topic}-raw"),
+            &topic,
+            &raw.url,
+            &format!("{retrying}{raw_extra}"),
+        ) + &subscription(
+            &format!("{topic}-json"),
+            &topic,
+            &json.url,
+            &format!("{retrying}{json_extra}"),
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    let backend = Backend::embedded();
+    std::fs::write(&path, config(&backend, &topic, &subs("", ""), false)).unwrap();
+    let server = Hookbridge::start_file(&path, &[], &[]);
+    let client = http_client();
+    for seq in 0..3 {
+        let response = client
+            .post(server.hook_url("events"))
+            .header("X-Tenant", "acme")
+            .json(&serde_json::json!({"key": format!("k{seq}"), "seq": seq}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while raw.received().len() < 6 || json.received().len() < 6 {
+        assert!(Instant::now() < deadline, "every event is being retried");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let before = admin_get(&server.admin, "/v1/config", TOKEN).await["hash"].clone();
+    let reloaded = subs(
+        "    forward_headers: [X-Tenant]\n",
+        "    payload: envelope_json\n",
+    );
+    std::fs::write(&path, config(&backend, &topic, &reloaded, false)).unwrap();
+    wait_reloaded(&server.admin, before.as_str().unwrap()).await;
+    for receiver in [&raw, &json] {
+        receiver.answer(|_, _| Reply::status(200));
+    }
+
+    let delivered_ids = |receiver: &Receiver| {
+        let received = receiver.received();
+        let ids: std::collections::BTreeSet<String> = received
+            .iter()
+            .filter(|r| r.ok())
+            .map(|r| r.header("webhook-id").to_string())
+            .collect();
+        ids.len()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while delivered_ids(&raw) < 3 || delivered_ids(&json) < 3 {
+        assert!(Instant::now() < deadline, "every event is delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for r in raw.received().iter().filter(|r| r.ok()) {
+        assert_eq!(r.header("x-tenant"), "acme", "forwarded: {:?}", r.headers);
+    }
+    for r in json.received().iter().filter(|r| r.ok()) {
+        let envelope = r.json();
+        assert_eq!(
+            envelope["id"],
+            r.header("webhook-id"),
+            "an envelope: {envelope}"
+        );
+        assert_eq!(envelope["source"], "events", "{envelope}");
+    }
 }
