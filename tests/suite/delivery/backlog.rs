@@ -6,10 +6,10 @@ use std::time::Duration;
 use crate::support::delivery::config;
 use crate::support::*;
 
-/// Fills the `events` topic of a data dir with `n` foreign records (as any producer would),
-/// starts hookbridge on it with a subscriber that never answers, and returns the peak RSS
-/// over a few seconds of trying to deliver.
-async fn peak_rss_with_backlog(n: usize) -> u64 {
+/// Fills the `events` topic of a data dir with `n` foreign records of `bytes` each (as any
+/// producer would), starts hookbridge on it with a subscriber that never answers, and
+/// returns the peak RSS over a few seconds of trying to deliver.
+async fn peak_rss_with_backlog(n: usize, bytes: usize) -> u64 {
     use hookbridge::broker::{Publisher, Record};
     let dir = tempfile::tempdir().unwrap();
     {
@@ -22,11 +22,11 @@ async fn peak_rss_with_backlog(n: usize) -> u64 {
                     topic: "events".into(),
                     key: Some(bytes::Bytes::from(format!("key-{}", i % 1000))),
                     headers: vec![],
-                    value: bytes::Bytes::from(vec![b'x'; 512]),
+                    value: bytes::Bytes::from(vec![b'x'; bytes]),
                 };
                 log.publish(record).await.unwrap();
             });
-            if pending.len() >= 2_000 {
+            if pending.len() >= (64 << 20) / bytes.max(32 << 10) {
                 pending.join_next().await;
             }
         }
@@ -56,8 +56,8 @@ async fn peak_rss_with_backlog(n: usize) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_does_not_grow_with_the_backlog() {
     const MIB: u64 = 1 << 20;
-    let small = peak_rss_with_backlog(10).await;
-    let large = peak_rss_with_backlog(200_000).await;
+    let small = peak_rss_with_backlog(10, 512).await;
+    let large = peak_rss_with_backlog(200_000, 512).await;
     eprintln!(
         "peak RSS behind a stalled subscriber: {} MiB with 10 events, {} MiB with 200,000",
         small / MIB,
@@ -73,6 +73,28 @@ async fn memory_does_not_grow_with_the_backlog() {
     );
     assert!(
         large < small + 32 * MIB,
+        "{} MiB vs {} MiB: memory grew with the backlog",
+        large / MIB,
+        small / MIB
+    );
+}
+
+/// Large records: what a partition reads ahead and holds is bounded in bytes too, not only
+/// in records (256 read ahead and 256 held, of 256 KiB each, were 128 MiB per partition).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_behind_large_records_is_bounded_in_bytes() {
+    const MIB: u64 = 1 << 20;
+    let small = peak_rss_with_backlog(10, 256 << 10).await;
+    let large = peak_rss_with_backlog(2_000, 256 << 10).await;
+    eprintln!(
+        "peak RSS behind a stalled subscriber: {} MiB with 10 events of 256 KiB, {} MiB with 2,000 (500 MiB)",
+        small / MIB,
+        large / MIB
+    );
+    // Four partitions, each reading 4 MiB ahead and holding 16 MiB, and the storage engine's
+    // budget.
+    assert!(
+        large < small + 128 * MIB,
         "{} MiB vs {} MiB: memory grew with the backlog",
         large / MIB,
         small / MIB
