@@ -59,6 +59,11 @@ struct Args {
     /// Run only the scenarios whose title contains one of these words (e.g. `backlog`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Delivery alone again with this line added to the subscription (e.g. `filter: {
+    /// expression: 'body.t > 0' }`), once per round, alternating with the plain one, two
+    /// rounds: the CPU per event each adds. Repeatable.
+    #[arg(long = "subscription", value_name = "YAML")]
+    subscription_extras: Vec<String>,
     /// The Kafka cluster to measure on (scripts/bench starts an Apache Kafka node).
     #[arg(long)]
     kafka_bootstrap: Option<String>,
@@ -347,11 +352,19 @@ async fn backend(name: &str, args: &Args) -> anyhow::Result<Backend> {
     }
 }
 
+/// The benchmark's subscription: where it posts, its ordering, one more line of its config.
+#[derive(Clone, Copy)]
+pub struct Subscribed<'a> {
+    pub url: &'a str,
+    pub ordering: &'a str,
+    pub extra: &'a str,
+}
+
 fn config(
     backend: &Backend,
     dir: &std::path::Path,
     topic: &str,
-    subscription: Option<(&str, &str)>,
+    subscription: Option<Subscribed<'_>>,
 ) -> String {
     let mut yaml = backend
         .broker_yaml
@@ -360,8 +373,13 @@ fn config(
         "server: {{ listen: 127.0.0.1:0, admin_listen: 127.0.0.1:0 }}\nroutes:\n  - name: bench\n    topic: {topic}\n    verify: {{ kind: none }}\n    event_type: {{ value: bench }}\n    key: {{ json: /key }}\n"
     ));
     match subscription {
-        Some((url, ordering)) => yaml.push_str(&format!(
-            "subscriptions:\n  - name: {topic}\n    topics: [{topic}]\n    url: {url}\n    ordering: {ordering}\n    max_in_flight: 128\n    timeout: 60s\n"
+        Some(Subscribed {
+            url,
+            ordering,
+            extra,
+        }) => yaml.push_str(&format!(
+            "subscriptions:\n  - name: {topic}\n    topics: [{topic}]\n    url: {url}\n    ordering: {ordering}\n    max_in_flight: 128\n    timeout: 60s\n{}",
+            if extra.is_empty() { String::new() } else { format!("    {extra}\n") }
         )),
         None => yaml.push_str("subscriptions: []\n"),
     }
@@ -389,7 +407,11 @@ async fn scenario(
 ) -> anyhow::Result<Measured> {
     let dir = tempfile::tempdir()?;
     let topic = format!("bench-{}", uuid::Uuid::now_v7().simple());
-    let subscription = ordering.map(|o| (receiver.url.as_str(), o));
+    let subscription = ordering.map(|ordering| Subscribed {
+        url: &receiver.url,
+        ordering,
+        extra: "",
+    });
     let server = Hookbridge::start(
         dir.path(),
         &config(backend, dir.path(), &topic, subscription),
@@ -459,6 +481,7 @@ async fn delivery_only(
     receiver: &Receiver,
     load: &Load,
     ordering: &str,
+    extra: &str,
 ) -> anyhow::Result<Measured> {
     let dir = tempfile::tempdir()?;
     let topic = format!("bench-{}", uuid::Uuid::now_v7().simple());
@@ -480,7 +503,11 @@ async fn delivery_only(
             backend,
             dir.path(),
             &topic,
-            Some((receiver.url.as_str(), ordering)),
+            Some(Subscribed {
+                url: &receiver.url,
+                ordering,
+                extra,
+            }),
         ),
     )?;
     let cpu_before = server.cpu_seconds();
@@ -726,8 +753,10 @@ async fn measure(
         }
     }
     let title = DELIVERY_ALONE;
-    if selected(args, title) {
-        match delivery_only(backend, receiver, load, "key").await {
+    if selected(args, title) && !args.subscription_extras.is_empty() {
+        subscription_costs(name, backend, args, load, receiver).await;
+    } else if selected(args, title) {
+        match delivery_only(backend, receiver, load, "key", "").await {
             Ok(m) => {
                 let rate = m.delivered_per_s.unwrap_or(0.0);
                 println!("{name} / {title}");
@@ -744,6 +773,52 @@ async fn measure(
             }
             Err(e) => println!("{name} / {title}: failed: {e:#}"),
         }
+    }
+}
+
+/// Delivery alone with each `--subscription` line and without, alternating over two rounds
+/// (so drift on a shared machine falls on all alike): CPU per event, and what each line
+/// adds to the plain subscription's.
+async fn subscription_costs(
+    name: &str,
+    backend: &Backend,
+    args: &Args,
+    load: &Load,
+    receiver: &Receiver,
+) {
+    let variants: Vec<&str> = std::iter::once("")
+        .chain(args.subscription_extras.iter().map(String::as_str))
+        .collect();
+    let mut per_event = vec![Vec::new(); variants.len()];
+    for round in 1..=2 {
+        for (i, extra) in variants.iter().enumerate() {
+            let label = if extra.is_empty() { "plain" } else { extra };
+            match delivery_only(backend, receiver, load, "key", extra).await {
+                Ok(m) => {
+                    let us = m.cpu_s * 1e6 / m.delivered.max(1) as f64;
+                    println!(
+                        "{name} / {DELIVERY_ALONE} / round {round} / {label}: {} delivered, {:.0}/s, {us:.1} µs CPU per event",
+                        m.delivered,
+                        m.delivered_per_s.unwrap_or(0.0)
+                    );
+                    per_event[i].push(us);
+                }
+                Err(e) => println!("{name} / {label}: failed: {e:#}"),
+            }
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let plain = mean(&per_event[0]);
+    println!("\n| subscription | µs CPU per event (rounds) | added to plain |");
+    println!("| --- | --- | --- |");
+    for (extra, us) in variants.iter().zip(&per_event) {
+        let rounds: Vec<String> = us.iter().map(|u| format!("{u:.1}")).collect();
+        println!(
+            "| {} | {} | {:+.1} |",
+            if extra.is_empty() { "plain" } else { extra },
+            rounds.join(" · "),
+            mean(us) - plain
+        );
     }
 }
 

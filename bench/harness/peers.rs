@@ -253,7 +253,16 @@ async fn start(
     let topic = format!("peers-{}", uuid::Uuid::now_v7().simple());
     let server = Hookbridge::start(
         dir.path(),
-        &super::config(&backend, dir.path(), &topic, Some((&receiver.url, "key"))),
+        &super::config(
+            &backend,
+            dir.path(),
+            &topic,
+            Some(super::Subscribed {
+                url: &receiver.url,
+                ordering: "key",
+                extra: "",
+            }),
+        ),
     )?;
     let mut pids = vec![server.pid()];
     pids.extend(backend.server_pid());
