@@ -60,8 +60,8 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Delivery alone again with this line added to the subscription (e.g. `filter: {
-    /// expression: 'body.t > 0' }`), once per round, alternating with the plain one, two
-    /// rounds: the CPU per event each adds. Repeatable.
+    /// expression: 'body.t > 0' }`; several keys on lines of their own), once per round,
+    /// alternating with the plain one, two rounds: the CPU per event each adds. Repeatable.
     #[arg(long = "subscription", value_name = "YAML")]
     subscription_extras: Vec<String>,
     /// The Kafka cluster to measure on (scripts/bench starts an Apache Kafka node).
@@ -379,7 +379,7 @@ fn config(
             extra,
         }) => yaml.push_str(&format!(
             "subscriptions:\n  - name: {topic}\n    topics: [{topic}]\n    url: {url}\n    ordering: {ordering}\n    max_in_flight: 128\n    timeout: 60s\n{}",
-            if extra.is_empty() { String::new() } else { format!("    {extra}\n") }
+            if extra.is_empty() { String::new() } else { format!("    {}\n", extra.replace('\n', "\n    ")) }
         )),
         None => yaml.push_str("subscriptions: []\n"),
     }
@@ -792,7 +792,11 @@ async fn subscription_costs(
     let mut per_event = vec![Vec::new(); variants.len()];
     for round in 1..=2 {
         for (i, extra) in variants.iter().enumerate() {
-            let label = if extra.is_empty() { "plain" } else { extra };
+            let label = if extra.is_empty() {
+                "plain".to_string()
+            } else {
+                extra.replace('\n', "; ")
+            };
             match delivery_only(backend, receiver, load, "key", extra).await {
                 Ok(m) => {
                     let us = m.cpu_s * 1e6 / m.delivered.max(1) as f64;
@@ -812,10 +816,17 @@ async fn subscription_costs(
     println!("\n| subscription | µs CPU per event (rounds) | added to plain |");
     println!("| --- | --- | --- |");
     for (extra, us) in variants.iter().zip(&per_event) {
+        if us.is_empty() {
+            continue;
+        }
         let rounds: Vec<String> = us.iter().map(|u| format!("{u:.1}")).collect();
         println!(
             "| {} | {} | {:+.1} |",
-            if extra.is_empty() { "plain" } else { extra },
+            if extra.is_empty() {
+                "plain".to_string()
+            } else {
+                extra.replace('\n', "; ")
+            },
             rounds.join(" · "),
             mean(us) - plain
         );
