@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fjall::{AbstractTree, Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions};
+use fjall::{
+    AbstractTree, Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode,
+};
 
 use crate::broker::{BrokerError, Completion, ConsumedRecord, RecordHeader};
 
@@ -79,6 +81,8 @@ const SEPARATE_VALUES_FROM: u32 = 16 * 1024;
 const MAX_SEALED_MEMTABLES: usize = 2;
 /// How often a waiting writer looks whether a flush has caught up.
 const FLUSH_POLL: Duration = Duration::from_millis(5);
+/// How long a writer waits for flushes at most, before it writes on regardless.
+const HOLD_AT_MOST: Duration = Duration::from_secs(10);
 
 pub fn storage_error(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Storage(e.to_string())
@@ -139,6 +143,18 @@ impl Log {
         }
         let started = std::time::Instant::now();
         while self.records.sealed_memtable_count() > MAX_SEALED_MEMTABLES {
+            // A flush that failed stopped fjall's worker and poisoned the database: nothing
+            // will flush again, and the commits that follow say why. Nor is anyone kept
+            // waiting past `HOLD_AT_MOST` on a worker that is merely slow.
+            let poisoned = self.db.persist(PersistMode::Buffer).is_err();
+            if poisoned || started.elapsed() >= HOLD_AT_MOST {
+                tracing::warn!(
+                    poisoned,
+                    waited_ms = started.elapsed().as_millis() as u64,
+                    "embedded log appends go on while memtables still wait for their flush"
+                );
+                break;
+            }
             std::thread::sleep(FLUSH_POLL);
         }
         let waited = started.elapsed();

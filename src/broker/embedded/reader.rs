@@ -21,8 +21,9 @@ use crate::broker::{
 
 /// Records read from disk per read, at most.
 const READ_CHUNK: usize = 128;
-/// Bytes read from disk per read, at most (one record is always read).
-const READ_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+/// Bytes read from disk per read, at most (one record is always read): what a reader
+/// waiting for room in the read-ahead still holds.
+const READ_CHUNK_BYTES: usize = 1024 * 1024;
 /// At most this many records behind the high-water mark, a read is done inline on the
 /// async worker instead of the blocking pool. Records at the tail were just written: they
 /// sit in the memtable (or in a table the OS still caches), so reading them takes

@@ -129,8 +129,11 @@ impl Writer {
                 }
             }
             self.apply(&mut batch);
-            // After the batch is answered, before the next is taken.
-            if let Err(e) = self.log.hold_write_buffer() {
+            // After the batch is answered, before the next is taken; not when closing, which
+            // flushes everything anyway.
+            if closers.is_empty()
+                && let Err(e) = self.log.hold_write_buffer()
+            {
                 tracing::warn!(error = %e, "sealing the embedded log's memtable failed");
             }
             if !closers.is_empty() {

@@ -494,6 +494,7 @@ async fn a_redrive_of_large_dead_letters_holds_a_chunk_not_all_of_them() {
     let client = http_client();
     // Sent as a sender would: a 503 (the log's disk behind its writes) is tried again.
     let mut busy = 0;
+    let sending_by = Instant::now() + Duration::from_secs(120 + letters / 10);
     for seq in 0..letters {
         let body = serde_json::json!({"key": format!("k{}", seq % 7), "seq": seq, "pad": padding});
         loop {
@@ -508,6 +509,7 @@ async fn a_redrive_of_large_dead_letters_holds_a_chunk_not_all_of_them() {
                 break;
             }
             busy += 1;
+            assert!(Instant::now() < sending_by, "still 503 after {busy} tries");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
