@@ -108,7 +108,6 @@ async fn deliver_in_span(
     // Each attempt takes the settings of the moment (a reload may change them between
     // two); the payload is built again only when they did change.
     let mut settings = sub.settings();
-    event.decode_for(settings.decode);
     let mut built = payload::of(&settings, event);
     let mut attempts = event.prior_attempts;
     let mut first_failure: Option<Instant> = None;
@@ -116,7 +115,6 @@ async fn deliver_in_span(
         let now = sub.settings();
         if !Arc::ptr_eq(&now, &settings) {
             settings = now;
-            event.decode_for(settings.decode);
             built = payload::of(&settings, event);
         }
         let payload = match &built {

@@ -49,8 +49,10 @@ pub fn shared_value(text: &ByteString) -> Option<HeaderValue> {
 
 /// The payload of `event` by the subscription's settings: its payload mode, then its
 /// transform, whose value (as JSON) replaces the body. An error when the transform fails on
-/// the event: retrying cannot help.
-pub fn of(settings: &Settings, event: &Event) -> Result<Payload, ExpressionError> {
+/// the event: retrying cannot help. The event is decoded further first if these settings
+/// need more of its envelope than it was read with (a reload while it waited).
+pub fn of(settings: &Settings, event: &mut Event) -> Result<Payload, ExpressionError> {
+    event.decode_for(settings.decode);
     let mut payload = build(settings.payload, event, &settings.forward_headers);
     if let Some(transform) = &settings.transform {
         let json = transform.to_json(&event.variables())?;

@@ -129,13 +129,6 @@ impl Writer {
                 }
             }
             self.apply(&mut batch);
-            // After the batch is answered, before the next is taken; not when closing, which
-            // flushes everything anyway.
-            if closers.is_empty()
-                && let Err(e) = self.log.hold_write_buffer()
-            {
-                tracing::warn!(error = %e, "sealing the embedded log's memtable failed");
-            }
             if !closers.is_empty() {
                 if let Err(e) = self.log.flush() {
                     tracing::warn!(error = %e, "flushing the embedded log on close failed; the next start replays its journal");
@@ -145,6 +138,10 @@ impl Writer {
                     let _ = reply.send(());
                 }
                 return;
+            }
+            // After the batch is answered, before the next is taken.
+            if let Err(e) = self.log.hold_write_buffer() {
+                tracing::warn!(error = %e, "sealing the embedded log's memtable failed");
             }
         }
     }
