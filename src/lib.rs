@@ -26,6 +26,7 @@ mod delivery;
 mod egress;
 pub mod envelope;
 pub mod expression;
+mod glob;
 mod ingress;
 mod metrics;
 mod operations;

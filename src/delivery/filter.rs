@@ -61,36 +61,8 @@ impl TypeFilter {
     pub fn matches(&self, event_type: &str) -> bool {
         self.globs
             .iter()
-            .any(|glob| glob_match(glob.as_bytes(), event_type.as_bytes()))
+            .any(|glob| crate::glob::matches(glob, event_type))
     }
-}
-
-/// Iterative glob matching with backtracking to the last `*`: linear for typical patterns,
-/// never exponential.
-fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
-    let (mut p, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        match pattern.get(p) {
-            Some(b'*') => {
-                star = Some((p, t));
-                p += 1;
-            }
-            Some(&c) if c == b'?' || c == text[t] => {
-                p += 1;
-                t += 1;
-            }
-            _ => match star {
-                Some((sp, st)) => {
-                    p = sp + 1;
-                    t = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern[p..].iter().all(|&c| c == b'*')
 }
 
 #[cfg(test)]
