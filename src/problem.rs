@@ -19,6 +19,9 @@ pub struct Problem {
     pub instance: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
+    /// Each wrong part of a request: `{ "key": ..., "message": ... }`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<serde_json::Value>>,
     #[serde(skip)]
     retry_after: Option<u64>,
     #[serde(skip)]
@@ -41,6 +44,7 @@ impl Problem {
             detail: detail.into(),
             instance: None,
             route: None,
+            errors: None,
             retry_after: None,
             allow: None,
             close: false,
@@ -50,6 +54,12 @@ impl Problem {
     pub fn at(mut self, instance: impl Into<String>, route: Option<&str>) -> Problem {
         self.instance = Some(instance.into());
         self.route = route.map(str::to_string);
+        self
+    }
+
+    /// Each wrong part of a request, as the `errors` member.
+    pub fn with_errors(mut self, errors: Vec<serde_json::Value>) -> Problem {
+        self.errors = Some(errors);
         self
     }
 

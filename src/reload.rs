@@ -9,7 +9,15 @@
 //! stays. Otherwise each part takes only its own changes: the ingress swaps its routes at
 //! once, delivery touches only the subscriptions that changed (see `Delivery::reload`), the
 //! admin API takes the new token.
+//!
+//! The subscriptions made through the admin API join the file's in the same way: every
+//! replica reads them from the broker's store each second (at once on the replica that
+//! took the request) and applies a change as it applies a file's, so all replicas run them
+//! within a couple of seconds and a restart finds them again. The file's config stays what
+//! a file reload checks and compares; what runs is the file's with the stored ones that can
+//! run beside it (`Config::with_stored`).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -18,14 +26,16 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{AdminState, ConfigVersion};
-use crate::broker::Publisher;
-use crate::config::{self, Config};
+use crate::broker::{Publisher, SubscriptionStore};
+use crate::config::{self, Config, StoredSubscription};
 use crate::delivery::Delivery;
 use crate::ingress::Ingress;
 use crate::metrics::metrics;
 
-/// How often the file is read.
+/// How often the file and the stored subscriptions are read.
 const POLL: Duration = Duration::from_secs(1);
+/// A read of the stored subscriptions that takes longer is given up until the next.
+const STORE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The config file as `serve` read it.
 #[derive(Debug, Clone)]
@@ -62,11 +72,47 @@ pub enum ReloadOutcome {
 /// The parts of a running `serve` that a reload changes.
 pub struct Reloader {
     pub file: ConfigFile,
+    /// The file's config alone.
+    pub from_file: Config,
+    /// The stored subscriptions as last applied.
+    pub stored: Vec<StoredSubscription>,
+    /// What runs: the file's config with the stored subscriptions that can run.
     pub running: Config,
     pub ingress: Arc<Ingress>,
     pub delivery: Option<Arc<Delivery>>,
     pub admin: Arc<AdminState>,
     pub publisher: Arc<dyn Publisher>,
+    pub store: Arc<dyn SubscriptionStore>,
+    /// Entries of the store that cannot be read, as last logged.
+    pub unreadable: Vec<String>,
+    /// Whether the last read of the store failed (logged once until one succeeds).
+    pub store_failing: bool,
+}
+
+/// The stored subscriptions as read, and the names of entries that cannot be read as
+/// one (written by something else), which are left out.
+#[derive(Debug, Default, PartialEq)]
+pub struct Stored {
+    pub subscriptions: Vec<StoredSubscription>,
+    pub unreadable: Vec<String>,
+}
+
+/// Reads the stored subscriptions.
+pub async fn read_stored(store: &dyn SubscriptionStore) -> Result<Stored, String> {
+    let entries: BTreeMap<String, bytes::Bytes> =
+        match tokio::time::timeout(STORE_TIMEOUT, store.load()).await {
+            Ok(Ok(entries)) => entries,
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err(format!("no answer within {STORE_TIMEOUT:?}")),
+        };
+    let mut stored = Stored::default();
+    for (name, value) in entries {
+        match serde_json::from_slice::<StoredSubscription>(&value) {
+            Ok(entry) if entry.name == name => stored.subscriptions.push(entry),
+            Ok(_) | Err(_) => stored.unreadable.push(name),
+        }
+    }
+    Ok(stored)
 }
 
 /// Keys whose change needs a restart: the broker, the listeners, their limits and TLS
@@ -101,28 +147,34 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
 }
 
 impl Reloader {
-    /// Reloads on every change of the file and on SIGHUP, until `stop`.
+    /// Reloads on every change of the file and on SIGHUP, and applies every change of the
+    /// stored subscriptions, until `stop`.
     pub async fn run(mut self, stop: CancellationToken) {
-        let Some(path) = self.file.path.clone() else {
-            return;
-        };
+        let path = self.file.path.clone();
         let mut hangup = hangup_signal();
         // `HOOKBRIDGE_CONFIG_WATCH=signal`: only SIGHUP reloads, for files edited in place
         // in several steps.
-        let polling = std::env::var("HOOKBRIDGE_CONFIG_WATCH").as_deref() != Ok("signal");
+        let polling =
+            path.is_some() && std::env::var("HOOKBRIDGE_CONFIG_WATCH").as_deref() != Ok("signal");
         let mut tick = tokio::time::interval(POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stored_changed = self.admin.stored_changed();
         // The text seen on the last read, to act only on one that holds still; and the last
         // one tried, so a refused text is refused once, not every second.
         let mut seen = self.file.text.clone();
         let mut tried = self.file.text.clone();
         loop {
-            let forced = tokio::select! {
+            let (file_tick, forced) = tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tick.tick(), if polling => false,
-                _ = hangup.recv() => true,
+                _ = tick.tick() => (polling, false),
+                _ = hangup.recv() => (path.is_some(), true),
+                _ = stored_changed.notified() => (false, false),
             };
-            let text = match tokio::fs::read_to_string(&path).await {
+            self.read_store().await;
+            let Some(path) = path.as_ref().filter(|_| file_tick) else {
+                continue;
+            };
+            let text = match tokio::fs::read_to_string(path).await {
                 Ok(text) => text,
                 Err(e) => {
                     if forced {
@@ -136,6 +188,42 @@ impl Reloader {
             if forced || (settled && text != tried) {
                 tried = text.clone();
                 self.reload(text).await;
+            }
+        }
+    }
+
+    /// Reads the stored subscriptions and applies them if they changed. What goes wrong is
+    /// logged when it starts, not every second.
+    async fn read_store(&mut self) {
+        let read = match read_stored(self.store.as_ref()).await {
+            Ok(read) => read,
+            Err(e) => {
+                if !self.store_failing {
+                    tracing::warn!(error = %e, "cannot read the stored subscriptions; the running ones stay until they can be read");
+                }
+                self.store_failing = true;
+                return;
+            }
+        };
+        self.store_failing = false;
+        if read.unreadable != self.unreadable {
+            for name in &read.unreadable {
+                tracing::warn!(subscription = %name, "a stored subscription cannot be read; it is left out");
+            }
+            self.unreadable = read.unreadable;
+        }
+        let stored = read.subscriptions;
+        if stored == self.stored {
+            return;
+        }
+        let (running, left_out) = self.from_file.with_stored(&stored);
+        match self.apply_running(running, &stored, left_out).await {
+            Ok(()) => {
+                tracing::info!(stored = stored.len(), "stored subscriptions applied");
+                self.stored = stored;
+            }
+            Err(why) => {
+                tracing::error!(problem = %why, "the stored subscriptions cannot be applied; the running ones stay")
             }
         }
     }
@@ -179,9 +267,39 @@ impl Reloader {
                 fixed.join(", ")
             ));
         }
+        let (running, left_out) = new.with_stored(&self.stored);
+        let stored = self.stored.clone();
+        if let Err(why) = self.apply_running(running, &stored, left_out).await {
+            return ReloadOutcome::Refused(why);
+        }
+        self.file.text = text;
+        self.from_file = new;
+        let version = self.file.version();
+        self.admin.reload_version(&version);
+        tracing::info!(config = %self.file.name, hash = %version.hash, routes = self.running.routes.len(), subscriptions = self.running.subscriptions.len(), "config reloaded");
+        ReloadOutcome::Applied
+    }
+
+    /// Runs `new` (the file's config with the stored subscriptions that can run; those
+    /// left out and why in `left_out`) instead of what runs.
+    async fn apply_running(
+        &mut self,
+        new: Config,
+        stored: &[StoredSubscription],
+        left_out: Vec<(String, String)>,
+    ) -> Result<(), String> {
+        for (name, why) in &left_out {
+            tracing::warn!(subscription = %name, problem = %why, "a stored subscription is left out");
+        }
+        if new == self.running {
+            // Only what is left out changed (another deployment's tenants on a shared
+            // broker, say): nothing to start or stop.
+            self.admin.reload(&new, stored, left_out);
+            return Ok(());
+        }
         // New topics exist before anything publishes to or reads them.
         if let Err(e) = self.publisher.ensure_topics(&new.topics()).await {
-            return ReloadOutcome::Refused(format!("cannot create the new config's topics: {e}"));
+            return Err(format!("cannot create the new config's topics: {e}"));
         }
         if let Some(delivery) = &self.delivery {
             match delivery.reload(&new, new.server.shutdown_timeout.0).await {
@@ -190,16 +308,13 @@ impl Reloader {
                     updated = ?changed.updated, rejoined = ?changed.rejoined,
                     "subscriptions reloaded"
                 ),
-                Err(e) => return ReloadOutcome::Refused(e.to_string()),
+                Err(e) => return Err(e.to_string()),
             }
         }
         self.ingress.reload(&new);
-        self.file.text = text;
-        let version = self.file.version();
-        self.admin.reload(&new, &version);
-        tracing::info!(config = %self.file.name, hash = %version.hash, routes = new.routes.len(), subscriptions = new.subscriptions.len(), "config reloaded");
+        self.admin.reload(&new, stored, left_out);
         self.running = new;
-        ReloadOutcome::Applied
+        Ok(())
     }
 }
 

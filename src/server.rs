@@ -129,6 +129,18 @@ pub async fn serve(
     let publisher = broker.publisher.clone();
     let ingress = Ingress::new(&config, publisher.clone());
     ensure_topics(publisher.as_ref(), &config.topics()).await?;
+    // The subscriptions made through the admin API run from the start; if the store cannot
+    // be read now, they join once it can (the reloader reads it every second).
+    let stored = match crate::reload::read_stored(broker.subscriptions.as_ref()).await {
+        Ok(read) => read.subscriptions,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the stored subscriptions yet; they start once they can be read");
+            Vec::new()
+        }
+    };
+    let from_file = config;
+    let (config, left_out) = from_file.with_stored(&stored);
+    ensure_topics(publisher.as_ref(), &config.topics()).await?;
     let delivery = if role.delivery() {
         Some(Arc::new(Delivery::start(&config, broker.clone())?))
     } else {
@@ -172,8 +184,11 @@ pub async fn serve(
     );
     on_bound(bound);
 
+    let store = broker.subscriptions.clone();
     let admin_state = Arc::new(crate::admin::AdminState::new(
         &config,
+        &stored,
+        left_out,
         &file.version(),
         broker,
         delivery.clone(),
@@ -189,6 +204,11 @@ pub async fn serve(
     );
     let reloader = crate::reload::Reloader {
         file,
+        from_file,
+        stored,
+        store,
+        unreadable: Vec::new(),
+        store_failing: false,
         running: config.clone(),
         ingress: ingress.clone(),
         delivery: delivery.clone(),

@@ -3,13 +3,18 @@
 //! to web pages ([`browser`]):
 //!
 //! - [`subscriptions`]: where each subscription stands on this replica; pause and resume.
+//! - [`manage`]: subscriptions made, replaced and deleted through the API.
+//! - [`auth`] and [`principal`]: who asks: the operator, or a tenant that sees only its
+//!   own subscriptions.
 //! - [`operations`]: dead letters, redrive and replay (see `crate::operations`).
 //!
 //! Everything under `/v1` answers JSON, and problem+json (RFC 9457) when it refuses.
 
 mod auth;
 mod browser;
+mod manage;
 mod operations;
+mod principal;
 mod state;
 mod subscriptions;
 
@@ -35,7 +40,12 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/config", get(config))
         .route("/subscriptions", get(subscriptions::list))
-        .route("/subscriptions/{name}", get(subscriptions::show))
+        .route(
+            "/subscriptions/{name}",
+            get(subscriptions::show)
+                .put(manage::put)
+                .delete(manage::delete),
+        )
         .route("/subscriptions/{name}/pause", post(subscriptions::pause))
         .route("/subscriptions/{name}/resume", post(subscriptions::resume))
         .route("/subscriptions/{name}/replay", post(operations::replay))
@@ -80,9 +90,16 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-/// `GET /v1/config`: the running config, secrets redacted, with its hash and load time.
-async fn config(State(state): State<Arc<AdminState>>) -> Response {
-    axum::Json(state.live().shown.clone()).into_response()
+/// `GET /v1/config`: the running config, secrets redacted, with its hash and load time;
+/// the operator's only.
+async fn config(
+    State(state): State<Arc<AdminState>>,
+    axum::Extension(principal): axum::Extension<principal::Principal>,
+) -> Response {
+    match principal.operator_only() {
+        Ok(()) => axum::Json(state.live().shown()).into_response(),
+        Err(problem) => problem.into_response(),
+    }
 }
 
 async fn metrics() -> Response {

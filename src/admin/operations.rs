@@ -8,13 +8,14 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::Deserialize;
 
+use super::principal::Principal;
 use super::state::{AdminState, not_found};
 use crate::broker::Broker;
 use crate::config::SubscriptionConfig;
@@ -53,11 +54,30 @@ fn bad_body(e: JsonRejection) -> Problem {
     )
 }
 
-fn configured(state: &AdminState, name: &str) -> Result<SubscriptionConfig, Box<Problem>> {
-    match state.configured(name) {
+/// The configured subscription `name`, as `principal` names it, if it is one it sees.
+fn configured(
+    state: &AdminState,
+    principal: &Principal,
+    name: &str,
+) -> Result<SubscriptionConfig, Box<Problem>> {
+    let full = state.owned(principal, name)?;
+    match state.configured(&full) {
         Some(sub) => Ok(sub),
         None => Err(not_found(format!("no subscription is named `{name}`")).into()),
     }
+}
+
+/// An operation as `principal` sees it, if it is of a subscription it sees.
+fn visible(
+    state: &AdminState,
+    principal: &Principal,
+    operation: &Operation,
+) -> Option<OperationView> {
+    let mut view = operation.view();
+    let shown = principal.shown_name(&view.subscription);
+    state.owned(principal, &shown).ok()?;
+    view.subscription = shown;
+    Some(view)
 }
 
 fn started(view: OperationView) -> Response {
@@ -79,10 +99,11 @@ pub struct PageQuery {
 
 pub async fn list_dead_letters(
     State(state): State<Arc<AdminState>>,
+    Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
     query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Response> {
-    let sub = configured(&state, &name).map_err(IntoResponse::into_response)?;
+    let sub = configured(&state, &principal, &name).map_err(IntoResponse::into_response)?;
     let Query(query) = query.map_err(|e| {
         Problem::new(
             StatusCode::BAD_REQUEST,
@@ -101,9 +122,10 @@ pub async fn list_dead_letters(
 
 pub async fn show_dead_letter(
     State(state): State<Arc<AdminState>>,
+    Extension(principal): Extension<Principal>,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Response, Response> {
-    let sub = configured(&state, &name).map_err(IntoResponse::into_response)?;
+    let sub = configured(&state, &principal, &name).map_err(IntoResponse::into_response)?;
     match dlq::show(&state.broker, &sub, &id)
         .await
         .map_err(|e| problem(e).into_response())?
@@ -118,18 +140,20 @@ pub async fn show_dead_letter(
 
 pub async fn redrive(
     State(state): State<Arc<AdminState>>,
+    Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
     body: Result<Json<ResendRequest>, JsonRejection>,
 ) -> Response {
-    start(&state, &name, body, dlq::redrive)
+    start(&state, &principal, &name, body, dlq::redrive)
 }
 
 pub async fn replay(
     State(state): State<Arc<AdminState>>,
+    Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
     body: Result<Json<ResendRequest>, JsonRejection>,
 ) -> Response {
-    start(&state, &name, body, replay::replay)
+    start(&state, &principal, &name, body, replay::replay)
 }
 
 /// `dlq::redrive` or `replay::replay`.
@@ -143,11 +167,12 @@ type Start = fn(
 /// Starts a redrive or a replay of subscription `name`: 202 and the operation.
 fn start(
     state: &AdminState,
+    principal: &Principal,
     name: &str,
     body: Result<Json<ResendRequest>, JsonRejection>,
     operation: Start,
 ) -> Response {
-    let sub = match configured(state, name) {
+    let sub = match configured(state, principal, name) {
         Ok(sub) => sub,
         Err(problem) => return problem.into_response(),
     };
@@ -156,21 +181,32 @@ fn start(
         Err(e) => return bad_body(e).into_response(),
     };
     match operation(&state.operations, &state.broker, &sub, request) {
-        Ok(operation) => started(operation.view()),
+        Ok(operation) => started(visible(state, principal, &operation).expect("its own")),
         Err(e) => problem(e).into_response(),
     }
 }
 
-pub async fn list_operations(State(state): State<Arc<AdminState>>) -> Response {
-    Json(serde_json::json!({ "operations": state.operations.list() })).into_response()
+pub async fn list_operations(
+    State(state): State<Arc<AdminState>>,
+    Extension(principal): Extension<Principal>,
+) -> Response {
+    let operations: Vec<OperationView> = state
+        .operations
+        .all()
+        .iter()
+        .filter_map(|operation| visible(&state, &principal, operation))
+        .collect();
+    Json(serde_json::json!({ "operations": operations })).into_response()
 }
 
 pub async fn show_operation(
     State(state): State<Arc<AdminState>>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Response, Response> {
-    match state.operations.get(&id) {
-        Some(operation) => Ok(Json(operation.view()).into_response()),
+    let found = state.operations.get(&id);
+    match found.as_ref().and_then(|o| visible(&state, &principal, o)) {
+        Some(view) => Ok(Json(view).into_response()),
         None => Err(not_found(format!(
             "no operation `{id}` here (operations are kept by the replica that runs them, until it restarts)"
         ))
@@ -180,12 +216,14 @@ pub async fn show_operation(
 
 pub async fn cancel_operation(
     State(state): State<Arc<AdminState>>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Response, Response> {
-    match state.operations.get(&id) {
+    let found = state.operations.get(&id);
+    match found.filter(|o| visible(&state, &principal, o).is_some()) {
         Some(operation) => {
             operation.cancel();
-            Ok(Json(operation.view()).into_response())
+            Ok(Json(visible(&state, &principal, &operation).expect("its own")).into_response())
         }
         None => Err(not_found(format!("no operation `{id}` here")).into_response()),
     }

@@ -4,10 +4,13 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
+use tokio::sync::Notify;
+
 use axum::http::StatusCode;
 use sha2::{Digest, Sha256};
 
-use crate::config::{Config, SubscriptionConfig};
+use super::principal::Principal;
+use crate::config::{Config, Source, StoredSubscription, SubscriptionConfig, TenantConfig};
 use crate::delivery::{Delivery, SubscriptionRuntime};
 use crate::problem::Problem;
 
@@ -20,16 +23,24 @@ pub struct AdminState {
     /// The broker as the operations read and write it.
     pub(super) broker: crate::broker::Broker,
     pub(super) operations: crate::operations::Operations,
+    /// Woken when this replica changed the stored subscriptions, for the reloader to read
+    /// them at once.
+    stored_changed: Arc<Notify>,
 }
 
 /// The admin side of the running config.
 pub(super) struct Live {
     /// SHA-256 of `server.admin_token`; `None` when no token is set.
     token_digest: Option<[u8; 32]>,
-    /// Every subscription the config names, by name.
-    configs: BTreeMap<String, SubscriptionConfig>,
-    /// `GET /v1/config`.
-    pub(super) shown: serde_json::Value,
+    /// SHA-256 of each tenant's token, with its config.
+    pub(super) tenants: Vec<([u8; 32], TenantConfig)>,
+    /// What runs: the file's config with the stored subscriptions that can run.
+    pub(super) running: Config,
+    /// The subscriptions made through the API, by name, as last read from the store.
+    pub(super) stored: BTreeMap<String, StoredSubscription>,
+    /// Stored ones that do not run, and why.
+    pub(super) left_out: BTreeMap<String, String>,
+    pub(super) version: ConfigVersion,
 }
 
 /// The running config as `GET /v1/config` shows it.
@@ -45,21 +56,57 @@ pub struct ConfigVersion {
 impl AdminState {
     pub fn new(
         config: &Config,
+        stored: &[StoredSubscription],
+        left_out: Vec<(String, String)>,
         version: &ConfigVersion,
         broker: crate::broker::Broker,
         delivery: Option<Arc<Delivery>>,
     ) -> AdminState {
         AdminState {
             delivery,
-            live: RwLock::new(Arc::new(Live::new(config, version))),
+            live: RwLock::new(Arc::new(Live::new(
+                config,
+                stored,
+                left_out,
+                version.clone(),
+            ))),
             broker,
             operations: Default::default(),
+            stored_changed: Arc::default(),
         }
     }
 
-    /// Takes a reloaded config: its token, subscriptions and version.
-    pub fn reload(&self, config: &Config, version: &ConfigVersion) {
-        *self.live.write().expect("live lock") = Arc::new(Live::new(config, version));
+    /// Takes what now runs: its token, tenants, subscriptions, and the stored ones.
+    pub fn reload(
+        &self,
+        config: &Config,
+        stored: &[StoredSubscription],
+        left_out: Vec<(String, String)>,
+    ) {
+        let mut live = self.live.write().expect("live lock");
+        *live = Arc::new(Live::new(config, stored, left_out, live.version.clone()));
+    }
+
+    /// Takes the version of a reloaded file.
+    pub fn reload_version(&self, version: &ConfigVersion) {
+        let mut live = self.live.write().expect("live lock");
+        let stored: Vec<StoredSubscription> = live.stored.values().cloned().collect();
+        let left_out = live
+            .left_out
+            .iter()
+            .map(|(n, w)| (n.clone(), w.clone()))
+            .collect();
+        *live = Arc::new(Live::new(&live.running, &stored, left_out, version.clone()));
+    }
+
+    /// What the reloader waits on besides its tick (see `stored_changed`).
+    pub fn stored_changed(&self) -> Arc<Notify> {
+        self.stored_changed.clone()
+    }
+
+    /// Asks the reloader to read the stored subscriptions now.
+    pub(super) fn read_stored_now(&self) {
+        self.stored_changed.notify_one();
     }
 
     pub(super) fn live(&self) -> Arc<Live> {
@@ -72,15 +119,12 @@ impl AdminState {
 
     /// The configured subscription `name`.
     pub(super) fn configured(&self, name: &str) -> Option<SubscriptionConfig> {
-        self.live().configs.get(name).cloned()
-    }
-
-    /// The running subscriptions.
-    pub(super) async fn running(&self) -> Vec<Arc<SubscriptionRuntime>> {
-        match &self.delivery {
-            Some(delivery) => delivery.subscriptions().await,
-            None => Vec::new(),
-        }
+        self.live()
+            .running
+            .subscriptions
+            .iter()
+            .find(|s| s.name == name)
+            .cloned()
     }
 
     /// The running subscription `name`, or the problem to answer.
@@ -109,23 +153,42 @@ impl AdminState {
 }
 
 impl Live {
-    fn new(config: &Config, version: &ConfigVersion) -> Live {
+    fn new(
+        config: &Config,
+        stored: &[StoredSubscription],
+        left_out: Vec<(String, String)>,
+        version: ConfigVersion,
+    ) -> Live {
         let token = config.server.admin_token.expose();
         Live {
             token_digest: (!token.is_empty()).then(|| digest(token)),
-            configs: config
-                .subscriptions
+            tenants: config
+                .server
+                .tenants
                 .iter()
-                .map(|s| (s.name.clone(), s.clone()))
+                .map(|t| (digest(t.token.expose()), t.clone()))
                 .collect(),
-            shown: serde_json::json!({
-                "source": version.source,
-                "hash": version.hash,
-                "loaded_at": version.loaded_at,
-                // Secrets serialize as `<redacted>`, URLs without their passwords.
-                "config": config,
-            }),
+            running: config.clone(),
+            stored: stored.iter().map(|s| (s.name.clone(), s.clone())).collect(),
+            left_out: left_out.into_iter().collect(),
+            version,
         }
+    }
+
+    /// `GET /v1/config`: the file's config (the API's subscriptions are not in it), secrets
+    /// redacted, with its hash and load time.
+    pub(super) fn shown(&self) -> serde_json::Value {
+        let mut config = self.running.clone();
+        config
+            .subscriptions
+            .retain(|s| s.source == crate::config::Source::Config);
+        serde_json::json!({
+            "source": self.version.source,
+            "hash": self.version.hash,
+            "loaded_at": self.version.loaded_at,
+            // Secrets serialize as `<redacted>`, URLs without their passwords.
+            "config": config,
+        })
     }
 }
 
@@ -136,4 +199,24 @@ pub(super) fn not_found(detail: String) -> Problem {
 /// SHA-256 of a token: tokens are compared as digests (see `auth`).
 pub fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
+}
+
+impl AdminState {
+    /// The full name of the subscription `name` (as `principal` names it) if it may see it:
+    /// configured, running or stored, and its own; otherwise the 404 of no such name, so
+    /// that nothing shows whether another's exists.
+    pub(super) fn owned(&self, principal: &Principal, name: &str) -> Result<String, Box<Problem>> {
+        let full = principal.full_name(name);
+        let live = self.live();
+        let source = match live.running.subscriptions.iter().find(|s| s.name == full) {
+            Some(sub) => Some(sub.source.clone()),
+            None => live.stored.get(&full).map(|entry| Source::Api {
+                tenant: entry.tenant.clone(),
+            }),
+        };
+        match source {
+            Some(source) if principal.owns(&source) => Ok(full),
+            _ => Err(not_found(format!("no subscription is named `{name}`")).into()),
+        }
+    }
 }

@@ -28,6 +28,7 @@ pub mod nats;
 mod open;
 pub mod partitioner;
 pub mod read_ahead;
+pub mod stored;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,6 +40,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use completion::Completion;
 pub use open::{Broker, OpenError};
+pub use stored::SubscriptionStore;
 
 /// A header of a broker record. Values are bytes: Kafka headers are, and foreign producers
 /// put anything there. Names are shared text: hookbridge's own are static, and a name read

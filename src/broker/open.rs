@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::embedded::EmbeddedBroker;
 use super::kafka::{KafkaBroker, KafkaTopicReader};
 use super::nats::NatsBroker;
-use super::{BrokerError, Publisher, Subscriber, TopicReader};
+use super::{BrokerError, Publisher, Subscriber, SubscriptionStore, TopicReader};
 use crate::config::{BrokerKind, Config};
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +22,8 @@ pub struct Broker {
     pub subscriber: Arc<dyn Subscriber>,
     /// Outside any group, for the operator's dead-letter listings, redrives and replays.
     pub reader: Arc<dyn TopicReader>,
+    /// Where the admin API's subscriptions are kept.
+    pub subscriptions: Arc<dyn SubscriptionStore>,
 }
 
 impl Broker {
@@ -35,17 +37,20 @@ impl Broker {
                 Ok(Broker {
                     publisher: broker.clone(),
                     subscriber: broker.clone(),
-                    reader: broker,
+                    reader: broker.clone(),
+                    subscriptions: broker,
                 })
             }
             BrokerKind::Kafka => {
                 let broker = KafkaBroker::connect(&config.broker.kafka).map_err(failed("kafka"))?;
                 let reader =
                     KafkaTopicReader::new(&config.broker.kafka).map_err(failed("kafka"))?;
+                let subscriptions = broker.subscription_store().map_err(failed("kafka"))?;
                 Ok(Broker {
                     publisher: broker.clone(),
                     subscriber: broker,
                     reader: Arc::new(reader),
+                    subscriptions: Arc::new(subscriptions),
                 })
             }
             BrokerKind::Nats => {
@@ -55,7 +60,8 @@ impl Broker {
                 Ok(Broker {
                     publisher: broker.clone(),
                     subscriber: broker.clone(),
-                    reader: broker,
+                    reader: broker.clone(),
+                    subscriptions: broker,
                 })
             }
         }

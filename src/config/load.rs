@@ -91,27 +91,10 @@ pub fn load_str(
         file: file.to_string(),
         problems,
     };
-
-    let references = References::take_out(text);
-    let mut tree: Value = serde_norway::from_str(&references.text).map_err(|e| {
-        invalid(vec![Problem::new(
-            "(document)",
-            format!(
-                "invalid YAML: {}; a value holding `: `, ` #` or, inside `{{ }}` or `[ ]`, any of `,{{}}[]` must be quoted",
-                references.put_back(&e.to_string())
-            ),
-        )])
-    })?;
-    references.restore_tree(&mut tree);
+    let mut tree = yaml_tree(file, text, env)?;
     if tree.is_null() {
         // An empty file is a config of all defaults.
         tree = Value::Mapping(Default::default());
-    }
-
-    let mut problems = Vec::new();
-    substitute_tree(&mut tree, &mut String::new(), env, &mut problems);
-    if !problems.is_empty() {
-        return Err(invalid(problems));
     }
 
     let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
@@ -130,6 +113,36 @@ pub fn load_str(
     } else {
         Err(invalid(problems))
     }
+}
+
+/// Parses YAML text in the config file's form and substitutes its `${VAR}` references
+/// (`hookbridge subscriptions apply` reads its files so too).
+pub fn yaml_tree(
+    file: &str,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Value, ConfigError> {
+    let invalid = |problems: Vec<Problem>| ConfigError::Invalid {
+        file: file.to_string(),
+        problems,
+    };
+    let references = References::take_out(text);
+    let mut tree: Value = serde_norway::from_str(&references.text).map_err(|e| {
+        invalid(vec![Problem::new(
+            "(document)",
+            format!(
+                "invalid YAML: {}; a value holding `: `, ` #` or, inside `{{ }}` or `[ ]`, any of `,{{}}[]` must be quoted",
+                references.put_back(&e.to_string())
+            ),
+        )])
+    })?;
+    references.restore_tree(&mut tree);
+    let mut problems = Vec::new();
+    substitute_tree(&mut tree, &mut String::new(), env, &mut problems);
+    if !problems.is_empty() {
+        return Err(invalid(problems));
+    }
+    Ok(tree)
 }
 
 /// The `${...}` references of a config text, swapped for plain tokens while it is parsed.

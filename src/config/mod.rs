@@ -8,6 +8,7 @@
 
 mod load;
 mod secret;
+mod stored;
 pub mod units;
 mod validate;
 
@@ -17,8 +18,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use load::{ConfigError, Problem, load_file, load_str};
+pub use load::{ConfigError, Problem, load_file, load_str, yaml_tree};
 pub use secret::{CredentialedUrl, Secret, redact_url};
+pub use stored::{SpecError, StoredSubscription};
 pub use units::{ByteSize, ConfigDuration, StatusMatch};
 
 /// The default configuration: the embedded broker and a `demo` route. `hookbridge serve`
@@ -223,6 +225,29 @@ pub struct ServerConfig {
     /// Which addresses deliveries may reach (see `crate::egress`).
     #[serde(default)]
     pub egress: EgressConfig,
+    /// Application teams that manage their own subscriptions through the admin API.
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
+}
+
+/// `server.tenants[]`: a team whose token manages only its own subscriptions (stored as
+/// `<name>.<subscription>`), on the topics its globs allow.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub name: String,
+    pub token: Secret,
+    /// Globs on topic names (`*` any run of characters, `?` one character).
+    pub topics: Vec<String>,
+}
+
+impl TenantConfig {
+    /// Whether the tenant's globs allow `topic`.
+    pub fn allows(&self, topic: &str) -> bool {
+        self.topics
+            .iter()
+            .any(|glob| crate::glob::matches(glob, topic))
+    }
 }
 
 /// `server.egress`: the guard on where deliveries connect.
@@ -241,14 +266,17 @@ pub struct EgressConfig {
 impl EgressConfig {
     /// The guard for the config file's subscriptions: none unless `guard_config`.
     pub fn config_guard(&self) -> Option<std::sync::Arc<crate::egress::EgressGuard>> {
-        self.guard_config.then(|| {
-            let allow = self
-                .allow_networks
-                .iter()
-                .map(|n| crate::egress::Network::parse(n).expect("validated network"))
-                .collect();
-            std::sync::Arc::new(crate::egress::EgressGuard::new(allow))
-        })
+        self.guard_config.then(|| self.guard())
+    }
+
+    /// The guard of every subscription made through the admin API.
+    pub fn guard(&self) -> std::sync::Arc<crate::egress::EgressGuard> {
+        let allow = self
+            .allow_networks
+            .iter()
+            .map(|n| crate::egress::Network::parse(n).expect("validated network"))
+            .collect();
+        std::sync::Arc::new(crate::egress::EgressGuard::new(allow))
     }
 }
 
@@ -445,6 +473,19 @@ pub struct SubscriptionConfig {
     /// `ca` to trust a private CA besides the system's roots; `cert` + `key` for mutual TLS.
     #[serde(default)]
     pub tls: TlsConfig,
+    /// Where it was defined: the operator's file, or the admin API. Not a key of the file.
+    #[serde(skip)]
+    pub source: Source,
+}
+
+/// Where a subscription was defined.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Source {
+    /// The operator's config file.
+    #[default]
+    Config,
+    /// The admin API, by the operator (`tenant: None`) or by a tenant.
+    Api { tenant: Option<String> },
 }
 
 /// The circuit breaker: after `failures` consecutive failed attempts, no request goes to
@@ -651,6 +692,7 @@ impl Default for ServerConfig {
             max_connections: defaults::max_connections(),
             tls: ServerTlsConfig::default(),
             egress: EgressConfig::default(),
+            tenants: Vec::new(),
         }
     }
 }

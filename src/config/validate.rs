@@ -61,6 +61,19 @@ pub fn check(config: &Config) -> Vec<Problem> {
     problems.0
 }
 
+/// The checks of one subscription on its own, its keys named as within it (`url`,
+/// `retry.max_attempts`): for one given to the admin API.
+pub fn subscription(sub: &SubscriptionConfig) -> Vec<Problem> {
+    let mut problems = Problems::default();
+    problems.name("name", &sub.name, "subscription");
+    check_subscription("", sub, &mut problems);
+    problems
+        .0
+        .into_iter()
+        .map(|p| Problem::new(p.path.trim_start_matches('.'), p.message))
+        .collect()
+}
+
 fn check_broker(config: &Config, problems: &mut Problems) {
     let broker = &config.broker;
     problems.partitions("broker.embedded.partitions", broker.embedded.partitions);
@@ -195,6 +208,54 @@ fn check_server(config: &Config, problems: &mut Problems) {
         problems.add("server.max_connections", "must be at least 1");
     }
     problems.cert_and_key("server.tls", &server.tls.cert, &server.tls.key);
+    check_tenants(server, problems);
+}
+
+fn check_tenants(server: &super::ServerConfig, problems: &mut Problems) {
+    if !server.tenants.is_empty() && server.admin_token.is_empty() {
+        problems.add(
+            "server.tenants",
+            "need server.admin_token: without it the admin API is open to anyone who reaches it, and a tenant's token would bound nothing",
+        );
+    }
+    let mut names = HashSet::new();
+    let mut tokens = HashSet::from([server.admin_token.expose()]);
+    for (i, tenant) in server.tenants.iter().enumerate() {
+        let at = format!("server.tenants[{i}]");
+        problems.name(&format!("{at}.name"), &tenant.name, "tenant");
+        if tenant.name.contains('.') {
+            // `<tenant>.<subscription>` must split one way only.
+            problems.add(format!("{at}.name"), "a tenant name may not hold `.`");
+        }
+        if !names.insert(tenant.name.as_str()) {
+            problems.add(
+                format!("{at}.name"),
+                format!("tenant `{}` is defined twice", tenant.name),
+            );
+        }
+        problems.secret(&format!("{at}.token"), tenant.token.expose());
+        if !tenant.token.is_empty() && !tokens.insert(tenant.token.expose()) {
+            problems.add(
+                format!("{at}.token"),
+                "is the token of server.admin_token or of another tenant: each needs its own",
+            );
+        }
+        if tenant.topics.is_empty() {
+            problems.add(format!("{at}.topics"), "names no topic glob");
+        }
+        for (j, glob) in tenant.topics.iter().enumerate() {
+            if glob.is_empty()
+                || !glob
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '*' | '?'))
+            {
+                problems.add(
+                    format!("{at}.topics[{j}]"),
+                    format!("`{glob}`: a topic glob may only hold letters, digits, `-`, `_`, `.`, `*` and `?`"),
+                );
+            }
+        }
+    }
 }
 
 fn check_verify(path: &str, verify: &VerifyConfig, problems: &mut Problems) {

@@ -11,7 +11,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use super::runtime::{Change, DeliveryError, Settings, SubscriptionRuntime};
 use super::subscription;
 use crate::broker::Broker;
-use crate::config::{Config, SubscriptionConfig};
+use crate::config::{Config, Source, SubscriptionConfig};
 use crate::egress::EgressGuard;
 
 /// One running subscription: its runtime, its stop signal, its task. Dropped without
@@ -51,6 +51,8 @@ pub struct Delivery {
     /// Where the config file's subscriptions may deliver (`server.egress`, fixed while
     /// running: a change needs a restart).
     egress: Option<Arc<EgressGuard>>,
+    /// Where the admin API's subscriptions may deliver: always guarded.
+    api_egress: Arc<EgressGuard>,
     running: tokio::sync::Mutex<BTreeMap<String, Running>>,
 }
 
@@ -59,6 +61,7 @@ impl Delivery {
         let mut delivery = Delivery {
             broker,
             egress: config.server.egress.config_guard(),
+            api_egress: config.server.egress.guard(),
             running: Default::default(),
         };
         let mut running = BTreeMap::new();
@@ -79,8 +82,16 @@ impl Delivery {
         Ok(Arc::new(SubscriptionRuntime::from_config(
             config,
             &self.broker,
-            self.egress.clone(),
+            self.guard(config),
         )?))
+    }
+
+    /// The egress guard of `config`'s deliveries, by where it was defined.
+    fn guard(&self, config: &SubscriptionConfig) -> Option<Arc<EgressGuard>> {
+        match config.source {
+            Source::Config => self.egress.clone(),
+            Source::Api { .. } => Some(self.api_egress.clone()),
+        }
     }
 
     /// Runs `runtime`'s subscription, once `previous` (the one it replaces, given `grace`)
@@ -109,16 +120,6 @@ impl Delivery {
             stop: stop.drop_guard(),
             task,
         }
-    }
-
-    /// The running subscriptions, for the admin API (waiting for a reload under way).
-    pub async fn subscriptions(&self) -> Vec<Arc<SubscriptionRuntime>> {
-        self.running
-            .lock()
-            .await
-            .values()
-            .map(|r| r.runtime.clone())
-            .collect()
     }
 
     /// The running subscription `name`.
@@ -155,7 +156,7 @@ impl Delivery {
                 None => starting.push((self.runtime(sub)?, false)),
                 Some(Change::Rejoin) => starting.push((self.runtime(sub)?, true)),
                 Some(Change::Settings) => {
-                    updating.push((sub, Settings::from_config(sub, self.egress.clone())?));
+                    updating.push((sub, Settings::from_config(sub, self.guard(sub))?));
                 }
                 Some(Change::None) => {}
             }

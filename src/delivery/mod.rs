@@ -46,5 +46,5 @@ pub use engine::Delivery;
 pub use event::{Decode, Event};
 pub use filter::{Filter, TypeFilter};
 pub use payload::envelope_json;
-pub use runtime::{DeliveryError, SubscriptionRuntime, SubscriptionStatus};
+pub use runtime::{DeliveryError, SubscriptionRuntime};
 pub use side_topic::copy as copy_record;

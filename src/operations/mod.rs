@@ -303,13 +303,13 @@ impl Operations {
     }
 
     /// Every operation remembered, newest first.
-    pub fn list(&self) -> Vec<OperationView> {
+    pub fn all(&self) -> Vec<Arc<Operation>> {
         self.all
             .lock()
             .expect("operations lock")
             .values()
             .rev()
-            .map(|op| op.view())
+            .cloned()
             .collect()
     }
 }

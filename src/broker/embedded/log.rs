@@ -58,6 +58,8 @@ pub struct Log {
     pub records: Keyspace,
     pub offsets: Keyspace,
     pub meta: Keyspace,
+    /// The admin API's subscriptions, by name (see `broker::stored`).
+    pub subscriptions: Keyspace,
 }
 
 /// The block cache, shared by every keyspace.
@@ -113,17 +115,26 @@ impl Log {
         let meta = db
             .keyspace("meta", small(SMALL_MEMTABLE_BYTES))
             .map_err(storage_error)?;
+        let subscriptions = db
+            .keyspace("subscriptions", small(SMALL_MEMTABLE_BYTES))
+            .map_err(storage_error)?;
         Ok(Log {
             db,
             records,
             offsets,
             meta,
+            subscriptions,
         })
     }
 
     /// Writes the memtables out, so the next start has no journal to replay into memory.
     pub fn flush(&self) -> Result<(), BrokerError> {
-        for keyspace in [&self.records, &self.offsets, &self.meta] {
+        for keyspace in [
+            &self.records,
+            &self.offsets,
+            &self.meta,
+            &self.subscriptions,
+        ] {
             keyspace.rotate_memtable_and_wait().map_err(storage_error)?;
         }
         Ok(())

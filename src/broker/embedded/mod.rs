@@ -12,6 +12,7 @@
 mod browse;
 mod log;
 mod reader;
+mod stored;
 mod writer;
 
 use std::collections::HashMap;

@@ -21,8 +21,10 @@ mod client;
 mod consumer;
 mod producer;
 mod refusal;
+mod stored;
 
 pub use browse::KafkaTopicReader;
+pub use stored::KafkaSubscriptionStore;
 
 use std::sync::Arc;
 
@@ -37,6 +39,11 @@ pub struct KafkaBroker {
 }
 
 impl KafkaBroker {
+    /// Where the admin API's subscriptions are kept, on this broker's producer.
+    pub fn subscription_store(&self) -> Result<KafkaSubscriptionStore, BrokerError> {
+        KafkaSubscriptionStore::new(&self.config, self.producer.clone())
+    }
+
     pub fn connect(config: &KafkaConfig) -> Result<Arc<KafkaBroker>, BrokerError> {
         let producer = producer::KafkaProducer::new(config)?;
         Ok(Arc::new(KafkaBroker {

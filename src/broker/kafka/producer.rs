@@ -78,6 +78,16 @@ impl KafkaProducer {
         }
     }
 
+    /// Publishes a tombstone (a record without a value) for `key`: a compacted topic keeps
+    /// nothing of the key once compacted.
+    pub async fn publish_tombstone(&self, topic: &str, key: &[u8]) -> Result<(), BrokerError> {
+        let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).key(key);
+        match self.producer.send(record, Timeout::Never).await {
+            Ok(_) => Ok(()),
+            Err((e, _)) => Err(kafka_error(e)),
+        }
+    }
+
     /// Asks the cluster for its metadata: reachable and answering.
     pub async fn check(&self) -> Result<(), BrokerError> {
         let client = self.producer.clone();
@@ -107,6 +117,18 @@ pub async fn ensure_topics(
     producer: &KafkaProducer,
     topics: &[String],
 ) -> Result<(), BrokerError> {
+    create_missing(config, producer, topics, config.partitions, &[]).await
+}
+
+/// Creates `topics` that do not exist yet with `partitions` and the topic configs
+/// `settings` (`cleanup.policy=compact`, say).
+pub async fn create_missing(
+    config: &KafkaConfig,
+    producer: &KafkaProducer,
+    topics: &[String],
+    partitions: u32,
+    settings: &[(&str, &str)],
+) -> Result<(), BrokerError> {
     // Metadata calls block: run them off the async threads.
     let (client, refusals) = (producer.producer.clone(), producer.refusals.clone());
     let existing: Vec<String> =
@@ -126,10 +148,13 @@ pub async fn ensure_topics(
     let new_topics: Vec<NewTopic<'_>> = missing
         .iter()
         .map(|t| {
-            NewTopic::new(
-                t,
-                config.partitions as i32,
-                TopicReplication::Fixed(config.replication_factor as i32),
+            settings.iter().fold(
+                NewTopic::new(
+                    t,
+                    partitions as i32,
+                    TopicReplication::Fixed(config.replication_factor as i32),
+                ),
+                |topic, (key, value)| topic.set(key, value),
             )
         })
         .collect();
@@ -141,7 +166,7 @@ pub async fn ensure_topics(
     for result in results {
         match result {
             Ok(topic) => {
-                tracing::info!(%topic, partitions = config.partitions, "created Kafka topic")
+                tracing::info!(%topic, partitions, "created Kafka topic")
             }
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {

@@ -17,6 +17,7 @@ mod leases;
 mod names;
 pub mod parked;
 mod reader;
+mod stored;
 
 pub use names::{KEY_HEADER, consumer_name, stream_name, subject};
 
@@ -48,6 +49,8 @@ pub struct NatsBroker {
     partitioner: Partitioner,
     /// Topics whose stream is known to exist.
     streams: Mutex<HashSet<String>>,
+    /// The admin API's subscriptions' bucket, opened on first use (see `stored`).
+    subscriptions: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
 }
 
 impl NatsBroker {
@@ -60,6 +63,7 @@ impl NatsBroker {
             config: config.clone(),
             partitioner: Partitioner::default(),
             streams: Mutex::new(HashSet::new()),
+            subscriptions: Default::default(),
         }))
     }
 }

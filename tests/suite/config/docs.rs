@@ -83,6 +83,8 @@ fn every_key_of_the_config_is_in_the_reference() {
     assert!(keys.len() > 60, "the walk found the keys: {keys:?}");
     let missing: Vec<&String> = keys
         .iter()
+        // Where a subscription was defined (the file or the admin API): not a key.
+        .filter(|key| key.as_str() != "subscriptions[].source")
         .filter(|key| !REFERENCE.contains(&format!("`{key}`")))
         .collect();
     assert!(

@@ -72,6 +72,12 @@ fn bad_configs_name_the_key_and_the_problem() {
         ("partitions not a number", "broker: { nats: { partitions: eight } }\n".into(), vec!["broker.nats.partitions", "not a valid number"]),
         ("invalid YAML", "routes: [\n".into(), vec!["FILE:", "invalid YAML"]),
         ("duration past any clock", format!("{SUB}    retry: {{ max_age: 99999999999999999999s }}\n"), vec!["subscriptions[0].retry.max_age", "too long"]),
+        ("tenants on an open admin API", "server: { tenants: [{ name: acme, token: t0123456789, topics: ['acme.*'] }] }\n".into(), vec!["server.tenants", "need server.admin_token"]),
+        ("tenant name with a dot", "server: { admin_token: a0123456789, tenants: [{ name: a.b, token: t0123456789, topics: ['a.*'] }] }\n".into(), vec!["server.tenants[0].name", "may not hold `.`"]),
+        ("tenant token reused", "server: { admin_token: a0123456789, tenants: [{ name: a, token: t0123456789, topics: ['a.*'] }, { name: b, token: t0123456789, topics: ['b.*'] }] }\n".into(), vec!["server.tenants[1].token", "its own"]),
+        ("tenant token empty", "server: { admin_token: a0123456789, tenants: [{ name: a, token: '${GITHUB_SECRET:-}', topics: ['a.*'] }] }\n".into(), vec!["server.tenants[0].token", "secret is empty"]),
+        ("tenant topic glob", "server: { admin_token: a0123456789, tenants: [{ name: a, token: t0123456789, topics: ['a/*'] }] }\n".into(), vec!["server.tenants[0].topics[0]", "topic glob"]),
+        ("tenant without topics", "server: { admin_token: a0123456789, tenants: [{ name: a, token: t0123456789, topics: [] }] }\n".into(), vec!["server.tenants[0].topics", "names no topic"]),
         ("duration just too long", format!("{SUB}    timeout: 365001d\n"), vec!["subscriptions[0].timeout", "too long"]),
     ];
     let mut failures = Vec::new();

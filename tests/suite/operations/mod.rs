@@ -8,6 +8,8 @@ mod openapi;
 mod pause;
 mod redrive;
 mod replay;
+mod stored;
+mod tenants;
 mod token;
 
 use std::process::{Command, Output};
