@@ -98,6 +98,15 @@ enum Command {
     /// A subscription's dead letters: list them, show one, send them again.
     #[command(subcommand)]
     Dlq(Dlq),
+    /// Subscriptions stored through the admin API: list, show, create or change, delete
+    ///
+    /// An application team's own subscriptions, without a change to the config file: each is
+    /// stored in the broker, applied by every replica within seconds, and kept across
+    /// restarts. The config file's subscriptions are listed and shown too, but changed only
+    /// in the file. With a tenant's token in HOOKBRIDGE_ADMIN_TOKEN, only that tenant's, by
+    /// their short names. Asks the first replica behind --admin-url (the store is shared).
+    #[command(subcommand, verbatim_doc_comment)]
+    Subscriptions(Subscriptions),
     /// Send a subscription past events of its topics again
     ///
     /// The topics are read from --since (or --offset) up to --until (or their end when the
@@ -213,6 +222,70 @@ enum Dlq {
     },
 }
 
+#[derive(Subcommand)]
+enum Subscriptions {
+    /// List every subscription, the config file's and those stored through the API
+    ///
+    /// NAME, SOURCE (`config`: the file's; `api`: stored), TENANT, TOPICS, URL (scheme, host
+    /// and port), and RUNNING: whether the replica that answered delivers it. One it refused
+    /// is listed with why below the table.
+    ///
+    /// Example: hookbridge subscriptions list --admin-url http://hookbridge-admin:9090
+    #[command(verbatim_doc_comment)]
+    List {
+        #[command(flatten)]
+        admin: cli::AdminArgs,
+    },
+    /// Show one subscription: its settings as YAML (secrets redacted) and where it stands
+    ///
+    /// Example: hookbridge subscriptions get orders-hook
+    #[command(verbatim_doc_comment)]
+    Get {
+        /// The subscription's name (a tenant's short name, with a tenant's token).
+        name: String,
+        #[command(flatten)]
+        admin: cli::AdminArgs,
+    },
+    /// Create or replace subscriptions from a YAML file
+    ///
+    /// FILE (`-`: standard input) holds one subscription (its keys, as under the config
+    /// file's `subscriptions:`), a list of them, or `subscriptions:` and a list; each needs
+    /// its `name`. `${VAR}` and `${VAR:-default}` are taken from this environment, as in the
+    /// config file (the server substitutes nothing). Each is sent in turn and printed
+    /// `created` or `updated`; the first one refused stops the run, with every problem by
+    /// its key, and those after it are not sent. Every replica applies a stored
+    /// subscription within 5 seconds, a changed one as a reload changes it: in place, or
+    /// rejoining its consumer group when its topics change. A config-file subscription's
+    /// name cannot be used.
+    ///
+    /// Examples:
+    ///   hookbridge subscriptions apply -f orders-hook.yaml
+    ///   ./render-hooks | hookbridge subscriptions apply -f -
+    #[command(verbatim_doc_comment)]
+    Apply {
+        /// The YAML file (`-`: standard input).
+        #[arg(long, short = 'f', value_name = "FILE")]
+        file: String,
+        #[command(flatten)]
+        admin: cli::AdminArgs,
+    },
+    /// Delete a subscription stored through the API
+    ///
+    /// Every replica stops it within 5 seconds, as a reload removes one: attempts on the
+    /// wire finish and what is done is committed. Its consumer group and its dead-letter
+    /// topic stay in the broker: created again with the same name, it goes on from where
+    /// its group stopped.
+    ///
+    /// Example: hookbridge subscriptions delete orders-hook
+    #[command(verbatim_doc_comment)]
+    Delete {
+        /// The subscription's name (a tenant's short name, with a tenant's token).
+        name: String,
+        #[command(flatten)]
+        admin: cli::AdminArgs,
+    },
+}
+
 #[derive(clap::Args)]
 struct ConfigArg {
     /// The YAML config file. `${VAR}` and `${VAR:-default}` are taken from the environment.
@@ -308,6 +381,18 @@ fn main() -> ExitCode {
             filter,
             admin,
         }) => run(cli::redrive(&admin, &subscription, &filter)),
+        Command::Subscriptions(Subscriptions::List { admin }) => {
+            run(cli::subscriptions::list(&admin))
+        }
+        Command::Subscriptions(Subscriptions::Get { name, admin }) => {
+            run(cli::subscriptions::get(&admin, &name))
+        }
+        Command::Subscriptions(Subscriptions::Apply { file, admin }) => {
+            run(cli::subscriptions::apply(&admin, &file))
+        }
+        Command::Subscriptions(Subscriptions::Delete { name, admin }) => {
+            run(cli::subscriptions::delete(&admin, &name))
+        }
         Command::Replay {
             subscription,
             offsets,

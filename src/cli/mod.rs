@@ -1,12 +1,14 @@
-//! The operator's verbs: `status`, `pause`, `resume` (and the dead-letter and replay verbs),
-//! each a request to the admin API of a running hookbridge (`--admin-url`, the token from
-//! `HOOKBRIDGE_ADMIN_TOKEN`). A table for people, `--output json` for scripts. And
-//! `listen`, a receiver to try a subscription against.
+//! The operator's verbs: `status`, `pause`, `resume` (and the dead-letter and replay verbs,
+//! and `subscriptions` for those stored through the API), each a request to the admin API of
+//! a running hookbridge (`--admin-url`, the token from `HOOKBRIDGE_ADMIN_TOKEN`: the admin
+//! token, or a tenant's). A table for people, `--output json` for scripts. And `listen`, a
+//! receiver to try a subscription against.
 
 mod client;
 mod listen;
 mod operations;
 mod status;
+pub mod subscriptions;
 mod table;
 
 use clap::Args;

@@ -13,7 +13,6 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
-use super::client::{AdminClient, Target};
 use super::status::encode;
 use super::table::{cell, render};
 use super::{AdminArgs, Output};
@@ -99,11 +98,6 @@ fn requested_by() -> String {
     }
 }
 
-/// Operations go through the broker: one replica runs one for all.
-fn first(client: &AdminClient) -> &Target {
-    &client.targets[0]
-}
-
 pub async fn dlq_list(
     args: &AdminArgs,
     subscription: &str,
@@ -115,7 +109,7 @@ pub async fn dlq_list(
     if let Some(after) = after {
         path.push_str(&format!("&after={}", encode(after)));
     }
-    let page: Value = client.get(first(&client), &path).await?;
+    let page: Value = client.get(client.first(), &path).await?;
     match args.output {
         Output::Json => println!("{page}"),
         Output::Table => {
@@ -166,7 +160,7 @@ pub async fn dlq_list(
 pub async fn dlq_show(args: &AdminArgs, subscription: &str, id: &str) -> anyhow::Result<()> {
     let client = args.client().await?;
     let path = format!("/v1/dead-letters/{}/{}", encode(subscription), encode(id));
-    let shown: Value = client.get(first(&client), &path).await?;
+    let shown: Value = client.get(client.first(), &path).await?;
     match args.output {
         Output::Json => println!("{shown}"),
         Output::Table => {
@@ -238,7 +232,7 @@ pub async fn replay(
 /// Starts the operation and follows it to its end.
 async fn run(args: &AdminArgs, path: &str, body: &Value, what: &str) -> anyhow::Result<()> {
     let client = args.client().await?;
-    let target = first(&client);
+    let target = client.first();
     let mut operation: Value = client.post(target, path, Some(body)).await?;
     let id = operation["id"]
         .as_str()

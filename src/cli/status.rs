@@ -56,7 +56,10 @@ pub async fn pause(args: &AdminArgs, subscription: &str, paused: bool) -> anyhow
         Output::Json => println!("{}", json!({ "replicas": replicas })),
         Output::Table => {
             for replica in &replicas {
-                let state = if replica["subscription"]["paused"] == true {
+                let sub = &replica["subscription"];
+                let state = if !running_here(sub) {
+                    "not running here"
+                } else if sub["paused"] == true {
                     "paused"
                 } else {
                     "running"
@@ -81,6 +84,18 @@ fn replica_table(replica: &Value, with_partitions: bool) -> String {
     let rows: Vec<Vec<String>> = subscriptions
         .iter()
         .map(|sub| {
+            if !running_here(sub) {
+                // Known (the config's, or stored through the API) but not delivered by this
+                // replica: refused (its `problem` says why), or not yet applied.
+                let why = match sub["problem"].as_str() {
+                    Some(problem) => format!("not applied: {problem}"),
+                    None => "-".to_string(),
+                };
+                let mut row = vec![cell(&sub["name"]), "not running here".into()];
+                row.extend(std::iter::repeat_n("-".to_string(), 5));
+                row.push(why);
+                return row;
+            }
             let partitions = sub["partitions"].as_array().cloned().unwrap_or_default();
             let lag: Option<u64> = partitions.iter().map(|p| p["lag"].as_u64()).sum();
             let rate = match sub["rate_limit"]["per_second"].as_f64() {
@@ -126,7 +141,7 @@ fn replica_table(replica: &Value, with_partitions: bool) -> String {
         &rows,
     ));
     if with_partitions {
-        for sub in &subscriptions {
+        for sub in subscriptions.iter().filter(|sub| running_here(sub)) {
             let rows: Vec<Vec<String>> = sub["partitions"]
                 .as_array()
                 .cloned()
@@ -163,6 +178,13 @@ fn replica_table(replica: &Value, with_partitions: bool) -> String {
         }
     }
     out
+}
+
+/// Whether the replica that answered delivers `sub`: an entry with `running: false` names a
+/// subscription it knows but does not run, and holds none of the status fields. (Answers
+/// of replicas older than the stored subscriptions have no `running`: each entry runs.)
+fn running_here(sub: &Value) -> bool {
+    sub["running"] != false
 }
 
 /// A subscription name as a path segment.
