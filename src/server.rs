@@ -108,6 +108,18 @@ async fn ensure_topics(publisher: &dyn Publisher, topics: &[String]) -> Result<(
     }
 }
 
+/// The subscriptions made through the admin API, to run from the start; if the store
+/// cannot be read now, they join once it can (the reloader reads it every second).
+async fn stored_at_start(broker: &Broker) -> Vec<crate::config::StoredSubscription> {
+    match crate::reload::read_stored(broker.subscriptions.as_ref()).await {
+        Ok(read) => read.subscriptions,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the stored subscriptions yet; they start once they can be read");
+            Vec::new()
+        }
+    }
+}
+
 /// Runs hookbridge in `role` until `shutdown` resolves. `on_bound` learns the bound
 /// addresses.
 pub async fn serve(
@@ -129,15 +141,7 @@ pub async fn serve(
     let publisher = broker.publisher.clone();
     let ingress = Ingress::new(&config, publisher.clone());
     ensure_topics(publisher.as_ref(), &config.topics()).await?;
-    // The subscriptions made through the admin API run from the start; if the store cannot
-    // be read now, they join once it can (the reloader reads it every second).
-    let stored = match crate::reload::read_stored(broker.subscriptions.as_ref()).await {
-        Ok(read) => read.subscriptions,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the stored subscriptions yet; they start once they can be read");
-            Vec::new()
-        }
-    };
+    let stored = stored_at_start(&broker).await;
     let from_file = config;
     let (config, left_out) = from_file.with_stored(&stored);
     ensure_topics(publisher.as_ref(), &config.topics()).await?;
