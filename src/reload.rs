@@ -82,11 +82,34 @@ pub struct Reloader {
     pub delivery: Option<Arc<Delivery>>,
     pub admin: Arc<AdminState>,
     pub publisher: Arc<dyn Publisher>,
+    pub store: StoreWatch,
+}
+
+/// The store of subscriptions as the reloader reads it, and what it last said went wrong.
+pub struct StoreWatch {
     pub store: Arc<dyn SubscriptionStore>,
-    /// Entries of the store that cannot be read, as last logged.
-    pub unreadable: Vec<String>,
-    /// Whether the last read of the store failed (logged once until one succeeds).
-    pub store_failing: bool,
+    /// Entries that cannot be read, as last logged.
+    unreadable: Vec<String>,
+    /// What went wrong at the last read, as logged.
+    problem: Option<String>,
+}
+
+impl StoreWatch {
+    pub fn new(store: Arc<dyn SubscriptionStore>) -> StoreWatch {
+        StoreWatch {
+            store,
+            unreadable: Vec::new(),
+            problem: None,
+        }
+    }
+
+    /// Logs `problem` unless it is the one logged last.
+    fn problem(&mut self, problem: String) {
+        if self.problem.as_ref() != Some(&problem) {
+            tracing::error!(%problem, "stored subscriptions");
+            self.problem = Some(problem);
+        }
+    }
 }
 
 /// The stored subscriptions as read, and the names of entries that cannot be read as
@@ -170,50 +193,52 @@ impl Reloader {
                 _ = hangup.recv() => (path.is_some(), true),
                 _ = stored_changed.notified() => (false, false),
             };
-            self.read_store().await;
-            let Some(path) = path.as_ref().filter(|_| file_tick) else {
-                continue;
-            };
-            let text = match tokio::fs::read_to_string(path).await {
-                Ok(text) => text,
-                Err(e) => {
-                    if forced {
-                        tracing::warn!(config = %self.file.name, error = %e, "cannot read the config file; the running config stays");
-                    }
-                    continue;
+            if let Some(path) = path.as_ref().filter(|_| file_tick)
+                && let Some(text) = self.read_file(path, forced).await
+            {
+                let settled = text == seen;
+                seen = text.clone();
+                if forced || (settled && text != tried) {
+                    tried = text.clone();
+                    self.reload(text).await;
                 }
-            };
-            let settled = text == seen;
-            seen = text.clone();
-            if forced || (settled && text != tried) {
-                tried = text.clone();
-                self.reload(text).await;
+            }
+            self.read_store().await;
+        }
+    }
+
+    /// The config file's text; `None` if it cannot be read (said when asked by SIGHUP).
+    async fn read_file(&self, path: &std::path::Path, forced: bool) -> Option<String> {
+        match tokio::fs::read_to_string(path).await {
+            Ok(text) => Some(text),
+            Err(e) => {
+                if forced {
+                    tracing::warn!(config = %self.file.name, error = %e, "cannot read the config file; the running config stays");
+                }
+                None
             }
         }
     }
 
     /// Reads the stored subscriptions and applies them if they changed. What goes wrong is
-    /// logged when it starts, not every second.
+    /// logged when it starts or changes, not every second.
     async fn read_store(&mut self) {
-        let read = match read_stored(self.store.as_ref()).await {
+        let read = match read_stored(self.store.store.as_ref()).await {
             Ok(read) => read,
             Err(e) => {
-                if !self.store_failing {
-                    tracing::warn!(error = %e, "cannot read the stored subscriptions; the running ones stay until they can be read");
-                }
-                self.store_failing = true;
+                self.store.problem(format!("cannot read the stored subscriptions ({e}); the running ones stay until they can be read"));
                 return;
             }
         };
-        self.store_failing = false;
-        if read.unreadable != self.unreadable {
+        if read.unreadable != self.store.unreadable {
             for name in &read.unreadable {
                 tracing::warn!(subscription = %name, "a stored subscription cannot be read; it is left out");
             }
-            self.unreadable = read.unreadable;
+            self.store.unreadable = read.unreadable;
         }
         let stored = read.subscriptions;
         if stored == self.stored {
+            self.store.problem = None;
             return;
         }
         let (running, left_out) = self.from_file.with_stored(&stored);
@@ -221,10 +246,11 @@ impl Reloader {
             Ok(()) => {
                 tracing::info!(stored = stored.len(), "stored subscriptions applied");
                 self.stored = stored;
+                self.store.problem = None;
             }
-            Err(why) => {
-                tracing::error!(problem = %why, "the stored subscriptions cannot be applied; the running ones stay")
-            }
+            Err(why) => self.store.problem(format!(
+                "the stored subscriptions cannot be applied ({why}); the running ones stay"
+            )),
         }
     }
 
@@ -284,10 +310,11 @@ impl Reloader {
     /// left out and why in `left_out`) instead of what runs.
     async fn apply_running(
         &mut self,
-        new: Config,
+        mut new: Config,
         stored: &[StoredSubscription],
-        left_out: Vec<(String, String)>,
+        mut left_out: Vec<(String, String)>,
     ) -> Result<(), String> {
+        crate::delivery::leave_out_unbuildable(&mut new, &mut left_out);
         for (name, why) in &left_out {
             tracing::warn!(subscription = %name, problem = %why, "a stored subscription is left out");
         }

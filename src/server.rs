@@ -143,7 +143,8 @@ pub async fn serve(
     ensure_topics(publisher.as_ref(), &config.topics()).await?;
     let stored = stored_at_start(&broker).await;
     let from_file = config;
-    let (config, left_out) = from_file.with_stored(&stored);
+    let (mut config, mut left_out) = from_file.with_stored(&stored);
+    crate::delivery::leave_out_unbuildable(&mut config, &mut left_out);
     ensure_topics(publisher.as_ref(), &config.topics()).await?;
     let delivery = if role.delivery() {
         Some(Arc::new(Delivery::start(&config, broker.clone())?))
@@ -210,9 +211,7 @@ pub async fn serve(
         file,
         from_file,
         stored,
-        store,
-        unreadable: Vec::new(),
-        store_failing: false,
+        store: crate::reload::StoreWatch::new(store),
         running: config.clone(),
         ingress: ingress.clone(),
         delivery: delivery.clone(),

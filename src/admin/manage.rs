@@ -5,7 +5,8 @@
 //! wrong key), and against the tenant's rights (a `403`); one of the config file's is
 //! read-only here (`409`). The answer comes once this replica runs the change, so that a
 //! `GET` after it sees it (or, after a delete, once this replica has stopped it, the way a
-//! reload removes one); the other replicas follow within a second or two.
+//! reload removes one); the other replicas follow within a second or two. A change stored
+//! but not run here within 10 s is a `202`: stored, to be applied.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,22 +70,47 @@ async fn store(
         spec,
     };
     match entry.parse(&live.running.server.tenants) {
-        Ok(_) => {}
+        Ok(sub) => {
+            // What only building its delivery finds (a URL the client refuses, a TLS file
+            // missing) is refused here, not found by every replica once stored.
+            if let Some((key, reason)) = crate::delivery::unbuildable(&sub, &live.running) {
+                return Err(invalid(vec![KeyProblem::new(key, reason)]));
+            }
+        }
         Err(SpecError::Invalid(problems)) => return Err(invalid(problems)),
         Err(SpecError::Forbidden(why)) => return Err(forbidden(why)),
     }
     let store = &state.broker.subscriptions;
-    let existed = store.load().await.map_err(unavailable)?.contains_key(&full);
+    let existing = store.load().await.map_err(unavailable)?.remove(&full);
+    if let Some(existing) = &existing
+        && !serde_json::from_slice::<StoredSubscription>(existing)
+            .is_ok_and(|e| principal.owns(&Source::Api { tenant: e.tenant }))
+    {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "name-taken",
+            "Name taken",
+            format!(
+                "`{name}` is the name of a subscription made by the operator; choose another name"
+            ),
+        )
+        .into());
+    }
     let value = serde_json::to_vec(&entry).expect("a stored subscription serializes");
     store.put(&full, value.into()).await.map_err(unavailable)?;
     state.read_stored_now();
-    applied(state, |live| live.stored.get(&full) == Some(&entry)).await;
-    let status = match existed {
-        true => StatusCode::OK,
-        false => StatusCode::CREATED,
+    let status = match (
+        applied(state, |live| live.stored.get(&full) == Some(&entry)).await,
+        existing,
+    ) {
+        (false, _) => StatusCode::ACCEPTED,
+        (true, Some(_)) => StatusCode::OK,
+        (true, None) => StatusCode::CREATED,
     };
-    let view = super::subscriptions::view(state, principal, &full).await;
-    Ok((status, Json(view.unwrap_or(Value::Null))).into_response())
+    let view = super::subscriptions::view(state, principal, &full)
+        .await
+        .unwrap_or_else(|| json!({ "name": name, "running": false }));
+    Ok((status, Json(view)).into_response())
 }
 
 pub async fn delete(
@@ -93,12 +119,16 @@ pub async fn delete(
     Path(name): Path<String>,
 ) -> Response {
     match remove(&state, &principal, &name).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Ok(status) => status.into_response(),
         Err(problem) => problem.into_response(),
     }
 }
 
-async fn remove(state: &AdminState, principal: &Principal, name: &str) -> Result<(), Box<Problem>> {
+async fn remove(
+    state: &AdminState,
+    principal: &Principal,
+    name: &str,
+) -> Result<StatusCode, Box<Problem>> {
     let full = principal.full_name(name);
     from_file(state, &full, name)?;
     let store = &state.broker.subscriptions;
@@ -119,8 +149,10 @@ async fn remove(state: &AdminState, principal: &Principal, name: &str) -> Result
     }
     store.delete(&full).await.map_err(unavailable)?;
     state.read_stored_now();
-    applied(state, |live| !live.stored.contains_key(&full)).await;
-    Ok(())
+    match applied(state, |live| !live.stored.contains_key(&full)).await {
+        true => Ok(StatusCode::NO_CONTENT),
+        false => Ok(StatusCode::ACCEPTED),
+    }
 }
 
 /// Refuses a name the config file defines: that one is the operator's file's.
@@ -162,10 +194,17 @@ fn owner(
     }
 }
 
-/// Waits, at most `APPLIED_WITHIN`, until this replica runs what `done` looks for.
-async fn applied(state: &AdminState, done: impl Fn(&super::state::Live) -> bool) {
+/// Waits, at most `APPLIED_WITHIN`, until this replica runs what `done` looks for;
+/// whether it does.
+async fn applied(state: &AdminState, done: impl Fn(&super::state::Live) -> bool) -> bool {
     let deadline = Instant::now() + APPLIED_WITHIN;
-    while !done(&state.live()) && Instant::now() < deadline {
+    loop {
+        if done(&state.live()) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

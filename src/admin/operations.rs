@@ -67,16 +67,17 @@ fn configured(
     }
 }
 
-/// An operation as `principal` sees it, if it is of a subscription it sees.
+/// An operation as `principal` sees it, if it is of a subscription it owns.
 fn visible(
     state: &AdminState,
     principal: &Principal,
     operation: &Operation,
 ) -> Option<OperationView> {
     let mut view = operation.view();
-    let shown = principal.shown_name(&view.subscription);
-    state.owned(principal, &shown).ok()?;
-    view.subscription = shown;
+    if !state.owns(principal, &view.subscription) {
+        return None;
+    }
+    view.subscription = principal.shown_name(&view.subscription);
     Some(view)
 }
 
@@ -176,12 +177,20 @@ fn start(
         Ok(sub) => sub,
         Err(problem) => return problem.into_response(),
     };
-    let request = match body {
+    let mut request = match body {
         Ok(Json(request)) => request,
         Err(e) => return bad_body(e).into_response(),
     };
+    if let Some(tenant) = principal.tenant() {
+        // The record says who asked, whatever the body claims.
+        request.requested_by = Some(format!("tenant {}", tenant.name));
+    }
     match operation(&state.operations, &state.broker, &sub, request) {
-        Ok(operation) => started(visible(state, principal, &operation).expect("its own")),
+        Ok(operation) => match visible(state, principal, &operation) {
+            Some(view) => started(view),
+            // Removed as it started: the operation runs on, out of this caller's sight.
+            None => not_found(format!("no subscription is named `{name}`")).into_response(),
+        },
         Err(e) => problem(e).into_response(),
     }
 }
@@ -220,10 +229,10 @@ pub async fn cancel_operation(
     Path(id): Path<String>,
 ) -> Result<Response, Response> {
     let found = state.operations.get(&id);
-    match found.filter(|o| visible(&state, &principal, o).is_some()) {
-        Some(operation) => {
+    match found.and_then(|o| visible(&state, &principal, &o).map(|view| (o, view))) {
+        Some((operation, view)) => {
             operation.cancel();
-            Ok(Json(visible(&state, &principal, &operation).expect("its own")).into_response())
+            Ok(Json(view).into_response())
         }
         None => Err(not_found(format!("no operation `{id}` here")).into_response()),
     }

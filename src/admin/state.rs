@@ -202,21 +202,27 @@ pub fn digest(token: &str) -> [u8; 32] {
 }
 
 impl AdminState {
+    /// Whether `principal` owns the subscription named `full` (configured, running or
+    /// stored).
+    pub(super) fn owns(&self, principal: &Principal, full: &str) -> bool {
+        let live = self.live();
+        let source = match live.running.subscriptions.iter().find(|s| s.name == full) {
+            Some(sub) => Some(sub.source.clone()),
+            None => live.stored.get(full).map(|entry| Source::Api {
+                tenant: entry.tenant.clone(),
+            }),
+        };
+        source.is_some_and(|source| principal.owns(&source))
+    }
+
     /// The full name of the subscription `name` (as `principal` names it) if it may see it:
     /// configured, running or stored, and its own; otherwise the 404 of no such name, so
     /// that nothing shows whether another's exists.
     pub(super) fn owned(&self, principal: &Principal, name: &str) -> Result<String, Box<Problem>> {
         let full = principal.full_name(name);
-        let live = self.live();
-        let source = match live.running.subscriptions.iter().find(|s| s.name == full) {
-            Some(sub) => Some(sub.source.clone()),
-            None => live.stored.get(&full).map(|entry| Source::Api {
-                tenant: entry.tenant.clone(),
-            }),
-        };
-        match source {
-            Some(source) if principal.owns(&source) => Ok(full),
-            _ => Err(not_found(format!("no subscription is named `{name}`")).into()),
+        match self.owns(principal, &full) {
+            true => Ok(full),
+            false => Err(not_found(format!("no subscription is named `{name}`")).into()),
         }
     }
 }

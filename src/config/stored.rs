@@ -57,6 +57,7 @@ impl StoredSubscription {
         if !problems.is_empty() {
             return Err(SpecError::Invalid(problems));
         }
+        reserved(&sub).map_err(SpecError::Forbidden)?;
         if let Some(name) = &self.tenant {
             let tenant = tenants.iter().find(|t| &t.name == name).ok_or_else(|| {
                 SpecError::Forbidden(format!("tenant `{name}` is not configured"))
@@ -65,6 +66,21 @@ impl StoredSubscription {
         }
         Ok(sub)
     }
+}
+
+/// The store of subscriptions is nobody's to read or write through a subscription (it
+/// holds every subscription's secrets).
+fn reserved(sub: &SubscriptionConfig) -> Result<(), String> {
+    let store = crate::broker::stored::KAFKA_TOPIC;
+    let named = [sub.dead_letter_topic(), sub.parking_topic()];
+    for topic in sub.topics.iter().chain(&named) {
+        if topic == store {
+            return Err(format!(
+                "`{store}` holds the stored subscriptions: no subscription may use it"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What a tenant may not do: read or write topics outside its globs (dead-letter and
@@ -81,6 +97,13 @@ fn tenant_may(tenant: &TenantConfig, sub: &SubscriptionConfig) -> Result<(), Str
         )
         .chain(sub.parking_topic.iter().map(|t| ("parking_topic", t)));
     for (key, topic) in named {
+        // hookbridge's own topics hold other subscriptions' dead letters, parked and
+        // resent events, whatever the tenant's globs say.
+        if topic.starts_with("hookbridge.") {
+            return Err(format!(
+                "{key}: `{topic}`: topics beginning `hookbridge.` are hookbridge's own"
+            ));
+        }
         if !tenant.allows(topic) {
             return Err(format!(
                 "{key}: tenant `{}` may not use topic `{topic}` (its topics are {})",
@@ -118,5 +141,45 @@ impl Config {
             }
         }
         (running, left_out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(tenant: Option<&str>, spec: serde_json::Value) -> StoredSubscription {
+        StoredSubscription {
+            name: "t.s".into(),
+            tenant: tenant.map(str::to_string),
+            spec: spec.as_object().unwrap().clone(),
+        }
+    }
+
+    #[test]
+    fn hookbridge_topics_are_no_tenants_whatever_its_globs() {
+        let tenants = [TenantConfig {
+            name: "t".into(),
+            token: crate::config::Secret::new("token-0123456789"),
+            topics: vec!["*".into()],
+        }];
+        for spec in [
+            serde_json::json!({ "topics": ["hookbridge.dlq.other"], "url": "http://x/" }),
+            serde_json::json!({ "topics": ["a"], "url": "http://x/", "dead_letter_topic": "hookbridge.resend.other" }),
+        ] {
+            let refused = entry(Some("t"), spec.clone()).parse(&tenants);
+            assert!(
+                matches!(refused, Err(SpecError::Forbidden(_))),
+                "{spec}: {refused:?}"
+            );
+        }
+        let fine = serde_json::json!({ "topics": ["a"], "url": "http://x/" });
+        assert!(entry(Some("t"), fine).parse(&tenants).is_ok());
+        let store =
+            serde_json::json!({ "topics": ["hookbridge.subscriptions"], "url": "http://x/" });
+        assert!(matches!(
+            entry(None, store).parse(&tenants),
+            Err(SpecError::Forbidden(_))
+        ));
     }
 }

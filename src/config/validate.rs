@@ -57,6 +57,21 @@ pub fn check(config: &Config) -> Vec<Problem> {
             );
         }
         check_subscription(&at, sub, &mut problems);
+        if let Some(tenant) = config
+            .server
+            .tenants
+            .iter()
+            .find(|t| sub.name.starts_with(&format!("{}.", t.name)))
+        {
+            // A tenant's subscriptions are named so: one of the file's would shadow one.
+            problems.add(
+                format!("{at}.name"),
+                format!(
+                    "`{}.` begins the names of tenant `{}`'s subscriptions; give this one another name",
+                    tenant.name, tenant.name
+                ),
+            );
+        }
     }
     problems.0
 }
@@ -306,11 +321,17 @@ fn check_subscription(at: &str, sub: &SubscriptionConfig, problems: &mut Problem
     for (j, topic) in sub.topics.iter().enumerate() {
         problems.topic(&format!("{at}.topics[{j}]"), topic);
     }
-    match sub.url.expose().parse::<http::Uri>() {
-        Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {}
-        _ => problems.add(
+    // Parsed as the delivery client parses it (stricter than `http::Uri`: a port past
+    // 65535, say), so that no URL passes here that delivery cannot use.
+    match url::Url::parse(sub.url.expose()) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+        Ok(_) => problems.add(
             format!("{at}.url"),
             format!("`{}` is not an http:// or https:// URL", sub.url),
+        ),
+        Err(e) => problems.add(
+            format!("{at}.url"),
+            format!("`{}` is not an http:// or https:// URL: {e}", sub.url),
         ),
     }
     if let Some(filter) = &sub.filter {

@@ -45,6 +45,43 @@ pub struct Reloaded {
     pub rejoined: Vec<String>,
 }
 
+/// Why `sub` could not be delivered as configured, if so: its HTTP client cannot be built
+/// (a URL the client refuses, a TLS file missing). The key at fault and the reason.
+pub fn unbuildable(sub: &SubscriptionConfig, config: &Config) -> Option<(&'static str, String)> {
+    let egress = match sub.source {
+        Source::Config => config.server.egress.config_guard(),
+        Source::Api { .. } => Some(config.server.egress.guard()),
+    };
+    let Err(DeliveryError::Client { reason, .. }) = Settings::from_config(sub, egress) else {
+        return None;
+    };
+    let key = match reason.split(':').next().unwrap_or_default() {
+        "url" => "url",
+        header if header.starts_with("header") => "headers",
+        _ => "tls",
+    };
+    Some((key, reason))
+}
+
+/// Leaves out of `config` the subscriptions made through the API that cannot be built
+/// (stored before a check that refuses them now, say), adding them to `left_out`: one of
+/// them must not keep the others, and the file's, from running.
+pub fn leave_out_unbuildable(config: &mut Config, left_out: &mut Vec<(String, String)>) {
+    let snapshot = config.clone();
+    config.subscriptions.retain(|sub| {
+        if sub.source == Source::Config {
+            return true;
+        }
+        match unbuildable(sub, &snapshot) {
+            None => true,
+            Some((_, reason)) => {
+                left_out.push((sub.name.clone(), reason));
+                false
+            }
+        }
+    });
+}
+
 /// The running subscriptions.
 pub struct Delivery {
     broker: Broker,

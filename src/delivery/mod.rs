@@ -42,7 +42,7 @@ mod side_topic;
 mod status;
 mod subscription;
 
-pub use engine::Delivery;
+pub use engine::{Delivery, leave_out_unbuildable, unbuildable};
 pub use event::{Decode, Event};
 pub use filter::{Filter, TypeFilter};
 pub use payload::envelope_json;

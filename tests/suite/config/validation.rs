@@ -77,6 +77,8 @@ fn bad_configs_name_the_key_and_the_problem() {
         ("tenant token reused", "server: { admin_token: a0123456789, tenants: [{ name: a, token: t0123456789, topics: ['a.*'] }, { name: b, token: t0123456789, topics: ['b.*'] }] }\n".into(), vec!["server.tenants[1].token", "its own"]),
         ("tenant token empty", "server: { admin_token: a0123456789, tenants: [{ name: a, token: '${GITHUB_SECRET:-}', topics: ['a.*'] }] }\n".into(), vec!["server.tenants[0].token", "secret is empty"]),
         ("tenant topic glob", "server: { admin_token: a0123456789, tenants: [{ name: a, token: t0123456789, topics: ['a/*'] }] }\n".into(), vec!["server.tenants[0].topics[0]", "topic glob"]),
+        ("a file's subscription in a tenant's names", "server: { admin_token: a0123456789, tenants: [{ name: acme, token: t0123456789, topics: ['acme.*'] }] }\nsubscriptions:\n  - { name: acme.mine, topics: [t], url: 'http://x/y' }\n".into(), vec!["subscriptions[0].name", "tenant `acme`"]),
+        ("a URL the client refuses", format!("{ROUTE}subscriptions:\n  - {{ name: s, topics: [t], url: 'http://x:99999/y' }}\n"), vec!["subscriptions[0].url", "port"]),
         ("tenant without topics", "server: { admin_token: a0123456789, tenants: [{ name: a, token: t0123456789, topics: [] }] }\n".into(), vec!["server.tenants[0].topics", "names no topic"]),
         ("duration just too long", format!("{SUB}    timeout: 365001d\n"), vec!["subscriptions[0].timeout", "too long"]),
     ];

@@ -157,6 +157,28 @@ async fn a_tenant_sees_and_operates_only_its_own_subscriptions() {
         json!([]),
         "beta sees no operation of acme's"
     );
+    // Nor one of the operator's on `audit`, although beta has an `audit` of its own.
+    assert_eq!(
+        put(admin, &beta.token, "audit", &spec(&beta.topic)).await.0,
+        201
+    );
+    let response = http_client()
+        .post(format!("{admin}/v1/subscriptions/audit/replay"))
+        .bearer_auth(TOKEN)
+        .json(&json!({ "since": "2020-01-01T00:00:00Z", "dry_run": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let operators: Value = response.json().await.unwrap();
+    let (_, operations) = call("GET", admin, &beta.token, "/v1/operations").await;
+    assert_eq!(
+        operations["operations"],
+        json!([]),
+        "beta sees no operation of the operator's"
+    );
+    let path = format!("/v1/operations/{}", operators["id"].as_str().unwrap());
+    assert_eq!(call("DELETE", admin, &beta.token, &path).await.0, 404);
     let (_, operations) = call("GET", admin, &acme.token, "/v1/operations").await;
     assert_eq!(operations["operations"][0]["id"], id.as_str());
     assert_eq!(call("GET", admin, &beta.token, "/v1/config").await.0, 403);
@@ -217,6 +239,13 @@ async fn a_subscription_given_to_the_api_is_checked_as_check_config_checks_one()
             "name",
             "path",
         ),
+        // Refused by the delivery client, not by the URI grammar: checked as delivery
+        // would build it, so no replica is left with a subscription it cannot run.
+        (
+            json!({ "topics": [acme.topic], "url": "http://example.com:99999/" }),
+            "url",
+            "port",
+        ),
     ];
     for (spec, key, said) in cases {
         let (status, problem) = put(admin, &acme.token, "checked", &spec).await;
@@ -242,6 +271,16 @@ async fn a_subscription_given_to_the_api_is_checked_as_check_config_checks_one()
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
+    // A file the operator's subscription names must be there.
+    let (status, problem) = put(
+        admin,
+        TOKEN,
+        "with-ca",
+        &json!({ "topics": [acme.topic], "url": receiver.url, "tls": { "ca": "/nonexistent/ca.pem" } }),
+    )
+    .await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["errors"][0]["key"], "tls", "{problem}");
     // The config file's own is read-only here.
     let (status, problem) = put(
         admin,
