@@ -104,6 +104,7 @@ pub struct Metrics {
     pub filtered: Family<SubscriptionOutcome, Counter>,
     pub consumer_lag: Family<SubscriptionPartition, Gauge>,
     pub in_flight: Family<SubscriptionLabel, Gauge>,
+    pub concurrency_limit: Family<SubscriptionLabel, Gauge>,
     pub parked_keys: Family<SubscriptionLabel, Gauge>,
     pub breaker_open: Family<SubscriptionLabel, Gauge>,
     pub partitions_owned: Family<SubscriptionLabel, Gauge>,
@@ -204,6 +205,12 @@ impl Metrics {
                 r,
                 "in_flight",
                 "Delivery requests on the wire",
+                Family::default(),
+            ),
+            concurrency_limit: add(
+                r,
+                "delivery_concurrency_limit",
+                "Delivery requests a subscription may have on the wire now (adaptive: what the receiver was found to take; fixed: max_in_flight)",
                 Family::default(),
             ),
             parked_keys: add(
@@ -363,6 +370,7 @@ pub struct SubscriptionMetrics {
     pub filtered_skipped: Counter,
     pub filtered_error: Counter,
     pub in_flight: Gauge,
+    pub concurrency_limit: Gauge,
     pub breaker_open: Gauge,
 }
 
@@ -410,6 +418,7 @@ impl SubscriptionMetrics {
             filtered_skipped: filtered("skipped"),
             filtered_error: filtered("error"),
             in_flight: m.in_flight.get_or_create(&label).clone(),
+            concurrency_limit: m.concurrency_limit.get_or_create(&label).clone(),
             breaker_open: m.breaker_open.get_or_create(&label).clone(),
         }
     }

@@ -451,6 +451,10 @@ pub struct SubscriptionConfig {
         deserialize_with = "units::number"
     )]
     pub max_in_flight: u32,
+    /// `adaptive`: requests on the wire follow the receiver's capacity, between 1 and
+    /// `max_in_flight`; `fixed`: `max_in_flight`.
+    #[serde(default)]
+    pub concurrency: ConcurrencyMode,
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
     #[serde(default = "defaults::delivery_timeout")]
@@ -587,6 +591,14 @@ pub enum OrderingMode {
     Key,
     Partition,
     None,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConcurrencyMode {
+    #[default]
+    Adaptive,
+    Fixed,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

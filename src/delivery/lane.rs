@@ -11,8 +11,9 @@ use super::breaker::BreakerState;
 use super::dead_letter::{self, Failure};
 use super::event::Event;
 use super::key_locks::{KeyLock, Ordered};
+use super::limit::Signal;
 use super::parked_keys::ParkingRoom;
-use super::runtime::SubscriptionRuntime;
+use super::runtime::{Settings, SubscriptionRuntime};
 use super::{parking, payload};
 use crate::broker::{Receipt, sleep_until};
 use crate::config::OrderingMode;
@@ -122,7 +123,8 @@ async fn deliver_in_span(
             Err(e) => return transform_failed(sub, event, attempts, e, stop).await,
         };
         // Waiting on the breaker and the rate limit is not an attempt, and holds no
-        // in-flight slot: only requests on the wire count against max_in_flight.
+        // in-flight slot: only requests on the wire count against the concurrency limit
+        // (which also waits out a receiver's Retry-After).
         // Abandoned while waiting, a breaker probe gives itself back (see `Admission`).
         // A paused subscription starts no attempt, a retry's included.
         let admitted = async {
@@ -131,11 +133,7 @@ async fn deliver_in_span(
             if let Some(limiter) = &settings.rate_limit {
                 limiter.until_ready().await;
             }
-            let permit = sub
-                .in_flight
-                .acquire()
-                .await
-                .expect("semaphore is never closed");
+            let permit = sub.in_flight.acquire().await;
             (admission, permit)
         };
         let (admission, permit) = tokio::select! {
@@ -154,7 +152,8 @@ async fn deliver_in_span(
             attempts,
         )
         .await;
-        drop(permit);
+        permit.end(signal(&result, started.elapsed()));
+        hold_for_retry_after(sub, &settings, &result);
         // An answer refusing the event itself (`retry.dead_letter_on`) says the endpoint is
         // up: the breaker counts it as a success, which ends a run of failures.
         admission.record(!matches!(result, AttemptResult::Retry { .. }));
@@ -217,6 +216,33 @@ async fn deliver_in_span(
                 return dead_letter_or_abandon(sub, event, &failure, counter, stop).await;
             }
         }
+    }
+}
+
+/// What an attempt's end says about the receiver's capacity (see `limit`).
+fn signal(result: &AttemptResult, took: Duration) -> Signal {
+    match result {
+        AttemptResult::Retry {
+            status: Some(429 | 503) | None,
+            ..
+        } => Signal::Overloaded,
+        _ => Signal::Answered(took),
+    }
+}
+
+/// A 429 or 503 with `Retry-After` holds every attempt of the subscription until then
+/// (at most `retry.max_backoff`), not only this event's next one: the receiver said it
+/// cannot take more, and the other lanes would hit it all the same.
+fn hold_for_retry_after(sub: &SubscriptionRuntime, settings: &Settings, result: &AttemptResult) {
+    if let AttemptResult::Retry {
+        status: Some(429 | 503),
+        retry_after: Some(after),
+        ..
+    } = result
+    {
+        let after = (*after).min(settings.retry.max_backoff());
+        sub.in_flight.hold(Instant::now() + after);
+        tracing::info!(subscription = %sub.name, ?after, "the receiver asked for a pause (Retry-After); every attempt waits");
     }
 }
 

@@ -5,7 +5,8 @@
 //! [`subscription`] joins a consumer group and gets partition streams →
 //! [`partition`] fans records out into [`lanes`] and tracks commits ([`commit`]), handing
 //! the partition back through [`release`] →
-//! [`lane`] delivers one event at a time, retrying in place ([`retry`], [`breaker`]) →
+//! [`lane`] delivers one event at a time, retrying in place ([`retry`], [`breaker`]),
+//! as many on the wire at once as [`limit`] lets →
 //! [`attempt`] signs and POSTs the request [`payload`] built through the [`client`] → done,
 //! or [`dead_letter`], or, for a key failing too long, [`parking`] (its keys kept in
 //! [`parked_keys`]). Dead letters and parked events are copies of a consumed record published
@@ -28,6 +29,7 @@ mod filter;
 mod key_locks;
 mod lane;
 mod lanes;
+mod limit;
 mod parked_keys;
 mod parking;
 mod parking_carry;

@@ -57,6 +57,11 @@ impl RetryPolicy {
         (age_then <= self.max_age).then_some(delay)
     }
 
+    /// The longest wait between two attempts of an event.
+    pub fn max_backoff(&self) -> Duration {
+        self.max_backoff
+    }
+
     fn backoff(&self, attempts: u32) -> Duration {
         let exponent = attempts.saturating_sub(1).min(32);
         let ceiling = self

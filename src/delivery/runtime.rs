@@ -9,18 +9,19 @@ use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use http::header::HeaderName;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 use super::breaker::{Breaker, BreakerState};
 use super::client::{ClientOptions, WebhookClient};
 use super::event::{Decode, Event};
 use super::filter::Filter;
 use super::key_locks::KeyLocks;
+use super::limit::{LimitStatus, Limiter};
 use super::progress::PartitionProgress;
 use super::retry::RetryPolicy;
 use super::status::{LastError, PartitionStatus, StatusBoard};
 use crate::broker::{Broker, Publisher, TopicReader};
-use crate::config::{OrderingMode, PayloadMode, SubscriptionConfig};
+use crate::config::{ConcurrencyMode, OrderingMode, PayloadMode, SubscriptionConfig};
 use crate::egress::EgressGuard;
 use crate::expression::Expression;
 use crate::metrics;
@@ -41,8 +42,9 @@ pub struct SubscriptionRuntime {
     pub metrics: metrics::SubscriptionMetrics,
     pub topics: Vec<String>,
     pub ordering: OrderingMode,
-    /// Requests on the wire, across all partitions (`max_in_flight`).
-    pub in_flight: Semaphore,
+    /// Requests on the wire, across all partitions (`concurrency`, `max_in_flight`), and
+    /// a receiver's `Retry-After` hold.
+    pub in_flight: Limiter,
     /// One event of a key on its way at a time, whichever topic it came from.
     pub key_locks: KeyLocks,
     /// What the partitions delivered here have done (for unparking, and replays).
@@ -89,6 +91,7 @@ pub struct Settings {
     pub retry: RetryPolicy,
     pub park_after: Duration,
     pub max_in_flight: usize,
+    pub concurrency: ConcurrencyMode,
 }
 
 impl Settings {
@@ -166,6 +169,7 @@ impl Settings {
             retry: RetryPolicy::from_config(&config.retry),
             park_after: config.retry.park_after.0,
             max_in_flight: config.max_in_flight as usize,
+            concurrency: config.concurrency,
         })
     }
 
@@ -211,6 +215,8 @@ pub struct SubscriptionStatus {
     pub paused: bool,
     pub in_flight: usize,
     pub max_in_flight: usize,
+    /// The limit on requests on the wire, why it last changed, and any `Retry-After` hold.
+    pub concurrency: LimitStatus,
     /// `closed`, `open` or `half_open`.
     pub breaker: &'static str,
     pub rate_limit: Option<RateStatus>,
@@ -232,12 +238,17 @@ impl SubscriptionRuntime {
         egress: Option<Arc<EgressGuard>>,
     ) -> Result<SubscriptionRuntime, DeliveryError> {
         let settings = Settings::from_config(config, egress)?;
+        let metrics = metrics::SubscriptionMetrics::new(&config.name);
         Ok(SubscriptionRuntime {
             name: config.name.clone(),
-            metrics: metrics::SubscriptionMetrics::new(&config.name),
             topics: config.topics.clone(),
             ordering: config.ordering,
-            in_flight: Semaphore::new(settings.max_in_flight),
+            in_flight: Limiter::new(
+                settings.concurrency,
+                settings.max_in_flight,
+                metrics.concurrency_limit.clone(),
+            ),
+            metrics,
             key_locks: KeyLocks::default(),
             progress: PartitionProgress::default(),
             buffer: (config.max_in_flight as usize * 4).max(256),
@@ -278,22 +289,9 @@ impl SubscriptionRuntime {
     /// attempts started from now on use them; the partitions, their lanes and commits go on
     /// untouched.
     pub fn apply(self: &Arc<Self>, settings: Settings, config: &SubscriptionConfig) {
-        let before = self.settings().max_in_flight;
-        let after = settings.max_in_flight;
-        if after > before {
-            self.in_flight.add_permits(after - before);
-        } else if after < before {
-            // Free slots go now; those of requests on the wire as they come back.
-            let rest = (before - after) - self.in_flight.forget_permits(before - after);
-            if rest > 0 {
-                let sub = self.clone();
-                tokio::spawn(async move {
-                    if let Ok(permits) = sub.in_flight.acquire_many(rest as u32).await {
-                        permits.forget();
-                    }
-                });
-            }
-        }
+        // Free slots go now; those of requests on the wire as they come back.
+        self.in_flight
+            .configure(settings.concurrency, settings.max_in_flight);
         *self.settings.write().expect("settings lock") = Arc::new(settings);
         *self.config.write().expect("config lock") = config.clone();
         tracing::info!(subscription = %self.name, "delivery settings reloaded");
@@ -326,10 +324,9 @@ impl SubscriptionRuntime {
             topics: self.topics.clone(),
             url: settings.client.shown(),
             paused: self.is_paused(),
-            in_flight: settings
-                .max_in_flight
-                .saturating_sub(self.in_flight.available_permits()),
+            in_flight: self.in_flight.in_flight(),
             max_in_flight: settings.max_in_flight,
+            concurrency: self.in_flight.status(),
             breaker: match settings.breaker.state() {
                 BreakerState::Closed => "closed",
                 BreakerState::Open => "open",

@@ -4,6 +4,7 @@
 //! memory behind a subscriber that never answers. (Order and head-of-line blocking: the
 //! `ordering` module; what a restart delivers again: `completion`.)
 
+mod adaptive;
 mod backlog;
 mod expressions;
 mod failures;
