@@ -133,6 +133,26 @@ enum Command {
         #[command(flatten)]
         admin: cli::AdminArgs,
     },
+    /// Search a subscription's attempt log, newest first
+    ///
+    /// Every attempt the subscription's `attempt_log` keeps (`failures`, the default: those
+    /// that did not deliver; `all`: every one): when, which event and key, the status or
+    /// error, the latency and the replica. From `hookbridge.attempts.<name>`, so every
+    /// replica's attempts, whichever is asked.
+    ///
+    /// Examples:
+    ///   hookbridge attempts billing --key customer-42 --status 5xx --since 1h
+    ///   hookbridge attempts billing --id 0193a4f2-7c1e-7d2a-9f00-1c2b3d4e5f60 --since 1d
+    ///   hookbridge attempts billing --status error --since 2026-12-01T09:00:00Z --until 2026-12-01T09:10:00Z
+    #[command(verbatim_doc_comment)]
+    Attempts {
+        /// The subscription's name.
+        subscription: String,
+        #[command(flatten)]
+        search: cli::AttemptArgs,
+        #[command(flatten)]
+        admin: cli::AdminArgs,
+    },
     /// Receive webhooks here and print them: headers, body, whether the signature verifies
     ///
     /// A receiver on this machine that answers every request (any path) and prints it, to
@@ -399,6 +419,11 @@ fn main() -> ExitCode {
             filter,
             admin,
         } => run(cli::replay(&admin, &subscription, &filter, &offsets)),
+        Command::Attempts {
+            subscription,
+            search,
+            admin,
+        } => run(cli::attempts(&admin, &subscription, &search)),
         Command::Listen {
             port,
             host,

@@ -50,6 +50,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/subscriptions/{name}/resume", post(subscriptions::resume))
         .route("/subscriptions/{name}/replay", post(operations::replay))
         .route("/dead-letters/{name}", get(operations::list_dead_letters))
+        .route("/attempts/{name}", get(operations::list_attempts))
         .route("/dead-letters/{name}/redrive", post(operations::redrive))
         .route(
             "/dead-letters/{name}/{id}",

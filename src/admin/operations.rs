@@ -5,6 +5,7 @@
 //! - `POST /v1/dead-letters/{sub}/redrive`: starts a redrive (202, the operation).
 //! - `POST /v1/subscriptions/{name}/replay`: starts a replay (202, the operation).
 //! - `GET /v1/operations[/{id}]`: progress; `DELETE /v1/operations/{id}`: stop one.
+//! - `GET /v1/attempts/{sub}?key=&id=&status=&since=&until=&limit=`: its attempt log.
 
 use std::sync::Arc;
 
@@ -18,7 +19,8 @@ use serde::Deserialize;
 use super::principal::Principal;
 use super::state::{AdminState, not_found};
 use crate::broker::Broker;
-use crate::config::SubscriptionConfig;
+use crate::config::{AttemptLogMode, SubscriptionConfig};
+use crate::operations::attempts::{self, AttemptQuery};
 use crate::operations::{
     Operation, OperationError, OperationView, Operations, ResendRequest, dlq, replay,
 };
@@ -116,6 +118,39 @@ pub async fn list_dead_letters(
     })?;
     let limit = query.limit.unwrap_or(100).clamp(1, MAX_PAGE);
     let page = dlq::list(&state.broker, &sub, query.after.as_deref(), limit)
+        .await
+        .map_err(|e| problem(e).into_response())?;
+    Ok(Json(page).into_response())
+}
+
+/// `GET /v1/attempts/{sub}`: the subscription's attempt log, searched (see
+/// `operations::attempts`).
+pub async fn list_attempts(
+    State(state): State<Arc<AdminState>>,
+    Extension(principal): Extension<Principal>,
+    Path(name): Path<String>,
+    query: Result<Query<AttemptQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Response> {
+    let sub = configured(&state, &principal, &name).map_err(IntoResponse::into_response)?;
+    let Query(query) = query.map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+            "Invalid request",
+            e.body_text(),
+        )
+        .into_response()
+    })?;
+    if sub.attempt_log == AttemptLogMode::Off {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "attempt-log-off",
+            "No attempt log",
+            format!("subscription `{name}` has `attempt_log: off`; set it to `failures` or `all` to log its attempts"),
+        )
+        .into_response());
+    }
+    let page = attempts::search(&state.broker, &sub, &query)
         .await
         .map_err(|e| problem(e).into_response())?;
     Ok(Json(page).into_response())

@@ -4,6 +4,7 @@
 //! token, or a tenant's). A table for people, `--output json` for scripts. And `listen`, a
 //! receiver to try a subscription against.
 
+mod attempts;
 mod client;
 mod listen;
 mod operations;
@@ -45,6 +46,7 @@ impl AdminArgs {
     }
 }
 
+pub use attempts::{AttemptArgs, attempts};
 pub use listen::{Listen, listen};
 pub use operations::{FilterArgs, dlq_list, dlq_show, redrive, replay};
 pub use status::{pause, status};

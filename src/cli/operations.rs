@@ -72,7 +72,7 @@ impl FilterArgs {
 }
 
 /// RFC 3339 as given, or a span ago turned into RFC 3339.
-fn time_arg(flag: &str, value: &str) -> anyhow::Result<String> {
+pub(super) fn time_arg(flag: &str, value: &str) -> anyhow::Result<String> {
     if value.contains('T') {
         return Ok(value.to_string());
     }

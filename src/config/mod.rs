@@ -64,6 +64,9 @@ impl Config {
             topics.push(sub.dead_letter_topic());
             topics.push(sub.parking_topic());
             topics.push(sub.resend_topic());
+            if sub.attempt_log != AttemptLogMode::Off {
+                topics.push(sub.attempt_topic());
+            }
         }
         topics.sort();
         topics.dedup();
@@ -455,6 +458,9 @@ pub struct SubscriptionConfig {
     /// `max_in_flight`; `fixed`: `max_in_flight`.
     #[serde(default)]
     pub concurrency: ConcurrencyMode,
+    /// Which attempts are written to `hookbridge.attempts.<name>`, to be searched.
+    #[serde(default)]
+    pub attempt_log: AttemptLogMode,
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
     #[serde(default = "defaults::delivery_timeout")]
@@ -528,6 +534,11 @@ impl SubscriptionConfig {
         format!("hookbridge.resend.{}", self.name)
     }
 
+    /// Where its attempts are written (`attempt_log`).
+    pub fn attempt_topic(&self) -> String {
+        format!("hookbridge.attempts.{}", self.name)
+    }
+
     pub fn parking_topic(&self) -> String {
         self.parking_topic
             .clone()
@@ -591,6 +602,16 @@ pub enum OrderingMode {
     Key,
     Partition,
     None,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptLogMode {
+    Off,
+    /// Every attempt that did not deliver.
+    #[default]
+    Failures,
+    All,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -7,14 +7,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 
 use super::attempt::{AttemptResult, attempt};
-use super::breaker::BreakerState;
+use super::breaker::{Admission, BreakerState};
 use super::dead_letter::{self, Failure};
 use super::event::Event;
 use super::key_locks::{KeyLock, Ordered};
-use super::limit::Signal;
+use super::limit::{Permit, Signal};
 use super::parked_keys::ParkingRoom;
 use super::runtime::{Settings, SubscriptionRuntime};
-use super::{parking, payload};
+use super::{attempt_log, parking, payload};
 use crate::broker::{Receipt, sleep_until};
 use crate::config::OrderingMode;
 use crate::expression::ExpressionError;
@@ -122,23 +122,8 @@ async fn deliver_in_span(
             Ok(payload) => payload,
             Err(e) => return transform_failed(sub, event, attempts, e, stop).await,
         };
-        // Waiting on the breaker and the rate limit is not an attempt, and holds no
-        // in-flight slot: only requests on the wire count against the concurrency limit
-        // (which also waits out a receiver's Retry-After).
-        // Abandoned while waiting, a breaker probe gives itself back (see `Admission`).
-        // A paused subscription starts no attempt, a retry's included.
-        let admitted = async {
-            sub.unpaused().await;
-            let admission = settings.breaker.admit().await;
-            if let Some(limiter) = &settings.rate_limit {
-                limiter.until_ready().await;
-            }
-            let permit = sub.in_flight.acquire().await;
-            (admission, permit)
-        };
-        let (admission, permit) = tokio::select! {
-            admitted = admitted => admitted,
-            _ = stop.cancelled() => return Outcome::Abandoned,
+        let Some((admission, permit)) = admit(sub, &settings, stop).await else {
+            return Outcome::Abandoned;
         };
         attempts += 1;
         tracing::Span::current().record("hookbridge.attempts", attempts);
@@ -152,14 +137,20 @@ async fn deliver_in_span(
             attempts,
         )
         .await;
-        permit.end(signal(&result, started.elapsed()));
+        let took = started.elapsed();
+        permit.end(signal(&result, took));
         hold_for_retry_after(sub, &settings, &result);
         // An answer refusing the event itself (`retry.dead_letter_on`) says the endpoint is
         // up: the breaker counts it as a success, which ends a run of failures.
         admission.record(!matches!(result, AttemptResult::Retry { .. }));
         let open = settings.breaker.state() != BreakerState::Closed;
         sub.metrics.breaker_open.set(i64::from(open));
-        tracing::debug!(subscription = %sub.name, id = %event.id, attempts, ?result, took = ?started.elapsed(), "attempt");
+        tracing::debug!(subscription = %sub.name, id = %event.id, attempts, ?result, ?took, "attempt");
+        if attempt_log::wanted(settings.attempt_log, &result)
+            && !attempt_log::write(sub, event, attempts, &result, took, stop).await
+        {
+            return Outcome::Abandoned;
+        }
 
         let (failure, retry_after) = match result {
             AttemptResult::Delivered { .. } => {
@@ -216,6 +207,30 @@ async fn deliver_in_span(
                 return dead_letter_or_abandon(sub, event, &failure, counter, stop).await;
             }
         }
+    }
+}
+
+/// Waits until an attempt may start: not paused, admitted by the breaker, within the rate
+/// limit, and a place on the wire (the concurrency limit, which also waits out a
+/// receiver's Retry-After). Waiting is not an attempt and holds no place on the wire;
+/// abandoned while waiting, a breaker probe gives itself back (see `Admission`). `None`
+/// when asked to stop first.
+async fn admit<'a>(
+    sub: &'a SubscriptionRuntime,
+    settings: &'a Settings,
+    stop: &CancellationToken,
+) -> Option<(Admission<'a>, Permit<'a>)> {
+    let admitted = async {
+        sub.unpaused().await;
+        let admission = settings.breaker.admit().await;
+        if let Some(limiter) = &settings.rate_limit {
+            limiter.until_ready().await;
+        }
+        (admission, sub.in_flight.acquire().await)
+    };
+    tokio::select! {
+        admitted = admitted => Some(admitted),
+        _ = stop.cancelled() => None,
     }
 }
 

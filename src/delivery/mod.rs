@@ -7,7 +7,8 @@
 //! the partition back through [`release`] →
 //! [`lane`] delivers one event at a time, retrying in place ([`retry`], [`breaker`]),
 //! as many on the wire at once as [`limit`] lets →
-//! [`attempt`] signs and POSTs the request [`payload`] built through the [`client`] → done,
+//! [`attempt`] signs and POSTs the request [`payload`] built through the [`client`]
+//! (each attempt written to its [`attempt_log`]) → done,
 //! or [`dead_letter`], or, for a key failing too long, [`parking`] (its keys kept in
 //! [`parked_keys`]). Dead letters and parked events are copies of a consumed record published
 //! to side topics the same way ([`side_topic`]); an operator's redrives and replays write
@@ -19,6 +20,7 @@
 //! traits.
 
 mod attempt;
+mod attempt_log;
 mod breaker;
 mod client;
 mod commit;
@@ -44,6 +46,7 @@ mod side_topic;
 mod status;
 mod subscription;
 
+pub use attempt_log::AttemptRecord;
 pub use engine::{Delivery, leave_out_unbuildable, unbuildable};
 pub use event::{Decode, Event};
 pub use filter::{Filter, TypeFilter};

@@ -21,7 +21,9 @@ use super::progress::PartitionProgress;
 use super::retry::RetryPolicy;
 use super::status::{LastError, PartitionStatus, StatusBoard};
 use crate::broker::{Broker, Publisher, TopicReader};
-use crate::config::{ConcurrencyMode, OrderingMode, PayloadMode, SubscriptionConfig};
+use crate::config::{
+    AttemptLogMode, ConcurrencyMode, OrderingMode, PayloadMode, SubscriptionConfig,
+};
 use crate::egress::EgressGuard;
 use crate::expression::Expression;
 use crate::metrics;
@@ -56,6 +58,8 @@ pub struct SubscriptionRuntime {
     pub parking_topic: String,
     /// Where redriven and replayed events come from (see `resend`).
     pub resend_topic: String,
+    /// Where its attempts are logged (see `attempt_log`).
+    pub attempt_topic: String,
     pub publisher: Arc<dyn Publisher>,
     /// Reads topics outside the group: a former parking topic's events, to carry over.
     pub reader: Arc<dyn TopicReader>,
@@ -92,6 +96,7 @@ pub struct Settings {
     pub park_after: Duration,
     pub max_in_flight: usize,
     pub concurrency: ConcurrencyMode,
+    pub attempt_log: AttemptLogMode,
 }
 
 impl Settings {
@@ -170,6 +175,7 @@ impl Settings {
             park_after: config.retry.park_after.0,
             max_in_flight: config.max_in_flight as usize,
             concurrency: config.concurrency,
+            attempt_log: config.attempt_log,
         })
     }
 
@@ -255,6 +261,7 @@ impl SubscriptionRuntime {
             dead_letter_topic: config.dead_letter_topic(),
             parking_topic: config.parking_topic(),
             resend_topic: config.resend_topic(),
+            attempt_topic: config.attempt_topic(),
             publisher: broker.publisher.clone(),
             reader: broker.reader.clone(),
             board: Arc::default(),

@@ -16,6 +16,7 @@
 //! and when. A later operation reads the resend topic first and skips sources sent again
 //! already, unless forced: a redrive repeated by accident sends nothing twice.
 
+pub mod attempts;
 pub mod dlq;
 pub mod replay;
 mod scan;

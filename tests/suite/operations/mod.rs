@@ -3,6 +3,7 @@
 //! dead-letter listing and redrive (with a progress bar in a real terminal, and Ctrl-C);
 //! replay from a time; the API's OpenAPI document; `listen`, a receiver to try a subscription.
 
+mod attempts;
 mod listen;
 mod openapi;
 mod pause;
