@@ -255,3 +255,43 @@ async fn retry_after_holds_every_attempt_of_the_subscription() {
     );
     crate::support::receiver::assert_first_deliveries_in_order(&received);
 }
+
+/// A receiver that never refuses but queues: `workers` serve one request at a time each,
+/// in [`SERVICE`], and a request waits for the first free one. Past `workers` at once, more
+/// requests only wait longer: latency grows, throughput does not.
+fn queue_past(receiver: &Receiver, workers: usize) {
+    let free_at: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(vec![Instant::now(); workers]));
+    receiver.answer(move |_, _| {
+        let now = Instant::now();
+        let mut free_at = free_at.lock().unwrap();
+        let first = (0..free_at.len()).min_by_key(|&i| free_at[i]).unwrap();
+        let done = free_at[first].max(now) + SERVICE;
+        free_at[first] = done;
+        Reply {
+            status: 200,
+            delay: done - now,
+            retry_after: None,
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_limit_settles_where_latency_stops_buying_throughput() {
+    let (server, _dir, topic) = with_backlog(8000).await;
+    let receiver = Receiver::start().await;
+    queue_past(&receiver, 20);
+    subscribe(&server, &topic, &receiver.url, json!({})).await;
+    // Past 20 at once, latency grows with the load: the limit stops within the latency
+    // tolerance of the knee (1.5 times the baseline: 30).
+    settles(&server, 14..=36, Duration::from_secs(10)).await;
+    let from = Instant::now();
+    let (least, most) = watch(&server, Duration::from_secs(4)).await;
+    let (_, rate) = window(&receiver.received(), from, Instant::now());
+    let capacity_rate = 20.0 / SERVICE.as_secs_f64();
+    assert!(least >= 10 && most <= 40, "between {least} and {most}");
+    assert!(
+        rate >= 0.85 * capacity_rate,
+        "{rate:.0}/s served of a capacity of {capacity_rate:.0}/s"
+    );
+    assert_eq!(limit(&server).await["reason"], "latency");
+}
