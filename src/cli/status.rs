@@ -114,11 +114,7 @@ fn replica_table(replica: &Value, with_partitions: bool) -> String {
                     "running"
                 }
                 .into(),
-                format!(
-                    "{}/{}",
-                    cell(&sub["in_flight"]),
-                    cell(&sub["max_in_flight"])
-                ),
+                in_flight(sub),
                 cell(&sub["breaker"]),
                 lag.map_or("-".into(), |lag| lag.to_string()),
                 partitions.len().to_string(),
@@ -190,4 +186,21 @@ fn running_here(sub: &Value) -> bool {
 /// A subscription name as a path segment.
 pub fn encode(name: &str) -> String {
     percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// Requests on the wire against the limit: `12/20` when the limit is `max_in_flight`,
+/// `12/20 (max 200, overload)` while the adaptive limit stands below it, and why.
+fn in_flight(sub: &Value) -> String {
+    let limit = &sub["concurrency"]["limit"];
+    let max = &sub["max_in_flight"];
+    if limit.is_null() || limit == max {
+        return format!("{}/{}", cell(&sub["in_flight"]), cell(max));
+    }
+    format!(
+        "{}/{} (max {}, {})",
+        cell(&sub["in_flight"]),
+        cell(limit),
+        cell(max),
+        cell(&sub["concurrency"]["reason"])
+    )
 }
