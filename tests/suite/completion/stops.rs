@@ -174,7 +174,9 @@ async fn sigterm_exits_within_the_shutdown_timeout(backend: Backend, timeout: Du
     let dir = tempfile::tempdir().unwrap();
     let topic = unique("stopping");
     let subs = format!(
-        "  - name: hanging\n    topics: [{topic}]\n    url: {}\n    timeout: 5m\n    max_in_flight: 16\n",
+        // `fixed`: all 16 on the wire at once (an adaptive limit starts at 8 and grows
+        // only on answers, which a hanging receiver never gives).
+        "  - name: hanging\n    topics: [{topic}]\n    url: {}\n    timeout: 5m\n    max_in_flight: 16\n    concurrency: fixed\n",
         receiver.url
     );
     let config = events_config(&backend.broker(4), &topic, &subs).replace(
