@@ -30,6 +30,9 @@ pub struct AttemptArgs {
     /// How many, at most (up to 1000; `more:` then says how to see the rest).
     #[arg(long, default_value = "50")]
     pub limit: usize,
+    /// Only attempts older than this cursor: the `more:` of the page before.
+    #[arg(long, value_name = "CURSOR")]
+    pub before: Option<String>,
 }
 
 pub async fn attempts(
@@ -100,8 +103,8 @@ fn table(page: &Value) -> String {
         ],
         &rows,
     );
-    if let Some(until) = page["next_until"].as_str() {
-        out.push_str(&format!("more: --until {until}\n"));
+    if let Some(next) = page["next"].as_str() {
+        out.push_str(&format!("more: the same command with --before {next}\n"));
     }
     out
 }

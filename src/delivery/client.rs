@@ -52,6 +52,9 @@ pub struct Answer {
     pub retry_after: Option<HeaderValue>,
 }
 
+/// How an attempt refused by the egress guard begins its error (`SendError::EgressDenied`).
+pub const EGRESS_DENIED: &str = "egress-denied:";
+
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     #[error("timed out after {0:?}")]

@@ -14,7 +14,7 @@ use super::key_locks::{KeyLock, Ordered};
 use super::limit::{Permit, Signal};
 use super::parked_keys::ParkingRoom;
 use super::runtime::{Settings, SubscriptionRuntime};
-use super::{attempt_log, parking, payload};
+use super::{attempt_log, client, parking, payload};
 use crate::broker::{Receipt, sleep_until};
 use crate::config::OrderingMode;
 use crate::expression::ExpressionError;
@@ -210,23 +210,32 @@ async fn deliver_in_span(
     }
 }
 
-/// Waits until an attempt may start: not paused, admitted by the breaker, within the rate
-/// limit, and a place on the wire (the concurrency limit, which also waits out a
-/// receiver's Retry-After). Waiting is not an attempt and holds no place on the wire;
-/// abandoned while waiting, a breaker probe gives itself back (see `Admission`). `None`
-/// when asked to stop first.
+/// Waits until an attempt may start: no receiver's Retry-After hold, not paused, admitted
+/// by the breaker, within the rate limit, and a place on the wire (the concurrency limit).
+/// The hold is waited out first, so that neither the breaker's admission nor a rate-limit
+/// token is taken long before it is used; and pause and hold are looked at again once a
+/// place is had, so that neither lets a request out once it began. Waiting is not an
+/// attempt and holds no place on the wire; abandoned while waiting, a breaker probe gives
+/// itself back (see `Admission`). `None` when asked to stop first.
 async fn admit<'a>(
     sub: &'a SubscriptionRuntime,
     settings: &'a Settings,
     stop: &CancellationToken,
 ) -> Option<(Admission<'a>, Permit<'a>)> {
     let admitted = async {
-        sub.unpaused().await;
-        let admission = settings.breaker.admit().await;
-        if let Some(limiter) = &settings.rate_limit {
-            limiter.until_ready().await;
+        loop {
+            sub.in_flight.held().await;
+            sub.unpaused().await;
+            let admission = settings.breaker.admit().await;
+            if let Some(limiter) = &settings.rate_limit {
+                limiter.until_ready().await;
+            }
+            let permit = sub.in_flight.acquire().await;
+            if !sub.is_paused() {
+                return (admission, permit);
+            }
+            permit.end(Signal::Nothing);
         }
-        (admission, sub.in_flight.acquire().await)
     };
     tokio::select! {
         admitted = admitted => Some(admitted),
@@ -237,11 +246,22 @@ async fn admit<'a>(
 /// What an attempt's end says about the receiver's capacity (see `limit`).
 fn signal(result: &AttemptResult, took: Duration) -> Signal {
     match result {
+        // Refused here, before a byte was sent: nothing about the receiver.
+        AttemptResult::Retry { error, .. } if error.starts_with(client::EGRESS_DENIED) => {
+            Signal::Nothing
+        }
         AttemptResult::Retry {
             status: Some(429 | 503) | None,
             ..
         } => Signal::Overloaded,
-        _ => Signal::Answered(took),
+        AttemptResult::Delivered { .. } => Signal::Answered {
+            rtt: took,
+            delivered: true,
+        },
+        _ => Signal::Answered {
+            rtt: took,
+            delivered: false,
+        },
     }
 }
 
@@ -256,7 +276,9 @@ fn hold_for_retry_after(sub: &SubscriptionRuntime, settings: &Settings, result: 
     } = result
     {
         let after = (*after).min(settings.retry.max_backoff());
-        sub.in_flight.hold(Instant::now() + after);
+        if let Some(until) = Instant::now().checked_add(after) {
+            sub.in_flight.hold(until);
+        }
         tracing::info!(subscription = %sub.name, ?after, "the receiver asked for a pause (Retry-After); every attempt waits");
     }
 }

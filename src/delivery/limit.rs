@@ -6,18 +6,24 @@
 //! - **Slow start**: from a small limit, doubled each round trip that fills it without a
 //!   sign of overload, as TCP opens its window, so a large capacity is found in a few
 //!   round trips.
-//! - **Overload** (429, 503, a timeout, a refused connection): the limit falls at once to
-//!   one below the requests that were on the wire when the refusal came back, the most the
-//!   receiver was seen to refuse. A burst of refusals so brings it to the receiver's
-//!   capacity within one round trip, and one refusal at low load does not take it lower
-//!   than that load.
+//! - **Overload** (429, 503, a timeout, a refused connection): at once, the limit falls to
+//!   one below the requests that were on the wire when the refusal came back, if that is
+//!   lower (a burst of refusals brings it to the receiver's capacity within a round trip).
+//!   Once a round trip, when more than [`OVERLOAD_SHARE`] of its answers were overload,
+//!   probing stops for [`PROBE_AFTER`], and if nothing had lowered the limit yet (timeouts
+//!   at full load), it falls by a tenth. A stray timeout among many answers changes little:
+//!   probing goes on (its event is retried).
 //! - **Latency**: a receiver that queues instead of refusing answers slower as it is given
-//!   more. The limit falls in proportion when the recent round-trip time passes
-//!   [`TOLERANCE`] times the baseline (the least seen lately, and more than [`NOISE`]
-//!   above it, so a fast local receiver's jitter is not read as queueing).
+//!   more. The limit falls in proportion when the recent round-trip time (a moving average
+//!   of deliveries', each sample at most twice the average, so one slow answer moves it
+//!   little) passes [`TOLERANCE`] times the baseline (the least a slower average was
+//!   lately, so noise does not lower it) and [`NOISE`] above it, while at least half the
+//!   limit is on the wire. At a limit of 1 nothing queues behind hookbridge's own requests:
+//!   the receiver is that slow, and its latency becomes the baseline. A latency decrease
+//!   does not hold probing back, so the limit settles where the two balance.
 //! - **Probing**: otherwise, each round trip that fills the limit raises it by a tenth (at
-//!   least one), but not for [`PROBE_AFTER`] after a decrease, so a receiver at its
-//!   capacity sees one refusal per probe, not one per round trip.
+//!   least one), but not for [`PROBE_AFTER`] after a decrease for overload, so a receiver
+//!   at its capacity sees one refusal per probe, not one per round trip.
 //!
 //! The limit is a semaphore's permits: raising it adds permits, lowering it forgets free
 //! ones and owes the rest, which requests on the wire pay back as they end. Waiters are
@@ -45,15 +51,24 @@ const PROBE_AFTER: Duration = Duration::from_secs(1);
 const BASELINE_WINDOW: Duration = Duration::from_secs(30);
 /// Weight of each round trip in the recent latency.
 const RECENT_WEIGHT: f64 = 0.2;
+/// Weight of each round trip in the steady latency, the baseline's source.
+const STEADY_WEIGHT: f64 = 0.05;
+/// Deliveries seen before a baseline is taken.
+const BASELINE_SAMPLES: u32 = 20;
+/// More than this share of a round trip's answers being overload lowers the limit.
+const OVERLOAD_SHARE: f64 = 0.01;
+/// The shortest round trip over which overload is judged (before any latency is known).
+const MIN_WINDOW: Duration = Duration::from_millis(100);
 
 /// What an ended request says about the receiver's capacity.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Signal {
-    /// Answered in time, whatever the status (a 500 says nothing of load): its round trip.
-    Answered(Duration),
+    /// Answered in time, whatever the status (a 500 says nothing of load), and how long it
+    /// took; only a delivery's round trip is a latency sample (a fast 401 is no baseline).
+    Answered { rtt: Duration, delivered: bool },
     /// 429, 503, a timeout or a refused connection.
     Overloaded,
-    /// Says nothing (abandoned on the way).
+    /// Says nothing (abandoned on the way, refused by the egress guard).
     Nothing,
 }
 
@@ -105,13 +120,42 @@ struct State {
     previous_min: Option<Duration>,
     window_start: Instant,
     recent: Option<Duration>,
+    /// A slower moving average of the same, whose least is the baseline: noise moves it
+    /// little, so a receiver of uneven latency is not read as queueing.
+    steady: Option<Duration>,
+    /// Deliveries' round trips seen, to take a baseline only once there are enough.
+    samples: u32,
     /// Answers since the limit last grew; a round trip's worth is `limit` of them.
     answered: usize,
     /// Whether the limit was reached since it last grew: growing an unused limit says
     /// nothing of the receiver.
     filled: bool,
     last_decrease: Option<Instant>,
+    /// The last decrease for overload, after which probing waits [`PROBE_AFTER`].
+    last_overload: Option<Instant>,
     hold_until: Option<Instant>,
+    /// The answers of the round trip under way, to judge overload by.
+    window: Window,
+}
+
+/// One round trip's answers.
+struct Window {
+    started: Instant,
+    answers: u32,
+    overloads: u32,
+    /// Whether an overload lowered the limit to what was on the wire already.
+    lowered: bool,
+}
+
+impl Window {
+    fn new(now: Instant) -> Window {
+        Window {
+            started: now,
+            answers: 0,
+            overloads: 0,
+            lowered: false,
+        }
+    }
 }
 
 /// One request's place on the wire: given back by [`Permit::end`].
@@ -143,10 +187,14 @@ impl Limiter {
                 previous_min: None,
                 window_start: Instant::now(),
                 recent: None,
+                steady: None,
+                samples: 0,
                 answered: 0,
                 filled: false,
                 last_decrease: None,
+                last_overload: None,
                 hold_until: None,
+                window: Window::new(Instant::now()),
             }),
         }
     }
@@ -221,7 +269,8 @@ impl Limiter {
         self.state.lock().expect("limiter lock")
     }
 
-    async fn held(&self) {
+    /// Waits while a receiver's `Retry-After` holds every attempt.
+    pub async fn held(&self) {
         loop {
             let until = self.state().hold_until;
             match until {
@@ -272,55 +321,97 @@ impl Limiter {
         drop(state);
         self.give_back();
         let mut state = self.state();
-        if state.mode == ConcurrencyMode::Fixed {
+        if state.mode == ConcurrencyMode::Fixed || signal == Signal::Nothing {
             return;
         }
         let now = Instant::now();
+        state.window.answers += 1;
         match signal {
             Signal::Nothing => {}
             Signal::Overloaded => {
-                state.slow_start = false;
-                let limit = (state.limit - 1.0).min(on_the_wire as f64 - 1.0);
-                if limit < state.limit {
-                    state.last_decrease = Some(now);
-                    state.answered = 0;
-                    state.filled = false;
-                    self.set(&mut state, limit, Reason::Overload);
+                state.window.overloads += 1;
+                // At once: the receiver refused with this many on the wire, so no more go
+                // (a refused request comes back fast, and its place would go straight to
+                // another that is refused too).
+                let seen = on_the_wire as f64 - 1.0;
+                if seen < state.limit {
+                    state.window.lowered = true;
+                    self.set(&mut state, seen, Reason::Overload);
                 }
             }
-            Signal::Answered(rtt) => self.answered(&mut state, rtt, now),
+            Signal::Answered { rtt, delivered } => {
+                self.answered(&mut state, rtt, delivered, on_the_wire, now)
+            }
+        }
+        let length = state.recent.unwrap_or(MIN_WINDOW).max(MIN_WINDOW);
+        if now.duration_since(state.window.started) >= length {
+            self.judge_overload(&mut state, now);
         }
     }
 
-    fn answered(&self, state: &mut State, rtt: Duration, now: Instant) {
-        state.observe(rtt, now);
-        let (Some(baseline), Some(recent)) = (state.baseline(), state.recent) else {
+    /// At the end of a round trip: lowers the limit if enough of its answers were overload.
+    fn judge_overload(&self, state: &mut State, now: Instant) {
+        let window = std::mem::replace(&mut state.window, Window::new(now));
+        if window.overloads == 0
+            || f64::from(window.overloads) / f64::from(window.answers) <= OVERLOAD_SHARE
+        {
             return;
-        };
-        let queueing =
-            recent.as_secs_f64() > baseline.as_secs_f64() * TOLERANCE && recent > baseline + NOISE;
-        let decreased_within_rtt = state
-            .last_decrease
-            .is_some_and(|at| now.duration_since(at) < recent);
-        if queueing {
-            state.slow_start = false;
-            if !decreased_within_rtt {
-                let scaled =
-                    state.limit * baseline.as_secs_f64() * TOLERANCE / recent.as_secs_f64();
-                state.last_decrease = Some(now);
-                state.answered = 0;
-                state.filled = false;
-                let limit = scaled.max(state.limit * 0.5);
-                self.set(state, limit, Reason::Latency);
+        }
+        state.slow_start = false;
+        state.last_decrease = Some(now);
+        state.last_overload = Some(now);
+        state.answered = 0;
+        state.filled = false;
+        if !window.lowered {
+            // Overload with no fewer on the wire than the limit (timeouts at full load):
+            // down a tenth.
+            let limit = state.limit * 0.9;
+            self.set(state, limit, Reason::Overload);
+        }
+    }
+
+    fn answered(
+        &self,
+        state: &mut State,
+        rtt: Duration,
+        delivered: bool,
+        on_the_wire: usize,
+        now: Instant,
+    ) {
+        if delivered {
+            state.observe(rtt, now);
+        }
+        if let (Some(baseline), Some(recent)) = (state.baseline(), state.recent) {
+            let queueing = recent.as_secs_f64() > baseline.as_secs_f64() * TOLERANCE
+                && recent > baseline + NOISE;
+            // Latency says something of hookbridge's load only while the limit is used.
+            let loaded = on_the_wire as f64 >= state.limit * 0.5;
+            if queueing && state.limit <= 1.0 {
+                // Nothing of hookbridge's queues at 1: the receiver is this slow.
+                state.window_min = state.steady.max(Some(recent));
+                state.previous_min = state.window_min;
+            } else if queueing && loaded {
+                state.slow_start = false;
+                let decreased_within_rtt = state
+                    .last_decrease
+                    .is_some_and(|at| now.duration_since(at) < recent);
+                if !decreased_within_rtt {
+                    let scaled =
+                        state.limit * baseline.as_secs_f64() * TOLERANCE / recent.as_secs_f64();
+                    state.last_decrease = Some(now);
+                    state.answered = 0;
+                    state.filled = false;
+                    self.set(state, scaled.max(state.limit * 0.5), Reason::Latency);
+                }
+                return;
             }
-            return;
         }
         state.answered += 1;
         if state.answered < state.granted || !state.filled {
             return;
         }
         let probing_paused = state
-            .last_decrease
+            .last_overload
             .is_some_and(|at| now.duration_since(at) < PROBE_AFTER);
         if probing_paused {
             return;
@@ -343,16 +434,28 @@ impl State {
         }
     }
 
+    /// Takes a delivery's round trip into the recent latency (at most twice it, so one
+    /// slow answer moves it little) and the steady one, whose least, once there are enough
+    /// samples, is the baseline.
     fn observe(&mut self, rtt: Duration, now: Instant) {
         if now.duration_since(self.window_start) >= BASELINE_WINDOW {
             self.previous_min = self.window_min.take();
             self.window_start = now;
         }
-        self.window_min = Some(self.window_min.map_or(rtt, |m| m.min(rtt)));
-        self.recent = Some(match self.recent {
+        let average = |current: Option<Duration>, weight: f64| match current {
             None => rtt,
-            Some(recent) => recent.mul_f64(1.0 - RECENT_WEIGHT) + rtt.mul_f64(RECENT_WEIGHT),
-        });
+            Some(current) => {
+                let sample = rtt.min(current * 2);
+                current.mul_f64(1.0 - weight) + sample.mul_f64(weight)
+            }
+        };
+        self.recent = Some(average(self.recent, RECENT_WEIGHT));
+        let steady = average(self.steady, STEADY_WEIGHT);
+        self.steady = Some(steady);
+        self.samples = self.samples.saturating_add(1);
+        if self.samples >= BASELINE_SAMPLES {
+            self.window_min = Some(self.window_min.map_or(steady, |m| m.min(steady)));
+        }
     }
 }
 
@@ -397,7 +500,15 @@ mod tests {
         let limiter = limiter(100);
         for _ in 0..5 {
             let limit = limiter.status().limit;
-            round(&limiter, limit, Signal::Answered(Duration::from_millis(10))).await;
+            round(
+                &limiter,
+                limit,
+                Signal::Answered {
+                    rtt: Duration::from_millis(10),
+                    delivered: true,
+                },
+            )
+            .await;
         }
         assert_eq!(limiter.status().limit, 100);
     }
@@ -408,7 +519,15 @@ mod tests {
         // Slow start up to 64, then 64 on the wire of which all past 20 are refused.
         for _ in 0..4 {
             let limit = limiter.status().limit;
-            round(&limiter, limit, Signal::Answered(Duration::from_millis(10))).await;
+            round(
+                &limiter,
+                limit,
+                Signal::Answered {
+                    rtt: Duration::from_millis(10),
+                    delivered: true,
+                },
+            )
+            .await;
         }
         let mut permits = Vec::new();
         for _ in 0..64 {
@@ -417,26 +536,99 @@ mod tests {
         while permits.len() > 20 {
             permits.pop().unwrap().end(Signal::Overloaded);
         }
-        // The last refusal came back with 21 on the wire.
+        // Judged at the round trip's end, which the next answer marks: the last refusal
+        // came back with 21 on the wire.
+        std::thread::sleep(MIN_WINDOW);
+        permits.pop().unwrap().end(Signal::Answered {
+            rtt: Duration::from_millis(10),
+            delivered: true,
+        });
         assert_eq!(limiter.status().limit, 20);
         assert_eq!(limiter.status().reason, Reason::Overload);
         for permit in permits {
-            permit.end(Signal::Answered(Duration::from_millis(10)));
+            permit.end(Signal::Answered {
+                rtt: Duration::from_millis(10),
+                delivered: true,
+            });
         }
         assert_eq!(limiter.in_flight(), 0);
         assert_eq!(limiter.permits.available_permits(), 20);
     }
 
+    const DELIVERED: Signal = Signal::Answered {
+        rtt: Duration::from_millis(10),
+        delivered: true,
+    };
+
+    #[tokio::test]
+    async fn a_stray_timeout_among_many_answers_changes_nothing() {
+        let limiter = limiter(256);
+        for _ in 0..3 {
+            let limit = limiter.status().limit;
+            round(&limiter, limit, DELIVERED).await;
+        }
+        let before = limiter.status().limit;
+        // One timeout among a round trip's 64 answers.
+        let mut permits = Vec::new();
+        for _ in 0..before {
+            permits.push(limiter.acquire().await);
+        }
+        permits.pop().unwrap().end(Signal::Overloaded);
+        for permit in permits {
+            permit.end(DELIVERED);
+        }
+        std::thread::sleep(MIN_WINDOW);
+        round(&limiter, 1, DELIVERED).await;
+        assert!(limiter.status().limit >= before, "{:?}", limiter.status());
+    }
+
+    #[tokio::test]
+    async fn a_receiver_of_uneven_latency_is_not_taken_for_a_queue() {
+        let limiter = limiter(64);
+        // 35 ms at best, 55 ms typical, now and then 500 ms: no queue behind hookbridge.
+        for i in 0..400u64 {
+            let rtt = match i % 10 {
+                0 => 35,
+                9 => 500,
+                _ => 55,
+            };
+            let signal = Signal::Answered {
+                rtt: Duration::from_millis(rtt),
+                delivered: true,
+            };
+            round(&limiter, 1, signal).await;
+        }
+        assert!(limiter.status().limit >= 8, "{:?}", limiter.status());
+        // A fast refusal is no latency sample.
+        let refused = Signal::Answered {
+            rtt: Duration::from_millis(1),
+            delivered: false,
+        };
+        round(&limiter, 1, refused).await;
+        assert!(
+            limiter.status().baseline_ms.unwrap() > 30.0,
+            "{:?}",
+            limiter.status()
+        );
+    }
+
     #[tokio::test]
     async fn rising_latency_lowers_the_limit() {
         let limiter = limiter(64);
-        round(&limiter, 8, Signal::Answered(Duration::from_millis(50))).await;
+        let answer = |ms| Signal::Answered {
+            rtt: Duration::from_millis(ms),
+            delivered: true,
+        };
+        for _ in 0..4 {
+            let limit = limiter.status().limit;
+            round(&limiter, limit, answer(50)).await;
+        }
         let before = limiter.status().limit;
-        for _ in 0..20 {
-            round(&limiter, 1, Signal::Answered(Duration::from_millis(150))).await;
+        for _ in 0..3 {
+            let limit = limiter.status().limit;
+            round(&limiter, limit, answer(150)).await;
         }
         assert!(limiter.status().limit < before, "{:?}", limiter.status());
-        assert_eq!(limiter.status().reason, Reason::Latency);
     }
 
     #[tokio::test]

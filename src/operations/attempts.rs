@@ -2,8 +2,11 @@
 //! `delivery::attempt_log`): `GET /v1/attempts/{sub}?key=&id=&status=&since=&until=&limit=`.
 //!
 //! Each partition is read from its first record at or after `since` (by the broker's time
-//! index) to its end, the matches kept newest first, at most `limit` of them at a time. A
-//! page that had more to give says where the next starts (`until` of the oldest shown).
+//! index, a minute early, for replicas' clocks) to its first after `until` (a minute late),
+//! the matches kept newest first, at most `limit` of them at a time. A page that had more to
+//! give says where the next starts: `next`, a cursor for `before` (the oldest shown, by
+//! time, partition and offset, so records of one millisecond are neither lost nor shown
+//! twice).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -34,20 +37,46 @@ pub struct AttemptQuery {
     /// `200`, `5xx`, `4xx`, `429`..., `error` (no answer: a timeout, a refused connection),
     /// `failed` (anything but delivered) or `delivered`.
     pub status: Option<String>,
-    /// RFC 3339; default: an hour ago.
+    /// RFC 3339; default: an hour before `until`.
     pub since: Option<String>,
     /// RFC 3339, exclusive; default: now.
     pub until: Option<String>,
     pub limit: Option<usize>,
+    /// The `next` of the previous page: only records older than it.
+    pub before: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct AttemptPage {
     /// Newest first.
     pub attempts: Vec<AttemptRecord>,
-    /// The `until` of the next page, when there are more.
-    pub next_until: Option<String>,
+    /// The `before` of the next page, when there are more.
+    pub next: Option<String>,
 }
+
+/// Where a record stands in the newest-first order: time, then partition and offset.
+type Position = (i64, u32, u64);
+
+fn cursor(position: Position) -> String {
+    format!("{}/{}/{}", position.0, position.1, position.2)
+}
+
+fn parse_cursor(value: &str) -> Result<Position, OperationError> {
+    let invalid = || {
+        OperationError::Invalid(format!(
+            "`before`: `{value}` is not a cursor (the `next` of a page)"
+        ))
+    };
+    let mut parts = value.split('/');
+    let mut next = || parts.next().ok_or_else(invalid);
+    let at = next()?.parse().map_err(|_| invalid())?;
+    let partition = next()?.parse().map_err(|_| invalid())?;
+    let offset = next()?.parse().map_err(|_| invalid())?;
+    Ok((at, partition, offset))
+}
+
+/// Replicas' clocks and the broker's may differ: the time index is read this much wider.
+const CLOCK_SLACK_MS: i64 = 60_000;
 
 /// What a status filter accepts.
 enum StatusFilter {
@@ -97,37 +126,54 @@ pub async fn search(
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
-    let since = match &query.since {
-        Some(since) => parse_time("since", since)?,
-        None => now_ms - DEFAULT_SPAN_MS,
-    };
     let until = query
         .until
         .as_deref()
         .map(|u| parse_time("until", u))
-        .transpose()?
-        .unwrap_or(i64::MAX);
+        .transpose()?;
+    let since = match &query.since {
+        Some(since) => parse_time("since", since)?,
+        None => until.unwrap_or(now_ms) - DEFAULT_SPAN_MS,
+    };
+    let until = until.unwrap_or(i64::MAX);
+    let before = query.before.as_deref().map(parse_cursor).transpose()?;
     let status = query
         .status
         .as_deref()
         .map(StatusFilter::parse)
         .transpose()?;
     let limit = query.limit.unwrap_or(100).clamp(1, MAX_LIMIT);
-    let wanted = |r: &AttemptRecord| {
+    let wanted = |r: &AttemptRecord, at: Position| {
         r.at_ms >= since
             && r.at_ms < until
+            && before.is_none_or(|before| at < before)
             && query.key.as_ref().is_none_or(|k| r.key.as_ref() == Some(k))
             && query.id.as_ref().is_none_or(|id| &r.id == id)
             && status.as_ref().is_none_or(|s| s.matches(r))
     };
     let topic = sub.attempt_topic();
     let reader = &broker.reader;
+    let partitions = match reader.partitions(&topic).await {
+        Ok(partitions) => partitions,
+        // Nothing logged yet: the topic is made with the first record's subscription.
+        Err(crate::broker::BrokerError::Rejected(_)) => 0,
+        Err(e) => return Err(e.into()),
+    };
     // The newest `limit` matches, the oldest of them on top.
-    let mut newest: BinaryHeap<Reverse<(i64, u32, u64, Entry)>> = BinaryHeap::new();
+    let mut newest: BinaryHeap<Reverse<(Position, Entry)>> = BinaryHeap::new();
     let mut more = false;
-    for partition in 0..reader.partitions(&topic).await? {
-        let (_, end) = reader.bounds(&topic, partition).await?;
-        let mut from = reader.offset_at(&topic, partition, since).await?;
+    for partition in 0..partitions {
+        let from = reader
+            .offset_at(&topic, partition, since - CLOCK_SLACK_MS)
+            .await?;
+        let end = match until {
+            i64::MAX => reader.bounds(&topic, partition).await?.1,
+            until => {
+                let at = until.saturating_add(CLOCK_SLACK_MS);
+                reader.offset_at(&topic, partition, at).await?
+            }
+        };
+        let mut from = from;
         while from < end {
             let chunk = reader.read(&topic, partition, from, end, CHUNK).await?;
             let Some(last) = chunk.last() else { break };
@@ -136,15 +182,11 @@ pub async fn search(
                 let Ok(entry) = serde_json::from_slice::<AttemptRecord>(&record.value) else {
                     continue;
                 };
-                if !wanted(&entry) {
+                let at = (entry.at_ms, partition, record.offset);
+                if !wanted(&entry, at) {
                     continue;
                 }
-                newest.push(Reverse((
-                    entry.at_ms,
-                    partition,
-                    record.offset,
-                    Entry(entry),
-                )));
+                newest.push(Reverse((at, Entry(entry))));
                 if newest.len() > limit {
                     newest.pop();
                     more = true;
@@ -152,14 +194,17 @@ pub async fn search(
             }
         }
     }
-    let mut attempts: Vec<AttemptRecord> = newest.into_iter().map(|Reverse((.., e))| e.0).collect();
-    attempts.sort_by_key(|a| Reverse(a.at_ms));
-    let next_until = more
-        .then(|| attempts.last().map(|oldest| oldest.at.clone()))
+    let mut found: Vec<(Position, AttemptRecord)> = newest
+        .into_iter()
+        .map(|Reverse((at, e))| (at, e.0))
+        .collect();
+    found.sort_by_key(|(at, _)| Reverse(*at));
+    let next = more
+        .then(|| found.last().map(|(at, _)| cursor(*at)))
         .flatten();
     Ok(AttemptPage {
-        attempts,
-        next_until,
+        attempts: found.into_iter().map(|(_, record)| record).collect(),
+        next,
     })
 }
 

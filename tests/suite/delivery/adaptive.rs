@@ -84,23 +84,33 @@ async fn subscribe(server: &Hookbridge, topic: &str, url: &str, extra: Value) {
     assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
 }
 
+async fn concurrency_max(server: &Hookbridge) -> Value {
+    admin_get(&server.admin, "/v1/subscriptions/adaptive", TOKEN).await["max_in_flight"].clone()
+}
+
 async fn limit(server: &Hookbridge) -> Value {
     admin_get(&server.admin, "/v1/subscriptions/adaptive", TOKEN).await["concurrency"].clone()
 }
 
-/// Waits until the limit is within `range`, at most `within`; the time it took.
+/// Waits until the limit is within `range` past slow start, on three samples in a row
+/// (300 ms), at most `within`; the time it took.
 async fn settles(
     server: &Hookbridge,
     range: std::ops::RangeInclusive<u64>,
     within: Duration,
 ) -> Duration {
     let started = Instant::now();
+    let mut in_range = 0;
     loop {
         let concurrency = limit(server).await;
-        if concurrency["limit"]
+        let settled = concurrency["limit"]
             .as_u64()
             .is_some_and(|l| range.contains(&l))
-        {
+            // At `max_in_flight` slow start has nothing left to find.
+            && (concurrency["limit"] == concurrency_max(server).await
+                || !matches!(concurrency["reason"].as_str(), Some("start" | "slow_start")));
+        in_range = if settled { in_range + 1 } else { 0 };
+        if in_range == 3 {
             return started.elapsed();
         }
         assert!(

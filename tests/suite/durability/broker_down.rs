@@ -17,6 +17,8 @@ async fn broker_down_means_503_and_delivery_resumes_when_it_is_back() {
     mock.create_topic("hookbridge.dlq.faulty", 1, 1).unwrap();
     mock.create_topic("hookbridge.park.faulty", 4, 1).unwrap();
     mock.create_topic("hookbridge.resend.faulty", 4, 1).unwrap();
+    mock.create_topic("hookbridge.attempts.faulty", 4, 1)
+        .unwrap();
     let receiver = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     let subs = format!(

@@ -92,8 +92,29 @@ async fn the_log_answers_by_key_and_by_event(backend: Backend) {
     )
     .await;
     assert!(none.is_empty(), "nothing after `since`");
-    let all = search(&server, &topic, "status=delivered&limit=4").await;
-    assert_eq!(all.len(), 4, "a page holds `limit`");
+    // Pages of 4, each after the one before, hold every attempt once, newest first.
+    let (mut seen, mut before) = (Vec::new(), String::new());
+    loop {
+        let page = admin_get(
+            &server.admin,
+            &format!("/v1/attempts/{topic}?limit=4{before}"),
+            TOKEN,
+        )
+        .await;
+        let attempts = page["attempts"].as_array().unwrap();
+        assert!(attempts.len() <= 4, "a page holds `limit`");
+        seen.extend(attempts.iter().cloned());
+        match page["next"].as_str() {
+            Some(next) => before = format!("&before={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 8, "6 deliveries and 2 failures: {seen:?}");
+    let ats: Vec<i64> = seen.iter().map(|a| a["at_ms"].as_i64().unwrap()).collect();
+    assert!(
+        ats.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {ats:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
