@@ -48,11 +48,16 @@ fn problem(e: OperationError) -> Problem {
 
 /// A request body that is not the JSON expected.
 fn bad_body(e: JsonRejection) -> Problem {
+    bad_request(e.body_text())
+}
+
+/// A request (its body or its query) that is not what the route takes.
+fn bad_request(detail: String) -> Problem {
     Problem::new(
         StatusCode::BAD_REQUEST,
         "invalid-request",
         "Invalid request",
-        e.body_text(),
+        detail,
     )
 }
 
@@ -107,15 +112,7 @@ pub async fn list_dead_letters(
     query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Response> {
     let sub = configured(&state, &principal, &name).map_err(IntoResponse::into_response)?;
-    let Query(query) = query.map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-request",
-            "Invalid request",
-            e.body_text(),
-        )
-        .into_response()
-    })?;
+    let Query(query) = query.map_err(|e| bad_request(e.body_text()).into_response())?;
     let limit = query.limit.unwrap_or(100).clamp(1, MAX_PAGE);
     let page = dlq::list(&state.broker, &sub, query.after.as_deref(), limit)
         .await
@@ -132,15 +129,7 @@ pub async fn list_attempts(
     query: Result<Query<AttemptQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Response> {
     let sub = configured(&state, &principal, &name).map_err(IntoResponse::into_response)?;
-    let Query(query) = query.map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-request",
-            "Invalid request",
-            e.body_text(),
-        )
-        .into_response()
-    })?;
+    let Query(query) = query.map_err(|e| bad_request(e.body_text()).into_response())?;
     if sub.attempt_log == AttemptLogMode::Off {
         return Err(Problem::new(
             StatusCode::CONFLICT,

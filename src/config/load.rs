@@ -70,6 +70,14 @@ fn list(problems: &[Problem]) -> String {
     }
 }
 
+/// The problems of config `file`, as its error.
+fn invalid(file: &str, problems: Vec<Problem>) -> ConfigError {
+    ConfigError::Invalid {
+        file: file.to_string(),
+        problems,
+    }
+}
+
 /// Reads, substitutes, parses and validates a config file, using the process environment.
 pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
     let file = path.display().to_string();
@@ -87,10 +95,7 @@ pub fn load_str(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
-    let invalid = |problems: Vec<Problem>| ConfigError::Invalid {
-        file: file.to_string(),
-        problems,
-    };
+    let invalid = |problems| invalid(file, problems);
     let mut tree = yaml_tree(file, text, env)?;
     if tree.is_null() {
         // An empty file is a config of all defaults.
@@ -122,10 +127,7 @@ pub fn yaml_tree(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Value, ConfigError> {
-    let invalid = |problems: Vec<Problem>| ConfigError::Invalid {
-        file: file.to_string(),
-        problems,
-    };
+    let invalid = |problems| invalid(file, problems);
     let references = References::take_out(text);
     let mut tree: Value = serde_norway::from_str(&references.text).map_err(|e| {
         invalid(vec![Problem::new(

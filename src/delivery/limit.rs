@@ -480,6 +480,12 @@ impl Drop for Permit<'_> {
 mod tests {
     use super::*;
 
+    /// A delivery answered in 10 ms.
+    const DELIVERED: Signal = Signal::Answered {
+        rtt: Duration::from_millis(10),
+        delivered: true,
+    };
+
     fn limiter(max: usize) -> Limiter {
         Limiter::new(ConcurrencyMode::Adaptive, max, Gauge::default())
     }
@@ -500,15 +506,7 @@ mod tests {
         let limiter = limiter(100);
         for _ in 0..5 {
             let limit = limiter.status().limit;
-            round(
-                &limiter,
-                limit,
-                Signal::Answered {
-                    rtt: Duration::from_millis(10),
-                    delivered: true,
-                },
-            )
-            .await;
+            round(&limiter, limit, DELIVERED).await;
         }
         assert_eq!(limiter.status().limit, 100);
     }
@@ -519,15 +517,7 @@ mod tests {
         // Slow start up to 64, then 64 on the wire of which all past 20 are refused.
         for _ in 0..4 {
             let limit = limiter.status().limit;
-            round(
-                &limiter,
-                limit,
-                Signal::Answered {
-                    rtt: Duration::from_millis(10),
-                    delivered: true,
-                },
-            )
-            .await;
+            round(&limiter, limit, DELIVERED).await;
         }
         let mut permits = Vec::new();
         for _ in 0..64 {
@@ -539,26 +529,15 @@ mod tests {
         // Judged at the round trip's end, which the next answer marks: the last refusal
         // came back with 21 on the wire.
         std::thread::sleep(MIN_WINDOW);
-        permits.pop().unwrap().end(Signal::Answered {
-            rtt: Duration::from_millis(10),
-            delivered: true,
-        });
+        permits.pop().unwrap().end(DELIVERED);
         assert_eq!(limiter.status().limit, 20);
         assert_eq!(limiter.status().reason, Reason::Overload);
         for permit in permits {
-            permit.end(Signal::Answered {
-                rtt: Duration::from_millis(10),
-                delivered: true,
-            });
+            permit.end(DELIVERED);
         }
         assert_eq!(limiter.in_flight(), 0);
         assert_eq!(limiter.permits.available_permits(), 20);
     }
-
-    const DELIVERED: Signal = Signal::Answered {
-        rtt: Duration::from_millis(10),
-        delivered: true,
-    };
 
     #[tokio::test]
     async fn a_stray_timeout_among_many_answers_changes_nothing() {
