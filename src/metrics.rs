@@ -112,6 +112,8 @@ pub struct Metrics {
     pub spans_dropped: Family<ReasonLabel, Counter>,
     pub config_reloads: Family<OutcomeLabel, Counter>,
     pub config_last_reload_successful: Gauge,
+    pub embedded_log_syncs: Counter,
+    pub embedded_log_appends: Counter,
     /// Set once, at 1 with the version as its label; kept only to be exported.
     _build_info: Family<VersionLabel, Gauge>,
     process: ProcessMetrics,
@@ -256,6 +258,20 @@ impl Metrics {
                 "config_last_reload_successful",
                 "0 while the last reload attempt was refused (the running config is older than the file)",
                 config_last_reload_successful,
+            ),
+            embedded_log_syncs: add(
+                r,
+                "embedded_log_syncs",
+                "Commits of the embedded log that waited for the disk (fsync): one per group \
+                 of appends written together",
+                Counter::default(),
+            ),
+            embedded_log_appends: add(
+                r,
+                "embedded_log_appends",
+                "Records appended to the embedded log; divided by hookbridge_embedded_log_syncs_total, \
+                 how many share an fsync",
+                Counter::default(),
             ),
             _build_info: add(r, "build_info", "hookbridge's version", build_info),
             process: ProcessMetrics::registered(&mut registry),

@@ -395,6 +395,8 @@ struct Measured {
     cpu_s: f64,
     peak_rss: f64,
     rss_series: Vec<f64>,
+    /// Records appended per fsync of the embedded log while the load ran.
+    per_sync: Option<f64>,
 }
 
 /// Runs one scenario against a fresh hookbridge process.
@@ -433,10 +435,15 @@ async fn scenario(
     receiver.take();
 
     let cpu_before = server.cpu_seconds();
+    let syncs_before = server_syncs(&server);
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = sample_rss(server.pid(), stop.clone());
     let started_us = load::now_us();
     let sent = load::run(load, load::http_sender(client, url)).await;
+    let per_sync = match (syncs_before, server_syncs(&server)) {
+        (Some((s0, a0)), Some((s1, a1))) if s1 > s0 => Some((a1 - a0) / (s1 - s0)),
+        _ => None,
+    };
 
     let mut delivered_per_s = None;
     let mut delivered = 0;
@@ -471,7 +478,17 @@ async fn scenario(
         cpu_s,
         peak_rss,
         rss_series,
+        per_sync,
     })
+}
+
+/// The embedded log's fsyncs and the records they made durable, so far.
+fn server_syncs(server: &Hookbridge) -> Option<(f64, f64)> {
+    let syncs = server.metric("hookbridge_embedded_log_syncs_total").ok()?;
+    let appends = server
+        .metric("hookbridge_embedded_log_appends_total")
+        .ok()?;
+    Some((syncs, appends))
 }
 
 /// Delivery alone: a backlog is ingested with no subscription, then hookbridge restarts
@@ -546,6 +563,7 @@ async fn delivery_only(
         cpu_s,
         peak_rss,
         rss_series,
+        per_sync: None,
     })
 }
 
@@ -851,6 +869,7 @@ fn print_scenario(
             .join(" ")
     });
     let delivered = m.delivered_per_s;
+    let per_sync = m.per_sync;
     // Each event is ingested and, with a subscription, delivered: the CPU per event covers
     // both.
     Row {
@@ -867,6 +886,9 @@ fn print_scenario(
     .print();
     if let Some(rate) = delivered {
         println!("    out/delivery limit {:.2}x", rate / delivery_rate);
+    }
+    if let Some(per_sync) = per_sync {
+        println!("    embedded log: {per_sync:.1} appends per fsync");
     }
     if let Some(series) = backlog {
         println!("    RSS each second (MiB): {series}");

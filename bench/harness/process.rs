@@ -88,6 +88,28 @@ impl Hookbridge {
         cpu_seconds(self.pid())
     }
 
+    /// A counter or gauge of the process's `/metrics` (summed over its labels); 0 when it
+    /// has none.
+    pub fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        use std::io::{Read, Write};
+        let address = self.admin.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(address)?;
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n\r\n"
+        )?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text)?;
+        Ok(text
+            .lines()
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with([' ', '{']))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
     pub fn stop(mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])

@@ -183,7 +183,7 @@ impl Writer {
         let mut created: Vec<String> = Vec::new();
         // Offsets handed out in this batch, to roll back if the commit fails.
         let mut touched: HashMap<(String, u32), (u64, PartitionStats)> = HashMap::new();
-        let mut appended = false;
+        let mut appended = 0u64;
         let now_ms = now_ms();
 
         let mut results: Vec<Result<Option<Receipt>, BrokerError>> =
@@ -194,7 +194,7 @@ impl Writer {
                 // storing the record now would only make a duplicate of the sender's retry.
                 Op::Append { reply, .. } if reply.is_closed() => Err(BrokerError::Closed),
                 Op::Append { record, .. } => {
-                    appended = true;
+                    appended += 1;
                     self.stage_append(&mut write, &mut created, &mut touched, record, now_ms)
                         .map(Some)
                 }
@@ -239,7 +239,8 @@ impl Writer {
         // along handed to the OS but not synced: they survive a crash of this process; a
         // power loss may lose the last ones, which means delivering again what they recorded
         // (or deleting again).
-        let mode = if appended || !created.is_empty() {
+        let synced = appended > 0 || !created.is_empty();
+        let mode = if synced {
             PersistMode::SyncAll
         } else {
             PersistMode::Buffer
@@ -253,7 +254,7 @@ impl Writer {
             tracing::debug!(
                 took_ms = took.as_millis() as u64,
                 ops = batch.len(),
-                synced = appended,
+                synced,
                 "slow embedded log commit"
             );
         }
@@ -274,6 +275,11 @@ impl Writer {
                 self.shared.write().expect("topics lock").remove(topic);
             }
         } else {
+            if synced {
+                let metrics = crate::metrics::metrics();
+                metrics.embedded_log_syncs.inc();
+                metrics.embedded_log_appends.inc_by(appended);
+            }
             for (topic, partition) in touched.keys() {
                 let state = &self.topics[topic].partitions[*partition as usize];
                 let handle = &self.topics[topic].handle;
