@@ -73,8 +73,8 @@ struct Args {
     #[arg(long, value_name = "ADDR")]
     serve_bare: Option<std::net::SocketAddr>,
     /// Measure these systems side by side instead of the scenarios above: `svix` (needs
-    /// --svix-server), `embedded`, `nats`, `kafka` (hookbridge on each). `scripts/bench-peers`
-    /// runs this with a Svix build.
+    /// --svix-server), `outpost` (needs --outpost-server), `embedded`, `nats`, `kafka`
+    /// (hookbridge on each). `scripts/bench-peers` runs this with builds of the peers.
     #[arg(long, value_delimiter = ',')]
     peers: Vec<String>,
     /// Svix server's binary, for `--peers svix`.
@@ -89,6 +89,24 @@ struct Args {
     /// Redis Svix uses for its queue and cache.
     #[arg(long, default_value = "redis://127.0.0.1:6379/9")]
     svix_redis_dsn: String,
+    /// Hookdeck Outpost's `outpost-server` binary, for `--peers outpost`; its CLI `outpost`,
+    /// beside it, applies the migrations.
+    #[arg(long, value_name = "PATH")]
+    outpost_server: Option<std::path::PathBuf>,
+    /// PostgreSQL database Outpost logs events and attempts to (created, empty, by
+    /// scripts/bench-peers).
+    #[arg(
+        long,
+        default_value = "postgres://outpost_bench:outpost_bench@127.0.0.1:5432/outpost_bench?sslmode=disable"
+    )]
+    outpost_postgres_url: String,
+    /// Redis Outpost keeps its tenants, destinations and retries in, as
+    /// `redis://HOST:PORT/DATABASE`.
+    #[arg(long, default_value = "redis://127.0.0.1:6379/10")]
+    outpost_redis_url: String,
+    /// RabbitMQ Outpost's delivery and log queues live on.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672")]
+    outpost_rabbitmq_url: String,
     /// Events of each peer's throughput run (closed loop).
     #[arg(long, default_value_t = 20_000)]
     events: u64,
@@ -584,6 +602,10 @@ async fn main() -> anyhow::Result<()> {
             svix_server: args.svix_server.clone(),
             svix_db_dsn: args.svix_db_dsn.clone(),
             svix_redis_dsn: args.svix_redis_dsn.clone(),
+            outpost_server: args.outpost_server.clone(),
+            outpost_postgres_url: args.outpost_postgres_url.clone(),
+            outpost_redis_url: args.outpost_redis_url.clone(),
+            outpost_rabbitmq_url: args.outpost_rabbitmq_url.clone(),
             events: args.events,
             rate: args.peer_rate,
             duration: args.duration,

@@ -8,11 +8,13 @@
 //! - **latency**: an open-loop run at `--peer-rate` for `--duration`, end to end from when
 //!   each request was due to its arrival at the receiver (no coordinated omission);
 //! - **cost**: CPU seconds of every process the system needs (hookbridge and its broker;
-//!   Svix server, PostgreSQL and Redis) per delivered event, and the peak of their summed
-//!   proportional set size (PSS, so PostgreSQL's shared memory counts once).
+//!   Svix server, PostgreSQL and Redis; Outpost, RabbitMQ, PostgreSQL and Redis) per
+//!   delivered event, and the peak of their summed proportional set size (PSS, so
+//!   PostgreSQL's shared memory counts once).
 //!
-//! hookbridge delivers with `ordering: key` (per-key order); Svix has no ordering. Svix is
-//! not built or fetched here: `scripts/bench-peers` says how, and passes its binary in.
+//! hookbridge delivers with `ordering: key` (per-key order); neither Svix nor Outpost orders
+//! deliveries. The peers are not built or fetched here: `scripts/bench-peers` says how,
+//! starts the servers they need and passes their binaries in.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use axum::http::Method;
 use axum::http::header::{AUTHORIZATION, HeaderName, HeaderValue};
 use http_body_util::{BodyExt, Full};
 
@@ -33,6 +36,10 @@ pub struct PeerArgs {
     pub svix_server: Option<PathBuf>,
     pub svix_db_dsn: String,
     pub svix_redis_dsn: String,
+    pub outpost_server: Option<PathBuf>,
+    pub outpost_postgres_url: String,
+    pub outpost_redis_url: String,
+    pub outpost_rabbitmq_url: String,
     pub events: u64,
     pub rate: u64,
     pub duration: Duration,
@@ -114,7 +121,8 @@ enum Running {
         #[allow(dead_code)] super::Backend,
         #[allow(dead_code)] tempfile::TempDir,
     ),
-    Svix(Child),
+    /// A peer's server process (Svix, Outpost), and the directory it runs in, if its own.
+    Peer(Child, #[allow(dead_code)] Option<tempfile::TempDir>),
 }
 
 impl Drop for Running {
@@ -125,8 +133,8 @@ impl Drop for Running {
                     server.stop();
                 }
             }
-            Running::Svix(child) => {
-                // Svix's graceful stop waits out its queue's long poll; nothing here needs it.
+            Running::Peer(child, _) => {
+                // A graceful stop (Svix's waits out its queue's long poll) is not needed here.
                 let _ = child.kill();
                 let _ = child.wait();
             }
@@ -248,6 +256,12 @@ async fn start(
             .ok_or_else(|| anyhow::anyhow!("--svix-server PATH is needed (scripts/bench-peers)"))?;
         return start_svix(binary, args, receiver, client).await;
     }
+    if name == "outpost" {
+        let binary = args.outpost_server.as_deref().ok_or_else(|| {
+            anyhow::anyhow!("--outpost-server PATH is needed (scripts/bench-peers)")
+        })?;
+        return start_outpost(binary, args, receiver, client).await;
+    }
     let backend = super::backend(name, bench).await?;
     let dir = tempfile::tempdir()?;
     let topic = format!("peers-{}", uuid::Uuid::now_v7().simple());
@@ -345,16 +359,13 @@ async fn start_svix(
         .stderr(Stdio::inherit())
         .spawn()?;
     let pid = child.id();
-    let running = Running::Svix(child);
+    let running = Running::Peer(child, None);
     let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "svix-server did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_port(port, "svix-server").await?;
     let authorization = HeaderValue::try_from(format!("Bearer {token}"))?;
-    let app = post_json(
+    let app = send_json(
         client,
+        Method::POST,
         &format!("{base}/api/v1/app/"),
         &authorization,
         serde_json::json!({ "name": "hookbridge-bench" }),
@@ -364,8 +375,9 @@ async fn start_svix(
         .as_str()
         .ok_or_else(|| anyhow::anyhow!("no application id in {app}"))?
         .to_string();
-    post_json(
+    send_json(
         client,
+        Method::POST,
         &format!("{base}/api/v1/app/{app_id}/endpoint/"),
         &authorization,
         serde_json::json!({ "url": receiver.url, "description": "hookbridge-bench receiver" }),
@@ -393,13 +405,166 @@ fn svix_message(body: Vec<u8>) -> Vec<u8> {
     message
 }
 
-async fn post_json(
+/// The tenant all of Outpost's events are published for.
+const OUTPOST_TENANT: &str = "hookbridge-bench";
+
+/// Starts Hookdeck Outpost (`outpost-server`: API, delivery and log services in one
+/// process, as `outpost serve` runs it) on RabbitMQ, PostgreSQL and Redis, creates a tenant
+/// with one webhook destination at the receiver, and returns how to publish to it.
+async fn start_outpost(
+    binary: &Path,
+    args: &PeerArgs,
+    receiver: &Receiver,
     client: &HttpClient,
+) -> anyhow::Result<System> {
+    let cli = binary.with_file_name("outpost");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let (redis_host, redis_port, redis_database) = redis_parts(&args.outpost_redis_url)?;
+    let api_key = "hookbridge-bench-api-key";
+    let env = [
+        ("API_PORT", port.to_string()),
+        ("API_KEY", api_key.to_string()),
+        ("API_JWT_SECRET", "hookbridge-bench-jwt-secret".to_string()),
+        // 32 bytes: an AES-256 key for the destinations' secrets at rest.
+        (
+            "AES_ENCRYPTION_SECRET",
+            "hookbridge-bench-aes-secret-0032".to_string(),
+        ),
+        ("REDIS_HOST", redis_host),
+        ("REDIS_PORT", redis_port),
+        ("REDIS_PASSWORD", String::new()),
+        ("REDIS_DATABASE", redis_database),
+        ("POSTGRES_URL", args.outpost_postgres_url.clone()),
+        ("RABBITMQ_SERVER_URL", args.outpost_rabbitmq_url.clone()),
+        // Its default is 1 of each at a time; 100 is what Outpost's own load tests run
+        // (loadtest/infra, the "small" profile).
+        ("PUBLISH_MAX_CONCURRENCY", "100".to_string()),
+        ("DELIVERY_MAX_CONCURRENCY", "100".to_string()),
+        ("LOG_MAX_CONCURRENCY", "100".to_string()),
+        // Its default (info) logs a line per event published and per delivery; hookbridge
+        // and Svix run at warn here too.
+        ("LOG_LEVEL", "warn".to_string()),
+        ("GIN_MODE", "release".to_string()),
+        // No usage reports to Hookdeck nor errors to Sentry from a benchmark.
+        ("DISABLE_TELEMETRY", "true".to_string()),
+    ];
+    // Outpost reads `.env` and `config/outpost.yaml` from its working directory: an empty
+    // one, so only the environment above configures it.
+    let dir = tempfile::tempdir()?;
+    let command = |program: &Path| {
+        let mut command = Command::new(program);
+        command
+            .current_dir(dir.path())
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        command
+    };
+    let migrate = command(&cli).args(["migrate", "apply", "--yes"]).output()?;
+    anyhow::ensure!(
+        migrate.status.success(),
+        "outpost migrate apply failed: {}{}",
+        String::from_utf8_lossy(&migrate.stdout),
+        String::from_utf8_lossy(&migrate.stderr)
+    );
+    let child = command(binary)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let pid = child.id();
+    let running = Running::Peer(child, Some(dir));
+    let base = format!("http://127.0.0.1:{port}/api/v1");
+    wait_for_port(port, "outpost-server").await?;
+    let authorization = HeaderValue::try_from(format!("Bearer {api_key}"))?;
+    send_json(
+        client,
+        Method::PUT,
+        &format!("{base}/tenants/{OUTPOST_TENANT}"),
+        &authorization,
+        serde_json::json!({}),
+    )
+    .await?;
+    send_json(
+        client,
+        Method::POST,
+        &format!("{base}/tenants/{OUTPOST_TENANT}/destinations"),
+        &authorization,
+        serde_json::json!({
+            "type": "webhook",
+            "topics": ["*"],
+            "config": { "url": receiver.url },
+        }),
+    )
+    .await?;
+    Ok(System {
+        name: "Outpost".into(),
+        ordering: "none",
+        url: format!("{base}/publish"),
+        headers: vec![(AUTHORIZATION, authorization)],
+        wrap: outpost_event,
+        footprint: Footprint {
+            pids: vec![pid],
+            // RabbitMQ is the Erlang VM with its port mapper and child helper.
+            commands: vec![
+                "postgres",
+                "redis-server",
+                "beam.smp",
+                "epmd",
+                "erl_child_setup",
+            ],
+        },
+        _running: running,
+    })
+}
+
+/// `redis://HOST:PORT/DATABASE` as Outpost's three settings.
+fn redis_parts(url: &str) -> anyhow::Result<(String, String, String)> {
+    let parts = url.strip_prefix("redis://").and_then(|rest| {
+        let (address, database) = rest.split_once('/')?;
+        let (host, port) = address.rsplit_once(':')?;
+        Some((host.to_string(), port.to_string(), database.to_string()))
+    });
+    parts.ok_or_else(|| anyhow::anyhow!("{url}: not redis://HOST:PORT/DATABASE"))
+}
+
+/// The same event as an Outpost publish: its data is the body hookbridge would receive
+/// (Outpost delivers `data` as the webhook's body), its key a metadata field (sent as a
+/// header), one tenant, one topic.
+fn outpost_event(body: Vec<u8>) -> Vec<u8> {
+    let key = body
+        .strip_prefix(br#"{"key":""#)
+        .and_then(|rest| rest.split(|&b| b == b'"').next())
+        .unwrap_or_default();
+    let mut event =
+        format!(r#"{{"tenant_id":"{OUTPOST_TENANT}","topic":"bench","metadata":{{"key":""#)
+            .into_bytes();
+    event.extend_from_slice(key);
+    event.extend_from_slice(br#""},"data":"#);
+    event.extend_from_slice(&body);
+    event.push(b'}');
+    event
+}
+
+async fn wait_for_port(port: u16, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "{what} did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+async fn send_json(
+    client: &HttpClient,
+    method: Method,
     url: &str,
     authorization: &HeaderValue,
     body: serde_json::Value,
 ) -> anyhow::Result<serde_json::Value> {
-    let request = axum::http::Request::post(url)
+    let request = axum::http::Request::builder()
+        .method(method.clone())
+        .uri(url)
         .header(AUTHORIZATION, authorization)
         .header("content-type", "application/json")
         .body(Full::new(body.to_string().into()))?;
@@ -408,7 +573,7 @@ async fn post_json(
     let bytes = response.into_body().collect().await?.to_bytes();
     anyhow::ensure!(
         status.is_success(),
-        "POST {url}: {status} {}",
+        "{method} {url}: {status} {}",
         String::from_utf8_lossy(&bytes)
     );
     Ok(serde_json::from_slice(&bytes)?)
