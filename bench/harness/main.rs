@@ -67,6 +67,10 @@ struct Args {
     /// The Kafka cluster to measure on (scripts/bench starts an Apache Kafka node).
     #[arg(long)]
     kafka_bootstrap: Option<String>,
+    /// The PID of that Kafka node, when it runs on this machine: its CPU and memory count
+    /// for hookbridge on Kafka in the peers comparison (scripts/bench-peers passes it).
+    #[arg(long)]
+    kafka_pid: Option<u32>,
     /// Measure nothing: serve the bare handler (the HTTP limit: `POST /hooks/{route}`
     /// answered 202 unread) on this address until Ctrl-C, for an outside load generator
     /// such as wrk to compare with hookbridge under the same load.

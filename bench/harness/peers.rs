@@ -280,8 +280,11 @@ async fn start(
     )?;
     let mut pids = vec![server.pid()];
     pids.extend(backend.server_pid());
+    if name == "kafka" {
+        pids.extend(bench.kafka_pid);
+    }
     Ok(System {
-        name: format!("hookbridge {}", backend_label(name)),
+        name: format!("hookbridge, {}", backend_label(name)),
         ordering: "per key",
         url: format!("{}/hooks/bench", server.ingress),
         headers: Vec::new(),
@@ -296,9 +299,9 @@ async fn start(
 
 fn backend_label(name: &str) -> &str {
     match name {
-        "embedded" => "(embedded log)",
-        "nats" => "(NATS JetStream)",
-        "kafka" => "(Apache Kafka)",
+        "embedded" => "embedded log",
+        "nats" => "NATS JetStream (+ nats-server)",
+        "kafka" => "Apache Kafka (+ the Kafka node)",
         other => other,
     }
 }
@@ -384,7 +387,7 @@ async fn start_svix(
     )
     .await?;
     Ok(System {
-        name: "Svix server".into(),
+        name: "Svix server (+ PostgreSQL, Redis)".into(),
         ordering: "none",
         url: format!("{base}/api/v1/app/{app_id}/msg/"),
         headers: vec![(AUTHORIZATION, authorization)],
@@ -498,7 +501,7 @@ async fn start_outpost(
     )
     .await?;
     Ok(System {
-        name: "Outpost".into(),
+        name: "Outpost (+ RabbitMQ, PostgreSQL, Redis)".into(),
         ordering: "none",
         url: format!("{base}/publish"),
         headers: vec![(AUTHORIZATION, authorization)],
