@@ -1,21 +1,25 @@
-//! Opening one connection to a subscription's endpoint: TCP (each resolved address in
-//! turn), the egress guard's check of the address reached, TLS for `https`, then hyper's
-//! HTTP/1.1 handshake. The connection's I/O runs in a task of its own; what comes back is
-//! the handle requests are sent through.
+//! Opening one connection to a subscription's endpoint: TCP through hyper-util's connector
+//! (DNS outside the connect timeout, the timeout shared among the addresses, the other
+//! address family tried after 300 ms), the egress guard's check of the address reached, TLS
+//! for `https`, then hyper's HTTP/1.1 handshake. The connection's I/O runs in a task of its
+//! own; what comes back is the handle requests are sent through.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::Uri;
 use http_body_util::Full;
 use hyper::client::conn::http1;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tower::ServiceExt;
 
 use crate::egress::EgressGuard;
 
@@ -24,14 +28,14 @@ pub type Sender = http1::SendRequest<Full<Bytes>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("connecting to {authority}: {source}")]
-    Io {
+    #[error("connecting to {authority}: {reason}")]
+    Tcp { authority: String, reason: String },
+    #[error("TLS with {authority}: {source}")]
+    Tls {
         authority: String,
         #[source]
         source: io::Error,
     },
-    #[error("connecting to {0}: timed out")]
-    Timeout(String),
     /// The address reached is one `server.egress` does not let deliveries use.
     #[error("egress-denied: {0}")]
     EgressDenied(IpAddr),
@@ -45,84 +49,86 @@ pub enum ConnectError {
 
 /// Where connections go and how they are secured; made once per subscription.
 pub struct Connector {
-    host: String,
-    port: u16,
-    /// `host:port`, for errors.
+    tcp: HttpConnector,
+    /// `scheme://host:port`, what the TCP connector is asked for.
+    uri: Uri,
+    /// `host:port` (an IPv6 host in brackets), for errors.
     authority: String,
-    /// For `https`: the TLS settings and the name the certificate must carry.
-    tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// For `https`: the TLS settings, and the host the certificate must name.
+    tls: Option<(TlsConnector, String)>,
     guard: Option<Arc<EgressGuard>>,
-    connect_timeout: Duration,
 }
 
 impl Connector {
+    /// `uri` is the endpoint's URL without user info.
     pub fn new(
-        host: &str,
-        port: u16,
+        uri: &Uri,
         tls: Option<Arc<rustls::ClientConfig>>,
         guard: Option<Arc<EgressGuard>>,
         connect_timeout: Duration,
-    ) -> Result<Connector, rustls::pki_types::InvalidDnsNameError> {
-        // An IPv6 literal comes bracketed in a URL; neither the resolver nor TLS wants that.
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let tls = match tls {
-            Some(config) => Some((
-                TlsConnector::from(config),
-                ServerName::try_from(host.to_string())?,
-            )),
-            None => None,
-        };
-        Ok(Connector {
-            host: host.to_string(),
-            port,
+    ) -> Connector {
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(connect_timeout));
+        let host = uri.host().unwrap_or_default();
+        let port = uri
+            .port_u16()
+            .unwrap_or(if tls.is_some() { 443 } else { 80 });
+        // An IPv6 literal comes bracketed in a URL; TLS wants the address alone.
+        let bare = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        Connector {
+            tcp,
+            uri: uri.clone(),
             authority: format!("{host}:{port}"),
-            tls,
+            tls: tls.map(|config| (TlsConnector::from(config), bare)),
             guard,
-            connect_timeout,
-        })
+        }
     }
 
     /// A new connection, ready for a request.
     pub async fn connect(&self) -> Result<Sender, ConnectError> {
-        let tcp = tokio::time::timeout(self.connect_timeout, self.tcp())
-            .await
-            .map_err(|_| ConnectError::Timeout(self.authority.clone()))??;
+        let tcp = self.tcp().await?;
         match &self.tls {
             None => self.handshake(tcp).await,
-            Some((connector, name)) => {
+            Some((connector, host)) => {
+                // Made here, not at start-up: a host rustls refuses fails its attempts, as
+                // an unreachable one does, rather than the whole config.
+                let name = ServerName::try_from(host.clone())
+                    .map_err(|e| self.tls_error(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
                 let tls = connector
-                    .connect(name.clone(), tcp)
+                    .connect(name, tcp)
                     .await
-                    .map_err(|source| self.io(source))?;
+                    .map_err(|source| self.tls_error(source))?;
                 self.handshake(tls).await
             }
         }
     }
 
-    /// A TCP connection to the first address that takes one, if the guard lets it be used.
+    /// A TCP connection, if the guard lets the address it reached be used.
     async fn tcp(&self) -> Result<TcpStream, ConnectError> {
-        let addresses: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port))
+        let failed = |reason: String| ConnectError::Tcp {
+            authority: self.authority.clone(),
+            reason,
+        };
+        let stream = self
+            .tcp
+            .clone()
+            .oneshot(self.uri.clone())
             .await
-            .map_err(|source| self.io(source))?
-            .collect();
-        let mut last = io::Error::new(io::ErrorKind::NotFound, "the name has no address");
-        for address in addresses {
-            match TcpStream::connect(address).await {
-                Ok(stream) => {
-                    let peer = stream.peer_addr().map_err(|source| self.io(source))?.ip();
-                    if let Some(guard) = &self.guard
-                        && !guard.permits(peer)
-                    {
-                        // Dropped here: closed before a byte is sent.
-                        return Err(ConnectError::EgressDenied(peer));
-                    }
-                    stream.set_nodelay(true).map_err(|source| self.io(source))?;
-                    return Ok(stream);
-                }
-                Err(e) => last = e,
+            .map_err(|e| failed(crate::error_chain(&e)))?
+            .into_inner();
+        if let Some(guard) = &self.guard {
+            let peer = stream.peer_addr().map_err(|e| failed(e.to_string()))?.ip();
+            if !guard.permits(peer) {
+                // Dropped here: closed before a byte is sent.
+                return Err(ConnectError::EgressDenied(peer));
             }
         }
-        Err(self.io(last))
+        Ok(stream)
     }
 
     async fn handshake<S>(&self, stream: S) -> Result<Sender, ConnectError>
@@ -143,8 +149,8 @@ impl Connector {
         Ok(sender)
     }
 
-    fn io(&self, source: io::Error) -> ConnectError {
-        ConnectError::Io {
+    fn tls_error(&self, source: io::Error) -> ConnectError {
+        ConnectError::Tls {
             authority: self.authority.clone(),
             source,
         }

@@ -114,15 +114,12 @@ impl WebhookClient {
         let authority = uri
             .authority()
             .ok_or_else(|| ClientError::Url("no host".to_string()))?;
-        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         let connector = Connector::new(
-            authority.host(),
-            port,
+            &uri,
             https.then_some(tls),
             options.egress,
             options.timeout.min(Duration::from_secs(5)),
-        )
-        .map_err(|e| ClientError::Url(e.to_string()))?;
+        );
         let target = match uri.path_and_query() {
             Some(target) => Uri::from(target.clone()),
             None => Uri::from_static("/"),
@@ -408,5 +405,32 @@ mod tests {
                 "{after}"
             );
         }
+    }
+
+    /// A connection idle past the pool's limit is not used again: after a quiet spell the
+    /// next request goes on a new one.
+    #[tokio::test]
+    async fn a_connection_idle_too_long_is_not_used_again() {
+        let (url, accepted) = receiver("keep").await;
+        let mut client = client(&url);
+        client.pool = Pool::with_idle_timeout(4, Duration::from_millis(50));
+        for _ in 0..2 {
+            let answer = client
+                .post(HeaderMap::new(), Bytes::from_static(b"{}"))
+                .await;
+            assert_eq!(answer.unwrap().status, StatusCode::OK);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    /// A host `url` takes and rustls does not (a label ending in `-`) fails the attempts
+    /// that would connect to it, as an unreachable host does, not the whole config: the
+    /// client is built (`client` unwraps).
+    #[test]
+    fn a_host_tls_refuses_fails_attempts_not_the_config() {
+        let host = "bad-.example.com";
+        assert!(rustls::pki_types::ServerName::try_from(host).is_err());
+        client(&format!("https://{host}/in"));
     }
 }

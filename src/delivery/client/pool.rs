@@ -4,7 +4,9 @@
 //! the key for every request, boxes each request's future and keeps an extensions map per
 //! request (BENCHMARKS.md). A subscription only ever talks to one endpoint, so its pool is
 //! a stack: the connection used last is used next (warm, and the others may time out
-//! unused), and one idle longer than [`IDLE_TIMEOUT`] is closed.
+//! unused). One idle longer than [`IDLE_TIMEOUT`] is not used again: closed when the pool
+//! is next used. (A NAT or load balancer on the way may have forgotten it without a word;
+//! a request sent on it would fail after it was written, when it cannot be sent again.)
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -19,6 +21,7 @@ pub struct Pool {
     /// Oldest at the front; taken from and given back at the back.
     idle: Mutex<VecDeque<Idle>>,
     max_idle: usize,
+    idle_timeout: Duration,
 }
 
 struct Idle {
@@ -31,13 +34,28 @@ impl Pool {
         Pool {
             idle: Mutex::new(VecDeque::new()),
             max_idle,
+            idle_timeout: IDLE_TIMEOUT,
         }
     }
 
-    /// The connection given back last that is still open, if any.
+    #[cfg(test)]
+    pub fn with_idle_timeout(max_idle: usize, idle_timeout: Duration) -> Pool {
+        Pool {
+            idle_timeout,
+            ..Pool::new(max_idle)
+        }
+    }
+
+    /// The connection given back last that is still open and not idle for too long, if
+    /// any.
     pub fn take(&self) -> Option<Sender> {
         let mut idle = self.idle.lock().expect("pool lock");
-        while let Some(Idle { sender, .. }) = idle.pop_back() {
+        while let Some(Idle { sender, since }) = idle.pop_back() {
+            if since.elapsed() > self.idle_timeout {
+                // The newest is too old: so are all the others.
+                idle.clear();
+                return None;
+            }
             if !sender.is_closed() {
                 return Some(sender);
             }
@@ -52,7 +70,7 @@ impl Pool {
         let mut idle = self.idle.lock().expect("pool lock");
         while idle
             .front()
-            .is_some_and(|oldest| now.duration_since(oldest.since) > IDLE_TIMEOUT)
+            .is_some_and(|oldest| now.duration_since(oldest.since) > self.idle_timeout)
         {
             idle.pop_front();
         }
