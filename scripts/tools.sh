@@ -177,8 +177,21 @@ kafka_run() {
     -cp "$kafka/libs/*" "$@"
 }
 
-_kafka_free_port() {
+# A TCP port free on 127.0.0.1 right now.
+free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Waits up to a minute for something to listen on 127.0.0.1:PORT. Arguments: PORT WHAT
+# (named in the error).
+wait_for_port() {
+  local port=$1 what=$2
+  for _ in $(seq 1 600); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "$what did not start on port $port" >&2
+  return 1
 }
 
 # Writes DIR/server.properties for one combined broker+controller node, then appends
@@ -275,7 +288,7 @@ start_kafka() {
   local dir=$1 port=$2 cport=${3:-}
   shift 2
   [ $# -eq 0 ] || shift
-  [ -n "$cport" ] || cport=$(_kafka_free_port)
+  [ -n "$cport" ] || cport=$(free_port)
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd)
   _kafka_write_properties "$dir" 1 "$port" "$cport" 1 \
@@ -379,7 +392,7 @@ bench_brokers() {
   ensure_kafka >/dev/null
   BENCH_KAFKA_DIR=$(mktemp -d)
   local port
-  port=$(_kafka_free_port)
+  port=$(free_port)
   start_kafka "$BENCH_KAFKA_DIR/node" "$port" >/dev/null
   BENCH_ARGS+=(--kafka-bootstrap "127.0.0.1:$port")
 }
