@@ -50,7 +50,7 @@ pub enum ConnectError {
 /// Where connections go and how they are secured; made once per subscription.
 pub struct Connector {
     tcp: HttpConnector,
-    /// `scheme://host:port`, what the TCP connector is asked for.
+    /// The endpoint's URL; the TCP connector reads its scheme, host and port.
     uri: Uri,
     /// `host:port` (an IPv6 host in brackets), for errors.
     authority: String,
