@@ -396,3 +396,16 @@ bench_brokers() {
   start_kafka "$BENCH_KAFKA_DIR/node" "$port" >/dev/null
   BENCH_ARGS+=(--kafka-bootstrap "127.0.0.1:$port")
 }
+
+# The directory of the hookbridge and hookbridge-bench a benchmark runs (the harness starts
+# the hookbridge next to it): HOOKBRIDGE_BENCH_BIN when set, binaries built already (an
+# earlier build for A/B, or a copy that another build in a shared target dir cannot replace
+# mid-run); otherwise a release build here, in CARGO_TARGET_DIR when that is set.
+bench_binaries() {
+  if [ -n "${HOOKBRIDGE_BENCH_BIN:-}" ]; then
+    echo "$HOOKBRIDGE_BENCH_BIN"
+    return 0
+  fi
+  cargo build --release --locked --workspace --bins >&2
+  echo "${CARGO_TARGET_DIR:-$PWD/target}/release"
+}

@@ -4,6 +4,7 @@
 //!   scripts/bench                          # all backends found on this machine
 //!   scripts/bench --backends embedded --duration 5s
 //!   scripts/bench --backends nats,kafka --only scale-out   # replicas, slow receiver (scale.rs)
+//!   scripts/bench --results FILE           # also every result as a JSON line (results.rs)
 //!
 //! For each backend it starts hookbridge (the release binary next to this one), drives its
 //! ingress with a keep-alive HTTP/1.1 load generator, runs the receiver, and prints
@@ -16,6 +17,7 @@
 mod load;
 mod peers;
 mod process;
+mod results;
 mod scale;
 mod stats;
 
@@ -114,9 +116,10 @@ struct Args {
     /// Events of each peer's throughput run (closed loop).
     #[arg(long, default_value_t = 20_000)]
     events: u64,
-    /// Rate of each peer's open-loop latency run, per second (for --duration).
-    #[arg(long, default_value_t = 200)]
-    peer_rate: u64,
+    /// Rates of each peer's open-loop latency runs, per second (each for --duration; a
+    /// comma-separated list, e.g. `100,200,500`, draws latency against rate).
+    #[arg(long = "peer-rate", value_delimiter = ',', default_values_t = [200])]
+    peer_rates: Vec<u64>,
     /// Replica counts of the scale-out scenario (`--only scale-out`; NATS and Kafka).
     #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 4])]
     scale_replicas: Vec<usize>,
@@ -124,6 +127,10 @@ struct Args {
     /// partitions.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     scale_window: Duration,
+    /// Also write every result as a JSON line to this file (`scripts/plots` draws from it;
+    /// see bench/harness/results.rs).
+    #[arg(long, value_name = "FILE")]
+    results: Option<std::path::PathBuf>,
 }
 
 /// The longest a limit (bare handler, bare client, raw publish) is measured for.
@@ -137,6 +144,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 struct Row {
     backend: String,
     scenario: String,
+    /// The open-loop rate, per second; `None` for a closed loop.
+    rate: Option<u64>,
     sent: Option<load::Sent>,
     delivered_per_s: Option<f64>,
     e2e: Option<Latencies>,
@@ -154,6 +163,7 @@ impl Row {
         Row {
             backend: backend.to_string(),
             scenario: scenario.to_string(),
+            rate: None,
             sent: Some(sent),
             delivered_per_s: None,
             e2e: None,
@@ -164,7 +174,38 @@ impl Row {
         }
     }
 
+    /// The row as a `--results` line: a limit has no delivery, CPU or memory.
+    fn record(&mut self) {
+        let kind = if self.cpu_s.is_none() {
+            "limit"
+        } else {
+            "scenario"
+        };
+        let in_per_s = self
+            .sent
+            .as_ref()
+            .map(|s| s.ok as f64 / s.elapsed.as_secs_f64());
+        let cpu_us_per_event = match (self.cpu_s, self.events) {
+            (Some(cpu), Some(n)) if n > 0 => Some(cpu * 1e6 / n as f64),
+            _ => None,
+        };
+        results::record(serde_json::json!({
+            "kind": kind,
+            "backend": self.backend,
+            "scenario": self.scenario,
+            "rate": self.rate,
+            "in_per_s": in_per_s,
+            "failed": self.sent.as_ref().map(|s| s.failed),
+            "ingest_ms": self.sent.as_mut().map(|s| results::latencies(&mut s.latencies)),
+            "out_per_s": self.delivered_per_s,
+            "e2e_ms": self.e2e.as_mut().map(results::latencies),
+            "cpu_us_per_event": cpu_us_per_event,
+            "peak_rss_mib": self.peak_rss,
+        }));
+    }
+
     fn print(mut self) {
+        self.record();
         let in_per_s = self
             .sent
             .as_ref()
@@ -600,6 +641,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
     load::now_us();
+    if let Some(path) = &args.results {
+        results::open(path)?;
+    }
     if !args.peers.is_empty() {
         let peers = peers::PeerArgs {
             systems: args.peers.clone(),
@@ -611,7 +655,7 @@ async fn main() -> anyhow::Result<()> {
             outpost_redis_url: args.outpost_redis_url.clone(),
             outpost_rabbitmq_url: args.outpost_rabbitmq_url.clone(),
             events: args.events,
-            rate: args.peer_rate,
+            rates: args.peer_rates.clone(),
             duration: args.duration,
             concurrency: args.concurrency,
             body_size: args.body_size,
@@ -792,7 +836,14 @@ async fn measure(
             ..load.clone()
         };
         match scenario(backend, receiver, &load, ordering, stalled).await {
-            Ok(m) => print_scenario(name, title, m, stalled, &ingest_baselines, delivery_rate),
+            Ok(m) => {
+                let row = Scenario {
+                    title,
+                    rate,
+                    stalled,
+                };
+                print_scenario(name, row, m, &ingest_baselines, delivery_rate)
+            }
             Err(e) => println!("{name} / {title}: failed: {e:#}"),
         }
     }
@@ -801,20 +852,7 @@ async fn measure(
         subscription_costs(name, backend, args, load, receiver).await;
     } else if selected(args, title) {
         match delivery_only(backend, receiver, load, "key", "").await {
-            Ok(m) => {
-                let rate = m.delivered_per_s.unwrap_or(0.0);
-                println!("{name} / {title}");
-                println!(
-                    "    out     {rate:>9.0}/s  ({:.2}x delivery limit)",
-                    rate / delivery_rate
-                );
-                println!(
-                    "    process {:.1} CPU s, peak RSS {:.0} MiB, {:.0} µs CPU per event",
-                    m.cpu_s,
-                    m.peak_rss,
-                    m.cpu_s * 1e6 / m.delivered.max(1) as f64
-                );
-            }
+            Ok(m) => print_delivery_alone(name, &m, delivery_rate),
             Err(e) => println!("{name} / {title}: failed: {e:#}"),
         }
     }
@@ -877,13 +915,49 @@ async fn subscription_costs(
     }
 }
 
+/// Delivery alone's result, against the delivery limit.
+fn print_delivery_alone(name: &str, m: &Measured, delivery_rate: f64) {
+    let rate = m.delivered_per_s.unwrap_or(0.0);
+    let cpu_us_per_event = m.cpu_s * 1e6 / m.delivered.max(1) as f64;
+    results::record(serde_json::json!({
+        "kind": "scenario",
+        "backend": name,
+        "scenario": DELIVERY_ALONE,
+        "rate": null,
+        "out_per_s": rate,
+        "delivered": m.delivered,
+        "delivery_limit_per_s": delivery_rate,
+        "cpu_us_per_event": cpu_us_per_event,
+        "peak_rss_mib": m.peak_rss,
+    }));
+    println!("{name} / {DELIVERY_ALONE}");
+    println!(
+        "    out     {rate:>9.0}/s  ({:.2}x delivery limit)",
+        rate / delivery_rate
+    );
+    println!(
+        "    process {:.1} CPU s, peak RSS {:.0} MiB, {cpu_us_per_event:.0} µs CPU per event",
+        m.cpu_s, m.peak_rss,
+    );
+}
+
+/// Which of [`runs`] a result is of.
+struct Scenario {
+    title: String,
+    rate: Option<u64>,
+    stalled: bool,
+}
+
 /// One scenario's row, with its ratio to the delivery limit and, for a stalled
 /// subscriber, the RSS series.
 fn print_scenario(
     name: &str,
-    title: String,
+    Scenario {
+        title,
+        rate,
+        stalled,
+    }: Scenario,
     m: Measured,
-    stalled: bool,
     ingest_baselines: &[(&'static str, f64)],
     delivery_rate: f64,
 ) {
@@ -901,6 +975,7 @@ fn print_scenario(
     Row {
         backend: name.to_string(),
         scenario: title,
+        rate,
         events: Some(m.sent.ok),
         sent: Some(m.sent),
         delivered_per_s: delivered,

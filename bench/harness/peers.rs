@@ -5,8 +5,8 @@
 //!
 //! - **throughput**: `--events` webhooks sent closed loop; the rate in, and the rate out
 //!   from the first request sent to the last delivery the receiver counted;
-//! - **latency**: an open-loop run at `--peer-rate` for `--duration`, end to end from when
-//!   each request was due to its arrival at the receiver (no coordinated omission);
+//! - **latency**: an open-loop run at each `--peer-rate` for `--duration`, end to end from
+//!   when each request was due to its arrival at the receiver (no coordinated omission);
 //! - **cost**: CPU seconds of every process the system needs (hookbridge and its broker;
 //!   Svix server, PostgreSQL and Redis; Outpost, RabbitMQ, PostgreSQL and Redis) per
 //!   delivered event, and the peak of their summed proportional set size (PSS, so
@@ -41,7 +41,8 @@ pub struct PeerArgs {
     pub outpost_redis_url: String,
     pub outpost_rabbitmq_url: String,
     pub events: u64,
-    pub rate: u64,
+    /// The open-loop rates, per second, one latency run each.
+    pub rates: Vec<u64>,
     pub duration: Duration,
     pub concurrency: usize,
     pub body_size: usize,
@@ -159,14 +160,23 @@ impl Outcome {
     }
 }
 
+/// One system's runs: closed loop, then one open-loop run per rate.
+struct Measured {
+    name: String,
+    ordering: &'static str,
+    throughput: Outcome,
+    latency: Vec<(u64, Outcome)>,
+}
+
 pub async fn run(args: PeerArgs, bench: &super::Args) -> anyhow::Result<()> {
     let receiver = Receiver::start().await;
     let client = load::http_client(args.concurrency);
+    let rates: Vec<String> = args.rates.iter().map(|r| format!("{r}/s")).collect();
     println!(
-        "peers: {} events closed loop over {} connections, then {}/s open loop for {:.0}s; {} B bodies, {} keys",
+        "peers: {} events closed loop over {} connections, then {} open loop for {:.0}s; {} B bodies, {} keys",
         args.events,
         args.concurrency,
-        args.rate,
+        rates.join(", "),
         args.duration.as_secs_f64(),
         args.body_size,
         args.keys
@@ -182,38 +192,93 @@ pub async fn run(args: PeerArgs, bench: &super::Args) -> anyhow::Result<()> {
         };
         println!("\n== {}", system.name);
         warm_up(&system, &args, &client, &receiver).await;
-        let throughput = measure(&system, &args, &client, &receiver, None).await;
+        let mut throughput = measure(&system, &args, &client, &receiver, None).await;
         report("throughput", &throughput);
-        let latency = measure(&system, &args, &client, &receiver, Some(args.rate)).await;
-        report(&format!("open loop {}/s", args.rate), &latency);
-        rows.push((system.name.clone(), system.ordering, throughput, latency));
+        record(name, &system, None, &mut throughput);
+        let mut latency = Vec::new();
+        for &rate in &args.rates {
+            let mut outcome = measure(&system, &args, &client, &receiver, Some(rate)).await;
+            report(&format!("open loop {rate}/s"), &outcome);
+            record(name, &system, Some(rate), &mut outcome);
+            latency.push((rate, outcome));
+        }
+        rows.push(Measured {
+            name: system.name.clone(),
+            ordering: system.ordering,
+            throughput,
+            latency,
+        });
         drop(system);
     }
+    print_table(&args.rates, rows);
+    Ok(())
+}
 
-    println!(
-        "\n| system | ordering | in /s | delivered /s | CPU µs per event | peak memory (PSS) | e2e at {}/s p50 / p99 / p99.9 / max ms | CPU µs per event at {}/s |",
-        args.rate, args.rate
-    );
-    println!("| --- | --- | ---: | ---: | ---: | ---: | --- | ---: |");
-    for (name, ordering, mut throughput, mut latency) in rows {
+/// The summary: one row per system, the latency columns once per rate.
+fn print_table(rates: &[u64], rows: Vec<Measured>) {
+    let mut header =
+        "\n| system | ordering | in /s | delivered /s | CPU µs per event | peak memory (PSS) |"
+            .to_string();
+    let mut rule = "| --- | --- | ---: | ---: | ---: | ---: |".to_string();
+    for rate in rates {
+        header.push_str(&format!(
+            " e2e at {rate}/s p50 / p99 / p99.9 / max ms | CPU µs per event at {rate}/s |"
+        ));
+        rule.push_str(" --- | ---: |");
+    }
+    println!("{header}");
+    println!("{rule}");
+    for Measured {
+        name,
+        ordering,
+        throughput,
+        mut latency,
+    } in rows
+    {
         let in_rate = throughput.sent.ok as f64 / throughput.sent.elapsed.as_secs_f64();
         let out_rate = throughput.delivered as f64 / throughput.span_s.max(0.001);
-        let e2e = latency
-            .e2e
-            .percentiles()
-            .map(|[p50, _, p99, p999, max]| format!("{p50:.1} / {p99:.1} / {p999:.1} / {max:.1}"))
-            .unwrap_or_else(|| "-".into());
-        let _ = throughput.e2e.percentiles();
-        println!(
-            "| {name} | {ordering} | {in_rate:.0} | {out_rate:.0} ({} of {}) | {:.0} | {:.0} MiB | {e2e} | {:.0} |",
+        let peak = latency
+            .iter()
+            .map(|(_, l)| l.peak_mib)
+            .fold(throughput.peak_mib, f64::max);
+        let mut line = format!(
+            "| {name} | {ordering} | {in_rate:.0} | {out_rate:.0} ({} of {}) | {:.0} | {peak:.0} MiB |",
             throughput.delivered,
             throughput.sent.ok,
             throughput.cpu_us_per_event(),
-            throughput.peak_mib.max(latency.peak_mib),
-            latency.cpu_us_per_event(),
         );
+        for (_, outcome) in &mut latency {
+            let e2e = outcome
+                .e2e
+                .percentiles()
+                .map(|[p50, _, p99, p999, max]| {
+                    format!("{p50:.1} / {p99:.1} / {p999:.1} / {max:.1}")
+                })
+                .unwrap_or_else(|| "-".into());
+            line.push_str(&format!(" {e2e} | {:.0} |", outcome.cpu_us_per_event()));
+        }
+        println!("{line}");
     }
-    Ok(())
+}
+
+/// One run as a `--results` line; `rate` is `None` for the closed loop.
+fn record(name: &str, system: &System, rate: Option<u64>, outcome: &mut Outcome) {
+    super::results::record(serde_json::json!({
+        "kind": "peer",
+        "system": name,
+        "label": system.name,
+        "ordering": system.ordering,
+        "rate": rate,
+        "sent": outcome.sent.ok,
+        "failed": outcome.sent.failed,
+        "in_per_s": outcome.sent.ok as f64 / outcome.sent.elapsed.as_secs_f64(),
+        "delivered": outcome.delivered,
+        "delivered_per_s": outcome.delivered as f64 / outcome.span_s.max(0.001),
+        "ingest_ms": super::results::latencies(&mut outcome.sent.latencies),
+        "e2e_ms": super::results::latencies(&mut outcome.e2e),
+        "cpu_us_per_event": outcome.cpu_us_per_event(),
+        "peak_pss_mib": outcome.peak_mib,
+    }));
 }
 
 fn report(title: &str, outcome: &Outcome) {

@@ -562,9 +562,11 @@ pub fn print_table(rows: &[Measurement]) {
             .iter()
             .find(|r| r.backend == row.backend && r.replicas == 1)
             .map(|r| r.rate);
-        let efficiency = one.filter(|one| *one > 0.0).map_or("-".to_string(), |one| {
-            format!("{:.2}", row.rate / (row.replicas as f64 * one))
-        });
+        let efficiency = one
+            .filter(|one| *one > 0.0)
+            .map(|one| row.rate / (row.replicas as f64 * one));
+        record(row, efficiency);
+        let efficiency = efficiency.map_or("-".to_string(), |e| format!("{e:.2}"));
         println!(
             "{:<8} {:>8} {:>8.0} {:>11} {:>9} {:>16}{}",
             row.backend,
@@ -577,4 +579,19 @@ pub fn print_table(rows: &[Measurement]) {
             if row.drained { "  (ran dry)" } else { "" }
         );
     }
+}
+
+/// The row as a `--results` line.
+fn record(row: &Measurement, efficiency: Option<f64>) {
+    super::results::record(serde_json::json!({
+        "kind": "scale-out",
+        "backend": row.backend,
+        "replicas": row.replicas,
+        "rate_per_s": row.rate,
+        "ceiling_per_s": row.replicas as f64 * replica_ceiling(),
+        "efficiency": efficiency,
+        "settled_after_s": row.settled_after,
+        "live_spread": row.live_spread,
+        "drained": row.drained,
+    }));
 }
