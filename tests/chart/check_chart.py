@@ -9,6 +9,7 @@ Secrets and ConfigMaps it expects to exist already (`# pre-existing: a, b`). Eac
 `ci/bad/*.yaml` must be refused, with the message its header names (`# expect: text`).
 """
 
+import json
 import os
 import re
 import subprocess
@@ -318,18 +319,132 @@ def check_config(where, docs, config_text):
 
 
 def exported_metric_names():
-    """The series names src/metrics.rs registers under the `hookbridge_` prefix, with the
-    suffixes OpenMetrics gives them (counters `_total`, units, histograms' parts)."""
+    """The series names src/metrics.rs registers: under the `hookbridge_` prefix, and the
+    conventional `process_*` ones, with the suffixes OpenMetrics gives them (counters
+    `_total`, units, histograms' parts)."""
     source = (ROOT / "src" / "metrics.rs").read_text()
-    names = set()
+    found = []
     # Each series is registered as `add(r, "name", ...)`, or `add_seconds(r, ...)` for one
     # counted in seconds.
     for match in re.finditer(r'\badd(_seconds)?\(\s*r,\s*"([a-z_]+)"', source):
-        name = "hookbridge_" + match.group(2)
-        if match.group(1):
-            name += "_seconds"
+        found.append("hookbridge_" + match.group(2) + ("_seconds" if match.group(1) else ""))
+    # The process's: `registry.register("process_x", ...)`, or `register_with_unit("process_x",
+    # "help", Unit::Seconds, ...)`.
+    for match in re.finditer(r'\.register(?:_with_unit)?\(\s*"(process_[a-z_]+)",\s*"[^"]*",\s*(?:Unit::(\w+))?',
+                             source):
+        found.append(match.group(1) + (f"_{match.group(2).lower()}" if match.group(2) else ""))
+    names = set()
+    for name in found:
         names |= {name, name + "_total", name + "_bucket", name + "_sum", name + "_count"}
     return names
+
+
+# The series a dashboard query selects: each is written with its matchers (`name{...}`), as
+# every query needs the namespace and job variables; a variable's is label_values' first
+# argument.
+METRIC_IN_EXPR = re.compile(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{")
+LABEL_VALUES_METRIC = re.compile(r"label_values\(\s*([a-zA-Z_:][a-zA-Z0-9_:]*)")
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+
+
+def dashboard_panels(dashboard):
+    """Every panel, those inside collapsed rows included."""
+    for panel in dashboard.get("panels", []):
+        yield panel
+        yield from panel.get("panels", [])
+
+
+def dashboard_queries(dashboard):
+    """(where, PromQL with Grafana's variables in it, legend) of every panel's target."""
+    for panel in dashboard_panels(dashboard):
+        for target in panel.get("targets", []):
+            yield f"panel {panel.get('id')} {panel.get('title')!r} target {target.get('refId')}", \
+                target.get("expr", ""), target.get("legendFormat", "")
+
+
+def dashboard_metric_names(dashboard):
+    """{metric name: where} of every series the panels and variables select."""
+    names = {}
+    for where, expr, _ in dashboard_queries(dashboard):
+        for name in METRIC_IN_EXPR.findall(expr):
+            names.setdefault(name, where)
+    for variable in dashboard["templating"]["list"]:
+        for name in LABEL_VALUES_METRIC.findall(str(variable.get("query", ""))):
+            names.setdefault(name, f"variable {variable['name']}")
+    return names
+
+
+def check_dashboard_json(where, dashboard):
+    """The dashboard is sound: unique panel ids, every query on the datasource variable,
+    a description on every panel, only series hookbridge exports."""
+    variables = {v.get("name"): v for v in dashboard.get("templating", {}).get("list", [])}
+    source = variables.get("datasource")
+    if not source or source.get("type") != "datasource" or source.get("query") != "prometheus":
+        fail(where, "the dashboard needs a `datasource` variable of type datasource, query prometheus")
+    for name, variable in variables.items():
+        if name != "datasource" and variable.get("datasource") != DATASOURCE:
+            fail(where, f"variable {name} does not query ${{datasource}}: {variable.get('datasource')}")
+    if "subscription" not in variables:
+        fail(where, "the dashboard has no `subscription` variable")
+    ids = [p.get("id") for p in dashboard_panels(dashboard)]
+    for dup in sorted({i for i in ids if ids.count(i) > 1}, key=str):
+        fail(where, f"two panels have id {dup}")
+    for panel in dashboard_panels(dashboard):
+        what = f"{where} panel {panel.get('id')} {panel.get('title')!r}"
+        if not isinstance(panel.get("id"), int):
+            fail(what, "has no integer id")
+        grid = panel.get("gridPos", {})
+        if grid.get("x", 0) + grid.get("w", 0) > 24:
+            fail(what, f"is wider than the dashboard's 24 columns: {grid}")
+        if panel.get("type") == "row":
+            continue
+        if not panel.get("description", "").strip():
+            fail(what, "has no description (say what to do when it looks wrong)")
+        if panel.get("datasource") != DATASOURCE:
+            fail(what, f"does not use the datasource variable: {panel.get('datasource')}")
+        targets = panel.get("targets", [])
+        if not targets:
+            fail(what, "has no query")
+        refs = [t.get("refId") for t in targets]
+        if len(set(refs)) != len(refs):
+            fail(what, f"repeats a refId: {refs}")
+        for target in targets:
+            if target.get("datasource") != DATASOURCE:
+                fail(what, f"target {target.get('refId')} does not use the datasource variable")
+            if not target.get("expr", "").strip():
+                fail(what, f"target {target.get('refId')} has no expr")
+    exported = exported_metric_names()
+    for name, used in dashboard_metric_names(dashboard).items():
+        if name not in exported:
+            fail(where, f"{used} selects {name}, which hookbridge does not export")
+
+
+def check_dashboard(where, docs, values):
+    """The dashboard ConfigMap is rendered when `dashboards.enabled`, with the sidecar's
+    label and folder annotation, and holds a sound dashboard."""
+    settings = values.get("dashboards", {})
+    maps = [d for d in docs if d["kind"] == "ConfigMap" and "hookbridge.json" in d.get("data", {})]
+    if not settings.get("enabled"):
+        if maps:
+            fail(where, "a dashboard ConfigMap is rendered although dashboards.enabled is off")
+        return
+    if len(maps) != 1:
+        fail(where, f"expected one dashboard ConfigMap, found {len(maps)}")
+        return
+    meta = maps[0]["metadata"]
+    for key, value in settings.get("labels", {"grafana_dashboard": "1"}).items():
+        if meta.get("labels", {}).get(key) != value:
+            fail(where, f"the dashboard ConfigMap lacks the sidecar's label {key}={value!r}")
+    folder = settings.get("folder")
+    annotation = settings.get("folderAnnotation", "grafana_folder")
+    if folder and meta.get("annotations", {}).get(annotation) != folder:
+        fail(where, f"the dashboard ConfigMap lacks the folder annotation {annotation}={folder!r}")
+    try:
+        dashboard = json.loads(maps[0]["data"]["hookbridge.json"])
+    except json.JSONDecodeError as e:
+        fail(where, f"the dashboard is not JSON: {e}")
+        return
+    check_dashboard_json(f"{where} dashboard", dashboard)
 
 
 def check_prometheus_rules(where, docs):
@@ -389,6 +504,7 @@ def check_values_file(values_file):
     check_selectors(where, docs)
     check_scaling(where, docs, config)
     check_prometheus_rules(where, docs)
+    check_dashboard(where, docs, yaml.safe_load(values_file.read_text()) or {})
     check_config(where, docs, config_text)
     kinds = sorted(f"{k}×{len(v)}" for k, v in rendered.items())
     print(f"ok   {where}: {len(docs)} objects ({', '.join(kinds)})")
