@@ -339,6 +339,24 @@ def exported_metric_names():
     return names
 
 
+def end_to_end_buckets():
+    """The bucket bounds of hookbridge_delivery_end_to_end_seconds, from src/metrics.rs."""
+    source = (ROOT / "src" / "metrics.rs").read_text()
+    body = re.search(r"fn end_to_end_buckets\(\) -> Histogram \{(.*?)\n\}", source, re.S).group(1)
+    return [float(n) for n in re.findall(r"\d+(?:\.\d+)?", body)]
+
+
+def github_anchor(heading):
+    """The fragment GitHub gives a Markdown heading: lower case, punctuation dropped, spaces
+    to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def operations_anchors():
+    text = (ROOT / "docs" / "operations.md").read_text()
+    return {github_anchor(m.group(1)) for m in re.finditer(r"^#+ (.+)$", text, re.M)}
+
+
 # The series a dashboard query selects: each is written with its matchers (`name{...}`), as
 # every query needs the namespace and job variables; a variable's is label_values' first
 # argument.
@@ -447,10 +465,13 @@ def check_dashboard(where, docs, values):
     check_dashboard_json(f"{where} dashboard", dashboard)
 
 
-def check_prometheus_rules(where, docs):
-    """The rules parse (promtool, from Debian's prometheus) and name only series hookbridge
-    exports."""
+def check_prometheus_rules(where, docs, values):
+    """The rules parse (promtool, from Debian's prometheus), name only series hookbridge
+    exports, and every alert links to its runbook section in docs/operations.md."""
     exported = exported_metric_names()
+    anchors = operations_anchors()
+    base = values.get("prometheusRule", {}).get("runbookBaseUrl",
+                                                  "https://github.com/hookbridge/hookbridge/blob/main/docs/operations.md")
     for doc in docs:
         if doc["kind"] != "PrometheusRule":
             continue
@@ -462,9 +483,31 @@ def check_prometheus_rules(where, docs):
             fail(where, f"promtool refused the PrometheusRule:\n{result.stdout}{result.stderr}")
         for group in doc["spec"]["groups"]:
             for rule in group["rules"]:
-                for name in re.findall(r"\bhookbridge_[a-z_]+", rule["expr"]):
-                    if name not in exported:
-                        fail(where, f"alert {rule['alert']} uses {name}, which hookbridge does not export")
+                name = rule.get("alert") or rule.get("record")
+                for metric in re.findall(r"\bhookbridge_[a-z_]+", rule["expr"]):
+                    if metric not in exported:
+                        fail(where, f"rule {name} uses {metric}, which hookbridge does not export")
+                if "alert" not in rule:
+                    continue
+                annotations = rule.get("annotations", {})
+                url = annotations.get("runbook_url", "")
+                if url != f"{base}#{name.lower()}":
+                    fail(where, f"alert {name}: runbook_url {url!r} is not {base}#{name.lower()}")
+                if name.lower() not in anchors:
+                    fail(where, f"alert {name} has no runbook section (a heading `{name}`) in docs/operations.md")
+                if not annotations.get("summary"):
+                    fail(where, f"alert {name} has no summary")
+
+
+def check_slo_threshold():
+    """The latency threshold the schema allows are the end-to-end histogram's bucket bounds:
+    a bound that is not one would make the SLO's `le` match nothing."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    allowed = schema["properties"]["slo"]["properties"]["latency"]["properties"]["threshold"]["enum"]
+    buckets = end_to_end_buckets()
+    if [float(a) for a in allowed] != buckets:
+        fail("values.schema.json", f"slo.latency.threshold allows {allowed}; the end-to-end "
+                                   f"buckets in src/metrics.rs are {buckets}")
 
 
 def check_scaling(where, docs, config):
@@ -503,8 +546,9 @@ def check_values_file(values_file):
     check_references(where, docs, set(header(values_file, "pre-existing")))
     check_selectors(where, docs)
     check_scaling(where, docs, config)
-    check_prometheus_rules(where, docs)
-    check_dashboard(where, docs, yaml.safe_load(values_file.read_text()) or {})
+    values = yaml.safe_load(values_file.read_text()) or {}
+    check_prometheus_rules(where, docs, values)
+    check_dashboard(where, docs, values)
     check_config(where, docs, config_text)
     kinds = sorted(f"{k}×{len(v)}" for k, v in rendered.items())
     print(f"ok   {where}: {len(docs)} objects ({', '.join(kinds)})")
@@ -530,6 +574,7 @@ def main():
     bad = sorted((CHART / "ci" / "bad").glob("*.yaml"))
     if len(good) < 5 or not bad:
         sys.exit("expected at least five ci/*-values.yaml and some ci/bad/*.yaml")
+    check_slo_threshold()
     for values_file in good:
         check_values_file(values_file)
     for values_file in bad:

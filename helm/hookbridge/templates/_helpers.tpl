@@ -274,3 +274,10 @@ spec:
           {{- include "hookbridge.componentSelectorLabels" (dict "root" $root "component" .component) | nindent 10 }}
     {{- end }}
 {{- end }}
+
+{{/* An alert's runbook: its section of docs/operations.md, whose heading is the alert's
+name. Call with (list $ "AlertName"). */}}
+{{- define "hookbridge.runbook" -}}
+{{- $root := index . 0 }}
+{{- printf "%s#%s" $root.Values.prometheusRule.runbookBaseUrl (lower (index . 1)) | quote }}
+{{- end }}
