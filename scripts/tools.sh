@@ -34,6 +34,18 @@ ensure_helm() {
   echo "$helm"
 }
 
+# Installs the Debian packages named that are not installed yet (apt-get, as root).
+ensure_debian_packages() {
+  local package missing=()
+  for package in "$@"; do
+    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+  done
+  [ ${#missing[@]} -gt 0 ] || return 0
+  echo "==> installing Debian packages: ${missing[*]}" >&2
+  apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+}
+
 # A Python with kubernetes-validate (and PyYAML, its dependency) from PyPI.
 ensure_chart_python() {
   local venv="$tools/chart-venv"

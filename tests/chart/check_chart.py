@@ -7,6 +7,10 @@ runs this with a Python that has kubernetes-validate and PyYAML.
 Each `helm/hookbridge/ci/*-values.yaml` is rendered and checked; its header may list the
 Secrets and ConfigMaps it expects to exist already (`# pre-existing: a, b`). Each
 `ci/bad/*.yaml` must be refused, with the message its header names (`# expect: text`).
+
+The Grafana dashboard and the PrometheusRule are checked here as text (JSON, panel ids, the
+datasource variable, metric names, runbook links); tests/chart/check_queries.py runs their
+queries against a real Prometheus.
 """
 
 import json
