@@ -140,17 +140,34 @@ impl Log {
         Ok(())
     }
 
-    /// Bounds the records not yet flushed to about `1 + MAX_SEALED_MEMTABLES` memtables.
+    /// Seals every full memtable the writer fills, and bounds the records not yet flushed
+    /// to about `1 + MAX_SEALED_MEMTABLES` memtables.
     ///
-    /// fjall seals a full memtable on its background worker, behind whatever that worker is
-    /// doing: during a long compaction the active memtable kept growing (1 GiB of 256 KiB
-    /// records written, about 900 MiB resident until the worker caught up). Sealing it
-    /// here, and waiting while too many sealed ones wait for their flush, holds the memory
-    /// whatever the worker's pace; appends wait meanwhile, as a broker's producers do when
-    /// its disk falls behind.
+    /// Left to itself, fjall seals a full memtable on its background worker, behind
+    /// whatever that worker is doing, and that is not safe to wait for:
+    /// - memory: during a long compaction the active memtable kept growing (1 GiB of
+    ///   256 KiB records written, about 900 MiB resident until the worker caught up);
+    /// - liveness: every write batch that finds a keyspace's memtable over its size queues
+    ///   another request to seal it on the worker's bounded queue (1,000). During a long
+    ///   compaction a busy log fills that queue, with the small keyspaces' requests too
+    ///   (each batch writes its partitions' stats to `meta`); the worker, coming back to a
+    ///   request, seals the memtable and then waits to queue the flush on its own full
+    ///   queue: for ever, and every append behind it (seen under the benchmark's raw
+    ///   publishing: the worker and this thread both parked in that send).
+    ///
+    /// Sealed here, right after the batch that filled it, no memtable is ever found full by
+    /// a second batch, so fjall asks at most once per memtable. Waiting while too many
+    /// sealed records memtables wait for their flush holds the memory whatever the worker's
+    /// pace; appends wait meanwhile, as a broker's producers do when its disk falls behind.
     pub fn hold_write_buffer(&self) -> Result<(), BrokerError> {
-        if self.records.tree.active_memtable().size() > RECORDS_MEMTABLE_BYTES {
-            self.records.rotate_memtable().map_err(storage_error)?;
+        for (keyspace, size) in [
+            (&self.records, RECORDS_MEMTABLE_BYTES),
+            (&self.offsets, SMALL_MEMTABLE_BYTES),
+            (&self.meta, SMALL_MEMTABLE_BYTES),
+        ] {
+            if keyspace.tree.active_memtable().size() > size {
+                keyspace.rotate_memtable().map_err(storage_error)?;
+            }
         }
         let started = std::time::Instant::now();
         while self.records.sealed_memtable_count() > MAX_SEALED_MEMTABLES {
@@ -353,4 +370,42 @@ fn read_u64(bytes: &[u8]) -> u64 {
 
 fn read_u32(bytes: &[u8]) -> u32 {
     u32::from_be_bytes(bytes[..4].try_into().expect("4 bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// After each write batch every memtable the writer fills is within its size, so no
+    /// second batch finds one full and asks fjall's worker again (see `hold_write_buffer`:
+    /// those requests, piling up during a long compaction, once filled the worker's queue
+    /// and stopped the log for good).
+    #[test]
+    fn no_memtable_is_left_full_after_a_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        let value = vec![7u8; 1024];
+        for number in 0..300u32 {
+            let mut batch = log.db.batch();
+            for i in 0..64u32 {
+                let key = (number * 64 + i).to_be_bytes();
+                for keyspace in [&log.records, &log.offsets, &log.meta] {
+                    batch.insert(keyspace, key, value.as_slice());
+                }
+            }
+            batch.commit().unwrap();
+            log.hold_write_buffer().unwrap();
+            for (name, keyspace, size) in [
+                ("records", &log.records, RECORDS_MEMTABLE_BYTES),
+                ("offsets", &log.offsets, SMALL_MEMTABLE_BYTES),
+                ("meta", &log.meta, SMALL_MEMTABLE_BYTES),
+            ] {
+                let active = keyspace.tree.active_memtable().size();
+                assert!(
+                    active <= size,
+                    "after batch {number}, the {name} memtable holds {active} bytes, over its {size}"
+                );
+            }
+        }
+    }
 }
