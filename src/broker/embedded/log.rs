@@ -72,6 +72,10 @@ const RECORDS_MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
 /// to 26–29 µs (BENCHMARKS.md).
 const BACKGROUND_WORKERS: usize = 1;
 /// Offsets and topic metadata: tiny, rewritten in place.
+///
+/// Never raise this or `RECORDS_MEMTABLE_BYTES`: fjall keeps each keyspace's memtable size
+/// from when the log was made, and a log made with a smaller one would be sealed by fjall
+/// before `Log::hold_write_buffer` does, asked again on every batch (the stall it prevents).
 const SMALL_MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
 /// Records at least this large are kept in blob files beside the tree, which holds only
 /// where they are. Compactions then rewrite keys and pointers, not values: with 256 KiB
@@ -140,7 +144,7 @@ impl Log {
         Ok(())
     }
 
-    /// Seals every full memtable the writer fills, and bounds the records not yet flushed
+    /// Seals every full memtable, and bounds the records not yet flushed
     /// to about `1 + MAX_SEALED_MEMTABLES` memtables.
     ///
     /// Left to itself, fjall seals a full memtable on its background worker, behind
@@ -160,10 +164,13 @@ impl Log {
     /// sealed records memtables wait for their flush holds the memory whatever the worker's
     /// pace; appends wait meanwhile, as a broker's producers do when its disk falls behind.
     pub fn hold_write_buffer(&self) -> Result<(), BrokerError> {
+        // `subscriptions` is written by the admin API, not by this thread, rarely enough that
+        // fjall's requests for it cannot fill the queue; sealing it here costs nothing.
         for (keyspace, size) in [
             (&self.records, RECORDS_MEMTABLE_BYTES),
             (&self.offsets, SMALL_MEMTABLE_BYTES),
             (&self.meta, SMALL_MEMTABLE_BYTES),
+            (&self.subscriptions, SMALL_MEMTABLE_BYTES),
         ] {
             if keyspace.tree.active_memtable().size() > size {
                 keyspace.rotate_memtable().map_err(storage_error)?;
