@@ -279,5 +279,6 @@ spec:
 name. Call with (list $ "AlertName"). */}}
 {{- define "hookbridge.runbook" -}}
 {{- $root := index . 0 }}
-{{- printf "%s#%s" $root.Values.prometheusRule.runbookBaseUrl (lower (index . 1)) | quote }}
+{{- $base := required "prometheusRule.runbookBaseUrl: the URL of docs/operations.md the alerts' runbook links point at" $root.Values.prometheusRule.runbookBaseUrl }}
+{{- printf "%s#%s" $base (lower (index . 1)) | quote }}
 {{- end }}
