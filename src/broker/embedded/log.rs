@@ -133,12 +133,7 @@ impl Log {
 
     /// Writes the memtables out, so the next start has no journal to replay into memory.
     pub fn flush(&self) -> Result<(), BrokerError> {
-        for keyspace in [
-            &self.records,
-            &self.offsets,
-            &self.meta,
-            &self.subscriptions,
-        ] {
+        for (_, keyspace, _) in self.memtable_sizes() {
             keyspace.rotate_memtable_and_wait().map_err(storage_error)?;
         }
         Ok(())
@@ -164,14 +159,7 @@ impl Log {
     /// sealed records memtables wait for their flush holds the memory whatever the worker's
     /// pace; appends wait meanwhile, as a broker's producers do when its disk falls behind.
     pub fn hold_write_buffer(&self) -> Result<(), BrokerError> {
-        // `subscriptions` is written by the admin API, not by this thread, rarely enough that
-        // fjall's requests for it cannot fill the queue; sealing it here costs nothing.
-        for (keyspace, size) in [
-            (&self.records, RECORDS_MEMTABLE_BYTES),
-            (&self.offsets, SMALL_MEMTABLE_BYTES),
-            (&self.meta, SMALL_MEMTABLE_BYTES),
-            (&self.subscriptions, SMALL_MEMTABLE_BYTES),
-        ] {
+        for (_, keyspace, size) in self.memtable_sizes() {
             if keyspace.tree.active_memtable().size() > size {
                 keyspace.rotate_memtable().map_err(storage_error)?;
             }
@@ -200,6 +188,19 @@ impl Log {
             );
         }
         Ok(())
+    }
+
+    /// Every keyspace, named, with the memtable size it is sealed at (the one it was made
+    /// with). `subscriptions` is written by the admin API, not by the writer's thread, rarely
+    /// enough that fjall's requests for it cannot fill the queue; sealing it in
+    /// `hold_write_buffer` too costs nothing.
+    fn memtable_sizes(&self) -> [(&'static str, &Keyspace, u64); 4] {
+        [
+            ("records", &self.records, RECORDS_MEMTABLE_BYTES),
+            ("offsets", &self.offsets, SMALL_MEMTABLE_BYTES),
+            ("meta", &self.meta, SMALL_MEMTABLE_BYTES),
+            ("subscriptions", &self.subscriptions, SMALL_MEMTABLE_BYTES),
+        ]
     }
 
     /// Every topic with its partition count.
@@ -402,11 +403,7 @@ mod tests {
             }
             batch.commit().unwrap();
             log.hold_write_buffer().unwrap();
-            for (name, keyspace, size) in [
-                ("records", &log.records, RECORDS_MEMTABLE_BYTES),
-                ("offsets", &log.offsets, SMALL_MEMTABLE_BYTES),
-                ("meta", &log.meta, SMALL_MEMTABLE_BYTES),
-            ] {
+            for (name, keyspace, size) in log.memtable_sizes() {
                 let active = keyspace.tree.active_memtable().size();
                 assert!(
                     active <= size,
